@@ -1,0 +1,259 @@
+"""The small public API that plugins implement: criteria, granularities, schedules, methods.
+
+Data flows one way: a *schedule* asks a *criterion* to prepare (gather gradients or activations),
+asks the *granularity* for the prunable units of the chosen layers, scores them with the criterion,
+selects the lowest-scoring fraction, masks them, and at the end lets the granularity finalize the
+model (physical removal for structured pruning).
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+REDUCTIONS = ("sum", "mean", "max", "prod")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem (unknown name, bad parameter, unsupported model)."""
+
+
+@dataclass
+class PruneContext:
+    """What a schedule and a criterion may use besides the model itself."""
+
+    seed: int
+    device: torch.device
+    profile: Mapping[str, Any]
+    #: Returns a fresh iterator of calibration ``input_ids`` batches (LongTensor [batch, length]).
+    calibration_batches: Callable[[], Iterator[torch.Tensor]]
+    #: Free-form measurements a criterion or schedule wants recorded (e.g. gradient bytes held).
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+class Parametrized:
+    """Shared constructor behaviour: keyword parameters, validated against ``__init__``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def create(cls, params: Mapping[str, Any] | None = None):
+        params = dict(params or {})
+        signature = inspect.signature(cls.__init__)
+        accepted = [p for p in signature.parameters if p != "self"]
+        unknown = sorted(set(params) - set(accepted))
+        if unknown:
+            raise ConfigError(
+                f"{cls.kind()} '{cls.name}' has no parameter {', '.join(map(repr, unknown))}; "
+                f"it accepts: {', '.join(accepted) or 'none'}"
+            )
+        try:
+            return cls(**params)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{cls.kind()} '{cls.name}': {exc}") from exc
+
+    @classmethod
+    def kind(cls) -> str:
+        return "component"
+
+    def params(self) -> dict[str, Any]:
+        """The parameters this instance was built with (recorded with every result)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """One module slice of a coupled group: for unit ``u`` the rows (dim 0) or columns (dim 1)
+    ``index[u]`` of the Linear ``module`` (a path relative to its decoder layer)."""
+
+    module: str
+    dim: int
+    index: torch.Tensor  # LongTensor [units, elements per unit]
+
+
+@dataclass
+class GroupSet:
+    """Coupled prunable units of one layer (attention heads or MLP channels).
+
+    ``blocks`` > 1 means the units are split into equal consecutive blocks and the same number
+    must be pruned from each block (q heads sharing a key/value head under GQA).
+    """
+
+    name: str
+    layer: int
+    kind: str
+    size: int
+    members: list[Coupling]
+    blocks: int = 1
+
+
+class Criterion(Parametrized, ABC):
+    """Importance criterion (Torch-Pruning style): higher score = more important.
+
+    Implement :meth:`element_scores` (usable by every granularity), or override
+    :meth:`group_scores` for criteria defined only on whole groups. ``needs`` documents what the
+    criterion must gather in :meth:`prepare`: ``"calibration"`` (forward passes), ``"weight_grad"``
+    (gradients of pretrained weights), ``"lora_grad"``, ``"activations"``.
+    """
+
+    needs: ClassVar[frozenset[str]] = frozenset()
+    #: How per-module unit scores combine across coupled modules; ``normalize`` divides each
+    #: module's vector by its L2 norm first.
+    reduction: str = "sum"
+    normalize: bool = False
+
+    @classmethod
+    def kind(cls) -> str:
+        return "criterion"
+
+    def prepare(self, model: nn.Module, ctx: PruneContext) -> None:  # noqa: B027 - optional hook
+        """Gather statistics before scoring. Default: nothing."""
+
+    def element_scores(self, key: str, module: nn.Module) -> torch.Tensor:
+        """Per-element importance of ``module.weight`` (same shape). ``key`` is ``layers.<i>.<path>``."""
+        raise NotImplementedError(f"criterion '{self.name}' has no element scores")
+
+    def group_scores(self, group: GroupSet, layer: nn.Module) -> torch.Tensor:
+        """Importance of each unit of ``group`` (shape ``[group.size]``).
+
+        Default: element scores summed over each unit's slice in each coupled module, each module's
+        vector optionally L2-normalised, then reduced across modules with ``reduction``.
+        """
+        vectors = []
+        for member in group.members:
+            module = layer.get_submodule(member.module)
+            scores = self.element_scores(f"layers.{group.layer}.{member.module}", module).float()
+            vectors.append(unit_sums(scores, member))
+        return combine(vectors, self.reduction, self.normalize)
+
+
+def unit_sums(element_scores: torch.Tensor, member: Coupling) -> torch.Tensor:
+    """Sum element scores over each unit's rows/columns: shape ``[units]``."""
+    scores = element_scores if member.dim == 0 else element_scores.t()
+    index = member.index.to(scores.device)
+    return scores[index.reshape(-1)].reshape(index.shape[0], -1).sum(dim=1)
+
+
+def combine(vectors: list[torch.Tensor], reduction: str = "sum", normalize: bool = False) -> torch.Tensor:
+    """Reduce per-module unit vectors across coupled modules."""
+    if reduction not in REDUCTIONS:
+        raise ConfigError(f"unknown reduction '{reduction}'; choose one of {', '.join(REDUCTIONS)}")
+    if normalize:
+        vectors = [v / v.norm().clamp_min(1e-12) for v in vectors]
+    stacked = torch.stack(vectors)
+    if reduction == "sum":
+        return stacked.sum(0)
+    if reduction == "mean":
+        return stacked.mean(0)
+    if reduction == "max":
+        return stacked.max(0).values
+    return stacked.prod(0)
+
+
+class Granularity(Parametrized, ABC):
+    """What gets removed: whole heads/channels (structured), N:M blocks, single weights."""
+
+    #: Set by granularities that fix the sparsity (N:M); ``None`` means the ratio is free.
+    fixed_ratio: float | None = None
+
+    @classmethod
+    def kind(cls) -> str:
+        return "granularity"
+
+    @abstractmethod
+    def check_model(self, model: nn.Module) -> None:
+        """Raise :class:`ConfigError` if this granularity can't prune ``model``'s layout."""
+
+    @abstractmethod
+    def units(self, model: nn.Module, layers: list[int]) -> list[GroupSet]:
+        """The prunable groups of ``layers``."""
+
+    @abstractmethod
+    def score(self, criterion: Criterion, model: nn.Module, groups: list[GroupSet]) -> list[torch.Tensor]:
+        """Scores for each group's units, from ``criterion``."""
+
+    @abstractmethod
+    def select(
+        self, groups: list[GroupSet], scores: list[torch.Tensor], ratio: float,
+        previous: list[torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        """Boolean keep-masks, one per group; units pruned in ``previous`` stay pruned."""
+
+    @abstractmethod
+    def apply_masks(self, model: nn.Module, groups: list[GroupSet], masks: list[torch.Tensor]) -> None:
+        """Make masked units contribute nothing (reversible, replaces earlier masks)."""
+
+    @abstractmethod
+    def finalize(self, model: nn.Module, groups: list[GroupSet], masks: list[torch.Tensor]) -> nn.Module:
+        """Turn the masks into the final model (e.g. physical removal); removes mask hooks."""
+
+
+@dataclass
+class PruneOutcome:
+    """What a schedule returns: the pruned model and what happened on the way."""
+
+    model: nn.Module
+    groups: list[GroupSet]
+    masks: list[torch.Tensor]
+    log: dict[str, Any] = field(default_factory=dict)
+
+
+class Schedule(Parametrized, ABC):
+    """When pruning happens: once, or many times while fine-tuning."""
+
+    @classmethod
+    def kind(cls) -> str:
+        return "schedule"
+
+    @abstractmethod
+    def run(
+        self, model: nn.Module, criterion: Criterion, granularity: Granularity,
+        ratio: float, layers: list[int], ctx: PruneContext,
+    ) -> PruneOutcome:
+        """Prune ``model`` to ``ratio`` of the units in ``layers``."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named preset over the three axes, plus optional recovery (LoRA fine-tuning)."""
+
+    name: str
+    criterion: str
+    granularity: str = "structured"
+    schedule: str = "one-shot"
+    criterion_params: Mapping[str, Any] = field(default_factory=dict)
+    granularity_params: Mapping[str, Any] = field(default_factory=dict)
+    schedule_params: Mapping[str, Any] = field(default_factory=dict)
+    #: ``"default"`` (the papers' block range scaled to the model's depth), ``"all"``,
+    #: ``"start:end"`` (end exclusive) or comma-separated indices.
+    layers: str = "default"
+    recovery: Mapping[str, Any] | None = None
+    description: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": self.name,
+            "criterion": {"name": self.criterion, "params": dict(self.criterion_params)},
+            "granularity": {"name": self.granularity, "params": dict(self.granularity_params)},
+            "schedule": {"name": self.schedule, "params": dict(self.schedule_params)},
+            "layers": self.layers,
+            "recovery": dict(self.recovery) if self.recovery else None,
+        }
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named model: ``source`` is a hub id or local path; ``fetch`` (if given) returns a local dir."""
+
+    name: str
+    source: str
+    description: str = ""
+    fetch: Callable[[], Any] | None = None
+    aliases: tuple[str, ...] = ()

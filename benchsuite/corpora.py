@@ -1,0 +1,156 @@
+"""Text corpora for calibration and perplexity, split into disjoint parts.
+
+Bundled corpora (from the ``exllamav3==1.6.5`` wheel, see :mod:`benchsuite.assets`):
+
+- ``wiki``: English Wikipedia articles (``<doc ...>`` tags stripped, title line kept). Of the
+  2,349 articles in the file, 1,254 hold only their title and are dropped.
+- ``c4``: web documents from C4, one per line.
+
+They are *not* WikiText-2 or PTB: don't compare their perplexities with published numbers.
+Each is split deterministically by a hash of the document text (see :func:`split_documents`,
+``eval_fraction=0.2``). Measured sizes (documents / characters):
+
+========  ====================  ====================
+corpus    calibration           evaluation
+========  ====================  ====================
+wiki      863 / 1,455,724       232 / 347,783
+c4        459 / 1,029,733       125 / 297,798
+========  ====================  ====================
+
+Other corpus names:
+
+- a path to a local ``.txt`` file (documents separated by blank lines) or ``.jsonl`` file
+  (one JSON object per line with a ``text`` field), split like the bundled corpora;
+- ``wikitext2`` (alias ``wikitext2-raw``) and ``ptb``: the real datasets through
+  ``datasets.load_dataset``, only where the Hugging Face hub is reachable. Their official splits
+  are used (train for calibration, test for evaluation), each split joined into one document
+  the way the pruning papers do (``"\\n\\n".join`` for WikiText-2, ``" ".join`` for PTB).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from benchsuite.assets import CORPORA_WHEEL, AssetError, extract_member
+
+Part = Literal["calibration", "evaluation"]
+
+_MEMBER_DIR = "exllamav3/conversion/standard_cal_data"
+_BUNDLED = {"wiki": f"{_MEMBER_DIR}/wiki.utf8", "c4": f"{_MEMBER_DIR}/c4.utf8"}
+# name -> (dataset path, config, text field, joiner)
+_HUB = {
+    "wikitext2": ("wikitext", "wikitext-2-raw-v1", "text", "\n\n"),
+    "wikitext2-raw": ("wikitext", "wikitext-2-raw-v1", "text", "\n\n"),
+    "ptb": ("ptb_text_only", "penn_treebank", "sentence", " "),
+}
+_HUB_SPLITS = {"calibration": "train", "evaluation": "test"}
+_WIKI_DOC = re.compile(r"<doc\b[^>]*>(.*?)</doc>", re.DOTALL)
+
+
+def available_corpora() -> list[str]:
+    """Names of the bundled corpora (local files and hub datasets are accepted too)."""
+    return list(_BUNDLED)
+
+
+def load_documents(name: str | os.PathLike[str]) -> list[str]:
+    """All documents of a corpus: a bundled name, a local .txt/.jsonl path, or a hub name."""
+    key = str(name)
+    if key in _BUNDLED:
+        text = extract_member(CORPORA_WHEEL, _BUNDLED[key]).read_text(encoding="utf-8")
+        if key == "wiki":
+            # Each article starts with its title line; more than half are title-only stubs.
+            articles = [a.strip() for a in _WIKI_DOC.findall(text)]
+            return [a for a in articles if "\n" in a]
+        return _clean(text.split("\n"))
+    path = Path(key).expanduser()
+    if path.suffix in (".txt", ".jsonl"):
+        if not path.is_file():
+            raise ValueError(f"corpus file {str(path)!r} does not exist")
+        return _load_local(path)
+    if key in _HUB:
+        return _load_hub(key, "calibration") + _load_hub(key, "evaluation")
+    raise ValueError(_unknown_message(key))
+
+
+def split_documents(docs: list[str], eval_fraction: float = 0.2) -> tuple[list[str], list[str]]:
+    """Split documents into (calibration, evaluation), deterministically and disjointly.
+
+    A document goes to evaluation iff the first 8 hex digits of its sha256, modulo 1000, are
+    below ``eval_fraction * 1000``. Identical documents land on the same side; order is kept.
+    """
+    if not 0.0 <= eval_fraction <= 1.0:
+        raise ValueError(f"eval_fraction must be within [0, 1], got {eval_fraction}")
+    calibration: list[str] = []
+    evaluation: list[str] = []
+    for doc in docs:
+        bucket = int(hashlib.sha256(doc.encode()).hexdigest()[:8], 16) % 1000
+        (evaluation if bucket < eval_fraction * 1000 else calibration).append(doc)
+    return calibration, evaluation
+
+
+def corpus_split(name: str | os.PathLike[str], part: Part) -> list[str]:
+    """The calibration or evaluation documents of a corpus (see the module docstring)."""
+    if part not in ("calibration", "evaluation"):
+        raise ValueError(f"part must be 'calibration' or 'evaluation', got {part!r}")
+    if str(name) in _HUB:
+        return _load_hub(str(name), part)
+    calibration, evaluation = split_documents(load_documents(name))
+    return calibration if part == "calibration" else evaluation
+
+
+def _clean(docs: list[str]) -> list[str]:
+    return [doc.strip() for doc in docs if doc.strip()]
+
+
+def _load_local(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".txt":
+        return _clean(re.split(r"\n[ \t\r\f\v]*\n", text))
+    docs = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            docs.append(json.loads(line)["text"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{path}:{lineno}: expected a JSON object with a 'text' field ({exc!r})"
+            ) from None
+    return _clean(docs)
+
+
+def _load_hub(name: str, part: Part) -> list[str]:
+    dataset, config, field, joiner = _HUB[name]
+    try:
+        from datasets import load_dataset
+
+        rows = load_dataset(dataset, config, split=_HUB_SPLITS[part])[field]
+    except Exception as exc:
+        raise AssetError(
+            f"Could not load the corpus {name!r} ({dataset}/{config}, split "
+            f"{_HUB_SPLITS[part]}) with datasets.load_dataset: {type(exc).__name__}: {exc}. "
+            "The Hugging Face hub is probably unreachable from this machine (or the datasets "
+            "package is missing); if the dataset is in your local Hugging Face cache, set "
+            "HF_DATASETS_OFFLINE=1 and HF_HUB_OFFLINE=1. Otherwise use a bundled corpus "
+            f"({', '.join(available_corpora())}), or give the path of a local .txt file "
+            "(documents separated by blank lines) or .jsonl file (field 'text') holding "
+            "that text."
+        ) from exc
+    return [joiner.join(rows)]
+
+
+def _unknown_message(name: str) -> str:
+    known = available_corpora() + list(_HUB)
+    close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return (
+        f"Unknown corpus {name!r}.{hint} Available corpora: {', '.join(available_corpora())}; "
+        "also accepted: a path to an existing .txt or .jsonl file, and "
+        f"{', '.join(_HUB)} (only where the Hugging Face hub is reachable)."
+    )

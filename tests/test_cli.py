@@ -1,0 +1,84 @@
+"""The command line as a user runs it: one-line errors with exit code 2 and nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def bench(*args, cwd=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", BENCHSUITE_STRICT_PLUGINS="0")
+    return subprocess.run([sys.executable, "-m", "benchsuite.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory, default_model_dir):
+    """A model without the LLaMA layout."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(default_model_dir)
+    path = tmp_path_factory.mktemp("gpt2")
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(tok))).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "magnitude-l3"], "unknown method 'magnitude-l3'; did you mean magnitude-l2"),
+    (["--model", "smolm2-135m"], "did you mean smollm2-135m"),
+    (["--model", "llama-7b"], "cannot get huggyllama/llama-7b ('llama-7b') from the Hugging Face hub"),
+    (["--ratios", "1.5"], "ratio 1.5 is outside (0, 1)"),
+    (["--profile", "papr"], "unknown profile 'papr'; did you mean paper"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+    result = bench("run", "--results", str(tmp_path / "r"), *args)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("benchsuite: error: ") and message in last
+    assert not (tmp_path / "r").exists()
+
+
+def test_llama_7b_error_says_what_works(tmp_path):
+    last = bench("run", "--model", "llama-7b", "--results", str(tmp_path)).stderr.strip().splitlines()[-1]
+    assert "smollm2-135m" in last and "local directory" in last
+
+
+def test_unsupported_layout(tmp_path, gpt2_dir):
+    result = bench("run", "--model", str(gpt2_dir), "--methods", "random", "--profile", "smoke",
+                   "--results", str(tmp_path / "r"))
+    assert result.returncode == 2
+    assert "does not have the LLaMA-family layout" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_report_and_reload(tmp_path, tiny_model_dir):
+    results = tmp_path / "results"
+    result = bench("run", "--model", str(tiny_model_dir), "--methods", "magnitude-l2", "--ratios", "0.5",
+                   "--profile", "smoke", "--results", str(results), "--save-models")
+    assert result.returncode == 0, result.stderr
+    assert "| dense" in result.stdout and "magnitude-l2" in result.stdout
+    assert list(results.rglob("table.md"))
+    rows = json.loads(bench("report", "--results", str(results), "--format", "json").stdout)
+    pruned = next(r for r in rows if r["method"] == "magnitude-l2")
+    csv = bench("report", "--results", str(results), "--format", "csv").stdout
+    assert csv.splitlines()[0].startswith("model,profile,method")
+    # the saved pruned model reloads in a fresh process with the recorded parameter count
+    code = ("import sys; from benchsuite.models import load_model_dir; "
+            "print(sum(p.numel() for p in load_model_dir(sys.argv[1]).parameters()))")
+    out = subprocess.run([sys.executable, "-c", code, pruned["model_path"]], capture_output=True, text=True,
+                         check=True).stdout
+    assert int(out) == pruned["metrics"]["params"]
+
+
+def test_listing_commands():
+    assert "llama-7b" in bench("models").stdout
+    methods = json.loads(bench("methods", "--json").stdout)
+    assert {"magnitude-l1", "magnitude-l2", "random"} <= set(methods["methods"])
+    help_text = bench("run", "--help").stdout
+    for option in ("--methods", "--model", "--ratios", "--seeds", "--profile", "--results", "--rerun"):
+        assert option in help_text

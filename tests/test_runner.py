@@ -1,0 +1,122 @@
+"""The runner on a tiny model: records, resume after interruption, failure isolation, report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchsuite.api import ConfigError
+from benchsuite.records import load_records
+from benchsuite.report import render
+from benchsuite.runner import Runner, RunRequest
+
+
+def _request(model_dir, results, methods=("magnitude-l2", "random"), **kw):
+    return RunRequest(methods=list(methods), model=str(model_dir), ratios=kw.pop("ratios", [0.5]),
+                      profile=kw.pop("profile", "smoke"), results=results, **kw)
+
+
+def _files(results):
+    return {p.relative_to(results).as_posix(): p.stat().st_mtime_ns for p in results.rglob("*.json")}
+
+
+def test_run_writes_complete_records(tiny_model_dir, tmp_path):
+    records = Runner(_request(tiny_model_dir, tmp_path), log=lambda _: None).run()
+    assert [r["method"] for r in records] == ["dense", "magnitude-l2", "random"]
+    assert all(r["status"] == "ok" for r in records)
+    pruned = records[1]
+    for key in ("ppl_wiki", "ppl_c4", "params", "latency_ms", "peak_mem_mb", "flops_per_token"):
+        assert key in pruned["metrics"]
+    assert pruned["metrics"]["params"] < records[0]["metrics"]["params"]
+    assert pruned["metrics"]["flops_per_token"] < records[0]["metrics"]["flops_per_token"]
+    for key in ("criterion", "granularity", "schedule", "weights_sha256", "versions", "hardware", "git",
+                "timings", "config_hash", "layers_pruned", "measurement"):
+        assert key in pruned, key
+    assert pruned["criterion"] == {"name": "magnitude", "params": {"p": 2}}
+    assert pruned["layers_pruned"] == [0, 1, 2] or pruned["layers_pruned"]  # default range of 4 layers
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_rerun_skips_and_interrupted_run_resumes(tiny_model_dir, tmp_path, monkeypatch):
+    calls = []
+    original = Runner.run_one
+
+    def interrupt_second(self, plan, ratio, seed):
+        calls.append(plan.method.name)
+        if plan.method.name == "random":
+            raise KeyboardInterrupt
+        return original(self, plan, ratio, seed)
+
+    monkeypatch.setattr(Runner, "run_one", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        Runner(_request(tiny_model_dir, tmp_path), log=lambda _: None).run()
+    finished = _files(tmp_path)
+    assert len(finished) == 2  # dense and magnitude-l2 kept, random not written
+    monkeypatch.setattr(Runner, "run_one", original)
+    lines = []
+    Runner(_request(tiny_model_dir, tmp_path), log=lines.append).run()
+    after = _files(tmp_path)
+    assert len(after) == 3
+    assert all(after[k] == v for k, v in finished.items()), "finished records were recomputed"
+    assert sum("done before" in line for line in lines) == 2
+    Runner(_request(tiny_model_dir, tmp_path, rerun=True), log=lambda _: None).run()
+    assert all(_files(tmp_path)[k] != v for k, v in after.items())
+
+
+def test_failing_run_is_recorded_and_others_continue(tiny_model_dir, tmp_path, monkeypatch):
+    from benchsuite import structure
+
+    original = structure.remove_units
+
+    def explode(model, groups, masks):
+        if len(groups) and model.config.hidden_size == 96 and explode.first:
+            explode.first = False
+            raise RuntimeError("boom")
+        return original(model, groups, masks)
+
+    explode.first = True
+    monkeypatch.setattr("benchsuite.granularities.remove_units", explode)
+    records = Runner(_request(tiny_model_dir, tmp_path), log=lambda _: None).run()
+    assert [r["status"] for r in records] == ["ok", "error", "ok"]
+    assert "boom" in records[1]["error"] and "Traceback" in records[1]["traceback"]
+    table = render(load_records(tmp_path))
+    assert "1/1 failed" in table
+    # the failed run is retried on the next invocation, the finished ones are not
+    lines = []
+    records = Runner(_request(tiny_model_dir, tmp_path), log=lines.append).run()
+    assert [r["status"] for r in records] == ["ok", "ok", "ok"]
+
+
+def test_changed_settings_are_not_mistaken_for_finished(tiny_model_dir, tmp_path):
+    Runner(_request(tiny_model_dir, tmp_path, methods=["magnitude-l2"]), log=lambda _: None).run()
+    record_file = next(tmp_path.rglob("ratio-0.5_seed-0.json"))
+    data = json.loads(record_file.read_text())
+    data["config_hash"] = "stale"
+    record_file.write_text(json.dumps(data))
+    lines = []
+    Runner(_request(tiny_model_dir, tmp_path, methods=["magnitude-l2"]), log=lines.append).run()
+    assert any("settings changed" in line for line in lines)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"methods": ["magnitude-l3"]}, "did you mean magnitude-l2"),
+    ({"ratios": [1.5]}, "outside (0, 1)"),
+    ({"ratios": [0.0]}, "outside (0, 1)"),
+    ({"profile": "quik"}, "did you mean quick"),
+])
+def test_bad_requests_fail_before_writing(tiny_model_dir, tmp_path, kwargs, message):
+    methods = kwargs.pop("methods", ["random"])
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Runner(_request(tiny_model_dir, tmp_path / "r", methods=methods, **kwargs), log=lambda _: None).run()
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_json_is_flat(tiny_model_dir, tmp_path):
+    Runner(_request(tiny_model_dir, tmp_path, methods=["random"]), log=lambda _: None).run()
+    rows = json.loads(render(load_records(tmp_path), "json"))
+    assert {r["method"] for r in rows} == {"dense", "random"}
+    for row in rows:
+        for key in ("method", "model", "ratio", "seed", "status", "metrics"):
+            assert key in row
+        assert all(not isinstance(v, dict) for v in row["metrics"].values())

@@ -1,0 +1,119 @@
+"""The structured engine: coupled groups, masks equal physical removal, save/reload."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchsuite.api import ConfigError
+from benchsuite.granularities import Structured
+from benchsuite.models import load_model_dir, save_pruned
+from benchsuite.structure import decoder_layers, model_widths, parse_layers, select_units
+from tests.conftest import tiny_llama
+
+
+def _logits(model, tokens):
+    with torch.no_grad():
+        return model(tokens).logits
+
+
+def _random_masks(groups, ratio, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scores = [torch.rand(grp.size, generator=g) for grp in groups]
+    return Structured().select(groups, scores, ratio)
+
+
+@pytest.mark.parametrize("attention", ["heads", "kv-groups"])
+def test_masked_equals_removed(tiny, tokens, attention):
+    gran = Structured(attention=attention)
+    groups = gran.units(tiny, [0, 1, 2, 3])
+    masks = _random_masks(groups, 0.5)
+    dense = _logits(tiny, tokens)
+    gran.apply_masks(tiny, groups, masks)
+    masked = _logits(tiny, tokens)
+    assert not torch.allclose(masked, dense, atol=1e-3), "masking must change the model"
+    pruned = gran.finalize(tiny, groups, masks)
+    assert torch.allclose(_logits(pruned, tokens), masked, atol=1e-5)
+    before = sum(g.size for g in groups)
+    assert sum(int(m.sum()) for m in masks) < before
+
+
+def test_gqa_heads_stay_consistent():
+    model = tiny_llama(num_heads=6, num_kv_heads=2)
+    gran = Structured(attention="heads")
+    groups = gran.units(model, [1])
+    attn = next(g for g in groups if g.kind == "attention")
+    assert attn.blocks == 2 and attn.size == 6
+    # prune the lowest head in each kv group even if scores favour one group
+    scores = [torch.tensor([0.0, 0.1, 0.2, 5.0, 6.0, 7.0]) if g.kind == "attention"
+              else torch.rand(g.size) for g in groups]
+    masks = gran.select(groups, scores, 0.34)
+    assert masks[0].tolist() == [False, True, True, False, True, True]
+    gran.finalize(model, groups, masks)
+    w = model_widths(model)[1]
+    assert (w.num_heads, w.num_kv_heads) == (4, 2)
+    assert decoder_layers(model)[1].self_attn.num_key_value_groups == 2
+
+
+def test_kv_group_removal_takes_its_query_heads():
+    model = tiny_llama(num_heads=6, num_kv_heads=2)
+    gran = Structured(attention="kv-groups", mlp=False)
+    groups = gran.units(model, [0])
+    masks = gran.select(groups, [torch.tensor([1.0, 0.0])], 0.5)
+    q_before = decoder_layers(model)[0].self_attn.q_proj.weight[:48].clone()
+    gran.finalize(model, groups, masks)
+    layer = decoder_layers(model)[0]
+    assert model_widths(model)[0].num_heads == 3 and model_widths(model)[0].num_kv_heads == 1
+    assert torch.equal(layer.self_attn.q_proj.weight, q_before)  # kv head 1 (lower score) goes with q heads 3..5
+    assert layer.self_attn.o_proj.weight.shape == (96, 48)
+
+
+def test_coupled_groups_cover_the_same_units(tiny):
+    for group in Structured().units(tiny, [0]):
+        widths = {m.index.shape[0] for m in group.members}
+        assert widths == {group.size}
+        layer = decoder_layers(tiny)[0]
+        for m in group.members:
+            w = layer.get_submodule(m.module).weight
+            assert m.index.max() < w.shape[m.dim]
+
+
+def test_select_keeps_one_per_block_and_is_cumulative():
+    model = tiny_llama(num_heads=6, num_kv_heads=2)
+    group = Structured().units(model, [0])[0]
+    keep = select_units(group, torch.arange(6.0), 0.99)
+    assert keep.reshape(2, 3).sum(1).tolist() == [1, 1]
+    first = select_units(group, torch.tensor([0.0, 9, 9, 0, 9, 9]), 0.34)
+    second = select_units(group, torch.tensor([9.0, 0, 9, 9, 0, 9]), 0.34, previous=first)
+    assert not (second & ~first).any(), "a pruned unit came back"
+
+
+def test_save_and_reload_identical(tiny, tokens, tmp_path):
+    gran = Structured()
+    groups = gran.units(tiny, [1, 2])
+    pruned = gran.finalize(tiny, groups, _random_masks(groups, 0.4, seed=3))
+    expected = _logits(pruned, tokens)
+    save_pruned(pruned, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert len(config["benchsuite_layer_widths"]) == 4
+    reloaded = load_model_dir(tmp_path / "m")
+    assert type(reloaded).__name__ == "LlamaForCausalLM"
+    assert torch.equal(_logits(reloaded, tokens), expected)
+    assert model_widths(reloaded) == model_widths(pruned)
+
+
+def test_parse_layers():
+    assert parse_layers("default", 32) == list(range(4, 30))
+    assert parse_layers("default", 30) == list(range(4, 28))
+    assert parse_layers("all", 3) == [0, 1, 2]
+    assert parse_layers("1:3", 5) == [1, 2]
+    assert parse_layers("0,-1", 5) == [0, 4]
+    with pytest.raises(ConfigError):
+        parse_layers("x", 4)
+
+
+def test_layout_check_names_the_reason():
+    with pytest.raises(ConfigError, match="LLaMA-family"):
+        Structured().check_model(torch.nn.Sequential(torch.nn.Linear(2, 2)))
