@@ -35,6 +35,12 @@ class PruneContext:
     calibration_batches: Callable[[], Iterator[torch.Tensor]]
     #: Free-form measurements a criterion or schedule wants recorded (e.g. gradient bytes held).
     notes: dict[str, Any] = field(default_factory=dict)
+    #: LoRA fine-tuning of the (LoRA-wrapped) model for a number of optimizer steps, with
+    #: ``before_step(step, model)`` (LoRA gradients present) and ``after_step`` callbacks. ``None``
+    #: when the method has no LoRA. Returns a summary dict that is recorded.
+    finetune: Callable[..., dict[str, Any]] | None = None
+    #: Optimizer steps of fine-tuning the profile grants (the same for every method).
+    train_steps: int = 0
 
 
 class Parametrized:
@@ -104,6 +110,9 @@ class Criterion(Parametrized, ABC):
     """
 
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: True for criteria that learn from training steps (through :meth:`observe`) rather than
+    #: from :meth:`prepare`; training-time schedules then call ``observe`` after every backward.
+    observes_training: ClassVar[bool] = False
     #: How per-module unit scores combine across coupled modules; ``normalize`` divides each
     #: module's vector by its L2 norm first.
     reduction: str = "sum"
@@ -115,6 +124,9 @@ class Criterion(Parametrized, ABC):
 
     def prepare(self, model: nn.Module, ctx: PruneContext) -> None:  # noqa: B027 - optional hook
         """Gather statistics before scoring. Default: nothing."""
+
+    def observe(self, model: nn.Module, granularity: Granularity, groups: list[GroupSet]) -> None:  # noqa: B027
+        """Called by training-time schedules after each optimizer step's backward. Default: nothing."""
 
     def element_scores(self, key: str, module: nn.Module) -> torch.Tensor:
         """Per-element importance of ``module.weight`` (same shape). ``key`` is ``layers.<i>.<path>``."""
@@ -207,6 +219,9 @@ class PruneOutcome:
 
 class Schedule(Parametrized, ABC):
     """When pruning happens: once, or many times while fine-tuning."""
+
+    #: True when the schedule fine-tunes with LoRA itself (no separate recovery afterwards).
+    trains: ClassVar[bool] = False
 
     @classmethod
     def kind(cls) -> str:

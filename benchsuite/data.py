@@ -48,3 +48,22 @@ def calibration_samples(tokenizer, corpus: str, n_samples: int, length: int, see
 def batches(samples: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     for start in range(0, len(samples), batch_size):
         yield samples[start:start + batch_size]
+
+
+_TRAIN_CACHE: dict[tuple[int, str, int], torch.Tensor] = {}
+
+
+def training_windows(tokenizer, corpora: str, length: int) -> torch.Tensor:
+    """Non-overlapping ``length``-token windows over the calibration parts of ``corpora``
+    (comma-separated names or .txt/.jsonl paths), documents joined by blank lines."""
+    key = (id(tokenizer), corpora, length)
+    if key not in _TRAIN_CACHE:
+        ids: list[int] = []
+        for corpus in corpora.split(","):
+            for doc in corpus_split(corpus.strip(), "calibration"):
+                ids.extend(tokenizer(doc + "\n\n", add_special_tokens=False)["input_ids"])
+        n = len(ids) // length
+        if n == 0:
+            raise ValueError(f"corpus '{corpora}' has fewer than {length} tokens of calibration text")
+        _TRAIN_CACHE[key] = torch.tensor(ids[: n * length], dtype=torch.long).reshape(n, length)
+    return _TRAIN_CACHE[key]

@@ -22,7 +22,8 @@ from .api import ConfigError, Criterion, Granularity, Method, PruneContext, Sche
 from .assets import weights_sha256
 from .data import batches, calibration_samples, eval_windows
 from .evaluate import count_params, flops_per_token, latency, perplexity
-from .memory import PeakMemory
+from .finetune import LoRAConfig, attach_lora, cycle_batches, frozen_parameters, merge_lora, train_lora
+from .memory import PeakMemory, tensor_bytes
 from .models import ResolvedModel, load_model_dir, load_tokenizer, resolve_model, save_pruned
 from .plugins import Registry, get_registry
 from .profiles import Profile, get_profile
@@ -67,6 +68,16 @@ class MethodPlan:
         return (self.criterion.create(m.criterion_params), self.granularity.create(m.granularity_params),
                 self.schedule.create(m.schedule_params))
 
+    def lora(self) -> tuple[LoRAConfig | None, int | None]:
+        """The method's LoRA settings and recovery steps (None: the profile's budget)."""
+        m = self.method
+        needs_lora = "lora_grad" in self.criterion.needs or self.schedule.trains
+        if m.recovery is None and not needs_lora:
+            return None, None
+        params = dict(m.recovery or {})
+        steps = params.pop("steps", None)
+        return LoRAConfig.from_params(params), steps
+
 
 def plan_methods(names: list[str], registry: Registry) -> list[MethodPlan]:
     plans = []
@@ -76,6 +87,7 @@ def plan_methods(names: list[str], registry: Registry) -> list[MethodPlan]:
                           registry.lookup("granularities", method.granularity),
                           registry.lookup("schedules", method.schedule))
         plan.build()  # validates parameters
+        plan.lora()
         plans.append(plan)
     return plans
 
@@ -194,6 +206,17 @@ class Runner:
             return False
         return True
 
+    def _finetune(self, lora: LoRAConfig, seed: int):
+        p = self.profile
+
+        def finetune(model: nn.Module, steps: int, before_step=None, after_step=None,
+                     desc: str = "LoRA fine-tuning") -> dict[str, Any]:
+            data = cycle_batches(self.tokenizer, lora.corpus, p.train_len, p.train_batch, seed)
+            log = train_lora(model, data, steps, lora, seed, before_step, after_step, desc)
+            return log.summary() | {"micro_batch": p.train_batch, "length": p.train_len}
+
+        return finetune
+
     def _path(self, method: str, ratio: float, seed: int) -> Path:
         return record_path(self.request.results, self.model_info.name, self.profile.name, method, ratio, seed)
 
@@ -247,26 +270,48 @@ class Runner:
         timings: dict[str, float] = {}
         try:
             criterion, granularity, schedule = plan.build()
+            lora, recovery_steps = plan.lora()
             model = self.load_dense()
             layers = parse_layers(method.layers, len(decoder_layers(model)))
             record["layers_pruned"] = layers
+            if lora is not None:
+                model = attach_lora(model, lora)
+                record["lora"] = lora.as_dict()
             torch.manual_seed(seed)
             ctx = PruneContext(seed=seed, device=self.device, profile=self.profile.as_dict(),
                                calibration_batches=lambda: batches(self.calibration(seed),
-                                                                   self.profile.calib_batch))
+                                                                   self.profile.calib_batch),
+                               finetune=self._finetune(lora, seed) if lora else None,
+                               train_steps=self.profile.train_steps)
             start = time.perf_counter()
             with PeakMemory(self.device) as mem:
                 outcome = schedule.run(model, criterion, granularity, ratio, layers, ctx)
+                ctx.notes["pretrained_grad_bytes"] = tensor_bytes(p.grad for p in frozen_parameters(outcome.model))
             timings["prune_s"] = time.perf_counter() - start
             model = outcome.model
+            memory = {"peak_mem_prune_mb": mem.result()}
+            if lora is not None and not schedule.trains:
+                steps = self.profile.train_steps if recovery_steps is None else recovery_steps
+                start = time.perf_counter()
+                with PeakMemory(self.device) as rmem:
+                    record["recovery_log"] = ctx.finetune(model, steps, desc="LoRA recovery")
+                timings["recover_s"] = time.perf_counter() - start
+                memory["peak_mem_recover_mb"] = rmem.result()
+            if lora is not None:
+                model = merge_lora(model)
             start = time.perf_counter()
             metrics, how = self.evaluate(model)
             timings["eval_s"] = time.perf_counter() - start
-            metrics.update(peak_mem_prune_mb=mem.result()["peak_mb"], prune_time_s=timings["prune_s"],
-                           units_pruned=outcome.log.get("units_pruned"))
-            metrics["peak_mem_mb"] = max(metrics["peak_mem_prune_mb"], metrics["peak_mem_eval_mb"])
-            how["peak_mem_prune_mb"] = mem.result()
-            how["peak_mem_mb"] = "max of the pruning phase and the evaluation phase (each above its start)"
+            metrics.update({k: v["peak_mb"] for k, v in memory.items()}, prune_time_s=timings["prune_s"],
+                           units_pruned=outcome.log.get("units_pruned"),
+                           pretrained_grad_mb=ctx.notes["pretrained_grad_bytes"] / 2**20)
+            if "recover_s" in timings:
+                metrics["recover_time_s"] = timings["recover_s"]
+            metrics["total_time_s"] = timings["prune_s"] + timings.get("recover_s", 0.0)
+            metrics["peak_mem_mb"] = max(metrics[k] for k in (*memory, "peak_mem_eval_mb"))
+            how.update(memory)
+            how["peak_mem_mb"] = "max over the pruning, recovery and evaluation phases (each above its start)"
+            how["pretrained_grad_mb"] = "gradient tensors held by pretrained (non-LoRA) weights after pruning"
             record.update(status="ok", error=None, metrics=metrics, measurement=how,
                           prune_log=outcome.log | ctx.notes)
             if self.request.save_models:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .api import Criterion, Granularity, PruneContext, PruneOutcome, Schedule
@@ -26,3 +27,83 @@ class OneShot(Schedule):
         pruned = sum(int((~m).sum()) for m in masks)
         total = sum(m.numel() for m in masks)
         return PruneOutcome(model, groups, masks, {"units_pruned": pruned, "units_total": total})
+
+
+def cubic_ratio(step: int, total: int, init: float, final: float, warmup: float = 0.1,
+                cooldown: float = 0.1) -> float:
+    """LoRAPrune's schedule: ``init`` during the warm-up fraction of steps, ``final`` during the
+    cool-down fraction, in between ``final + (init - final) * (1 - progress)^3``."""
+    start = round(warmup * total)
+    end = total - round(cooldown * total)
+    if step < start:
+        return init
+    if step >= end or end <= start:
+        return final
+    progress = (step - start) / (end - start)
+    return final + (init - final) * (1.0 - progress) ** 3
+
+
+class Iterative(Schedule):
+    """Prune while fine-tuning with LoRA: every ``prune_freq`` optimizer steps the ratio follows the
+    cubic curve towards the target and the lowest-scoring units are masked (cumulatively); LoRA
+    keeps training on the masked model, which is the recovery. At the end the masks become
+    physical removal. ``init_ratio == ratio`` gives a one-shot prune followed by fine-tuning."""
+
+    name = "iterative"
+    description = "cubic ratio schedule, pruning every prune_freq steps while LoRA fine-tunes"
+    trains = True
+
+    def __init__(self, init_ratio: float = 0.0, prune_freq: int | str = "auto", warmup: float = 0.1,
+                 cooldown: float = 0.1) -> None:
+        if prune_freq != "auto" and (not isinstance(prune_freq, int) or prune_freq < 1):
+            raise ValueError(f"prune_freq must be a positive integer or 'auto', not {prune_freq!r}")
+        if not (0 <= warmup < 1 and 0 <= cooldown < 1 and warmup + cooldown < 1):
+            raise ValueError("warmup and cooldown are fractions of the steps and must leave room between them")
+        self.init_ratio = init_ratio
+        self.prune_freq = prune_freq
+        self.warmup = warmup
+        self.cooldown = cooldown
+
+    def frequency(self, total: int) -> int:
+        """``auto``: the reference's 10 steps, fewer on short budgets (about 20 pruning events)."""
+        return self.prune_freq if isinstance(self.prune_freq, int) else max(1, min(10, total // 20))
+
+    def ratio_at(self, step: int, total: int, target: float) -> float:
+        return cubic_ratio(step, total, min(self.init_ratio, target), target, self.warmup, self.cooldown)
+
+    def run(self, model: nn.Module, criterion: Criterion, granularity: Granularity,
+            ratio: float, layers: list[int], ctx: PruneContext) -> PruneOutcome:
+        if ctx.finetune is None or ctx.train_steps < 1:
+            raise ValueError("the iterative schedule needs LoRA fine-tuning steps (a method with LoRA)")
+        total, freq = ctx.train_steps, self.frequency(ctx.train_steps)
+        groups = granularity.units(model, layers)
+        masks = [torch.ones(g.size, dtype=torch.bool) for g in groups]
+        history: list[dict] = []
+        if not criterion.observes_training:
+            criterion.prepare(model, ctx)
+
+        def prune_to(target: float, step: int) -> None:
+            nonlocal masks
+            scores = granularity.score(criterion, model, groups)
+            masks = granularity.select(groups, scores, target, previous=masks)
+            granularity.apply_masks(model, groups, masks)
+            pruned = sum(int((~m).sum()) for m in masks)
+            history.append({"step": step, "ratio": round(target, 4), "units_pruned": pruned})
+
+        def before_step(step: int, model: nn.Module) -> None:
+            criterion.observe(model, granularity, groups)
+
+        def after_step(step: int, model: nn.Module) -> None:
+            done = step + 1
+            if done % freq == 0 and done < total:
+                target = self.ratio_at(done, total, ratio)
+                if target > 0:
+                    prune_to(target, done)
+
+        train = ctx.finetune(model, total, before_step=before_step, after_step=after_step,
+                             desc="LoRAPrune: fine-tune + prune")
+        prune_to(ratio, total)  # reach the target exactly
+        model = granularity.finalize(model, groups, masks)
+        log = {"units_pruned": history[-1]["units_pruned"], "units_total": sum(m.numel() for m in masks),
+               "prune_freq": freq, "prune_events": history, "train": train}
+        return PruneOutcome(model, groups, masks, log)

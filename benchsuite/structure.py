@@ -72,12 +72,19 @@ def model_widths(model: nn.Module) -> list[LayerWidths]:
 
 
 def parse_layers(spec: str, num_layers: int) -> list[int]:
-    """``default`` = LLM-Pruner's block range 4..30 of 32 layers scaled to the depth (end exclusive);
-    ``all``; ``start:end``; or comma-separated indices. Negative indices count from the end."""
+    """Which decoder layers to prune.
+
+    ``default`` or ``llm-pruner``: LLM-Pruner's block range 4..30 of 32 layers scaled to the depth
+    (end exclusive); ``loraprune``: all but the first 10% and the last layer; ``all``;
+    ``start:end``; or comma-separated indices. Negative indices count from the end.
+    """
     spec = spec.strip()
-    if spec == "default":
+    if spec in ("default", "llm-pruner"):
         start, end = round(4 / 32 * num_layers), round(30 / 32 * num_layers)
         return list(range(start, max(end, start + 1)))
+    if spec == "loraprune":
+        start = max(1, round(0.1 * num_layers)) if num_layers > 2 else 0
+        return list(range(start, max(num_layers - 1, start + 1)))
     if spec == "all":
         return list(range(num_layers))
     try:
@@ -86,7 +93,8 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
             return list(range(num_layers))[slice(int(a) if a else None, int(b) if b else None)]
         out = sorted({int(x) % num_layers for x in spec.split(",") if x.strip()})
     except ValueError as exc:
-        raise ConfigError(f"layers '{spec}' is not 'default', 'all', 'start:end' or a list of indices") from exc
+        raise ConfigError(f"layers '{spec}' is not 'default', 'llm-pruner', 'loraprune', 'all', 'start:end' "
+                          "or a list of indices") from exc
     if any(i >= num_layers for i in out):
         raise ConfigError(f"layers '{spec}' out of range for a model with {num_layers} layers")
     return out
@@ -134,7 +142,7 @@ def mlp_group(layer: nn.Module, index: int) -> GroupSet:
 
 def select_units(group: GroupSet, scores: torch.Tensor, ratio: float,
                  previous: torch.Tensor | None = None) -> torch.Tensor:
-    """Keep-mask pruning ``round(ratio * units)`` lowest-scoring units (per block, evenly).
+    """Keep-mask pruning ``ratio * units`` (rounded half up) lowest-scoring units (per block, evenly).
 
     At least one unit per block stays. Units already pruned in ``previous`` are pruned first and
     stay pruned (cumulative masks).
@@ -143,7 +151,7 @@ def select_units(group: GroupSet, scores: torch.Tensor, ratio: float,
     if previous is not None:
         scores[~previous.cpu()] = float("-inf")
     per_block = group.size // group.blocks
-    n_prune = min(round(ratio * per_block), per_block - 1)
+    n_prune = min(int(ratio * per_block + 0.5), per_block - 1)  # round half up
     if previous is not None:  # never un-prune
         already = int((~previous).reshape(group.blocks, per_block).sum(1).max())
         n_prune = max(n_prune, already)

@@ -1,8 +1,8 @@
-"""Built-in plugin: the structured granularity and the one-shot schedule."""
+"""Built-in plugin: the structured granularity, and the one-shot and iterative schedules."""
 
 from benchsuite import hookimpl
 from benchsuite.granularities import Structured
-from benchsuite.schedules import OneShot
+from benchsuite.schedules import Iterative, OneShot
 
 
 @hookimpl
@@ -13,3 +13,4 @@ def benchsuite_register_granularities(register):
 @hookimpl
 def benchsuite_register_schedules(register):
     register(OneShot)
+    register(Iterative)

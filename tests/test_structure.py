@@ -107,6 +107,8 @@ def test_save_and_reload_identical(tiny, tokens, tmp_path):
 def test_parse_layers():
     assert parse_layers("default", 32) == list(range(4, 30))
     assert parse_layers("default", 30) == list(range(4, 28))
+    assert parse_layers("loraprune", 32) == list(range(3, 31))
+    assert parse_layers("loraprune", 4) == [1, 2]
     assert parse_layers("all", 3) == [0, 1, 2]
     assert parse_layers("1:3", 5) == [1, 2]
     assert parse_layers("0,-1", 5) == [0, 4]

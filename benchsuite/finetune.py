@@ -1,0 +1,159 @@
+"""The shared LoRA fine-tuning loop (peft), used for recovery and by training-time schedules.
+
+Only LoRA parameters train: pretrained weights are frozen and never get a gradient tensor.
+Methods compared at the same profile get the same token budget (steps x micro-batch x length x
+gradient accumulation).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import training_windows
+
+#: LoRAPrune's reference targets: all seven projections
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """LoRA hyper-parameters (reference defaults: r 8, alpha 16, dropout 0.05, lr 1e-4)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    lr: float = 1e-4
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    weight_decay: float = 0.0
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    warmup_steps: int = 0
+    #: text used for fine-tuning: a bundled corpus name (its calibration part) or a .txt/.jsonl path
+    corpus: str = "wiki,c4"
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any] | None) -> LoRAConfig:
+        params = dict(params or {})
+        if "targets" in params:
+            params["targets"] = tuple(params["targets"])
+        unknown = set(params) - set(cls.__dataclass_fields__)
+        if unknown:
+            from .api import ConfigError
+
+            raise ConfigError(f"unknown LoRA parameter(s) {sorted(unknown)}; accepted: "
+                              f"{', '.join(cls.__dataclass_fields__)}")
+        return cls(**params)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def attach_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
+    """Wrap ``model`` with peft LoRA on ``config.targets``; everything else is frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_config = LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                             target_modules=list(config.targets), bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, peft_config)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold ``scaling * B @ A`` into the base weights and return the plain transformers model."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
+
+
+def frozen_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for n, p in model.named_parameters() if "lora_" not in n]
+
+
+@dataclass
+class TrainLog:
+    steps: int = 0
+    tokens: int = 0
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    skipped_nan: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        tail = self.losses[-max(1, len(self.losses) // 10):] if self.losses else []
+        return {"steps": self.steps, "tokens": self.tokens, "seconds": round(self.seconds, 2),
+                "first_loss": self.losses[0] if self.losses else None,
+                "final_loss": sum(tail) / len(tail) if tail else None, "skipped_nan": self.skipped_nan}
+
+
+#: Called after each optimizer step's backward, before the step: (step index from 0, model)
+StepCallback = Callable[[int, nn.Module], None]
+
+
+def train_lora(model: nn.Module, batches: Iterator[torch.Tensor], steps: int, config: LoRAConfig,
+               seed: int = 0, before_step: StepCallback | None = None,
+               after_step: StepCallback | None = None, desc: str = "LoRA fine-tuning") -> TrainLog:
+    """Train the LoRA parameters of ``model`` for ``steps`` optimizer steps.
+
+    ``before_step`` sees the accumulated LoRA gradients (LoRAPrune scores them there);
+    ``after_step`` runs after the update (schedules prune there).
+    """
+    params = lora_parameters(model)
+    if not params:
+        raise ValueError("the model has no trainable LoRA parameters (call attach_lora first)")
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) if config.warmup_steps else 1.0)
+    device = next(model.parameters()).device
+    log = TrainLog()
+    model.zero_grad(set_to_none=True)  # e.g. gradients left by a criterion's calibration
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(range(steps), desc=desc, unit="step", leave=False)
+    for step in bar:
+        total = 0.0
+        for _ in range(config.grad_accum):
+            batch = next(batches).to(device)
+            loss = model(input_ids=batch, labels=batch).loss / config.grad_accum
+            loss.backward()
+            total += float(loss.detach())
+            log.tokens += batch.numel()
+        if not math.isfinite(total):
+            log.skipped_nan += 1
+            optimizer.zero_grad(set_to_none=True)
+            continue
+        if before_step is not None:
+            before_step(step, model)
+        if config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        log.losses.append(total)
+        log.steps += 1
+        bar.set_postfix(loss=f"{total:.3f}")
+        if after_step is not None:
+            after_step(step, model)
+    log.seconds = time.perf_counter() - start
+    model.eval()
+    return log
+
+
+def cycle_batches(tokenizer, corpus: str, length: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless shuffled micro-batches of ``length`` tokens from the corpus' calibration part."""
+    windows = training_windows(tokenizer, corpus, length)
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(windows), generator=generator)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield windows[order[start:start + batch_size]]
