@@ -128,6 +128,9 @@ class Criterion(Parametrized, ABC):
     def observe(self, model: nn.Module, granularity: Granularity, groups: list[GroupSet]) -> None:  # noqa: B027
         """Called by training-time schedules after each optimizer step's backward. Default: nothing."""
 
+    def release(self) -> None:  # noqa: B027 - optional hook
+        """Drop gathered statistics (gradients, activations) once scoring is done. Default: nothing."""
+
     def element_scores(self, key: str, module: nn.Module) -> torch.Tensor:
         """Per-element importance of ``module.weight`` (same shape). ``key`` is ``layers.<i>.<path>``."""
         raise NotImplementedError(f"criterion '{self.name}' has no element scores")
@@ -148,9 +151,14 @@ class Criterion(Parametrized, ABC):
 
 def unit_sums(element_scores: torch.Tensor, member: Coupling) -> torch.Tensor:
     """Sum element scores over each unit's rows/columns: shape ``[units]``."""
+    index = member.index
+    units, width = index.shape
+    if torch.equal(index.reshape(-1), torch.arange(units * width)):  # consecutive units: no gather
+        if member.dim == 0:
+            return element_scores[: units * width].reshape(units, -1).sum(1)
+        return element_scores[:, : units * width].sum(0).reshape(units, width).sum(1)
     scores = element_scores if member.dim == 0 else element_scores.t()
-    index = member.index.to(scores.device)
-    return scores[index.reshape(-1)].reshape(index.shape[0], -1).sum(dim=1)
+    return scores[index.reshape(-1).to(scores.device)].reshape(units, -1).sum(1)
 
 
 def combine(vectors: list[torch.Tensor], reduction: str = "sum", normalize: bool = False) -> torch.Tensor:

@@ -12,6 +12,7 @@ from .structure import (
     attention_group,
     decoder_layers,
     mlp_group,
+    prune_counts,
     remove_units,
     select_units,
 )
@@ -59,7 +60,8 @@ class Structured(Granularity):
 
     def select(self, groups, scores, ratio, previous=None):
         previous = previous or [None] * len(groups)
-        return [select_units(g, s, ratio, p) for g, s, p in zip(groups, scores, previous)]
+        counts = prune_counts(groups, ratio)
+        return [select_units(g, s, n, p) for g, s, n, p in zip(groups, scores, counts, previous)]
 
     def apply_masks(self, model, groups, masks) -> None:
         self._masker.apply(model, groups, masks)

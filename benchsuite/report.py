@@ -18,7 +18,9 @@ COLUMNS: list[tuple[str, str, Any]] = [
     ("flops_per_token", "GFLOPs/tok", lambda v: f"{v / 1e9:.3f}"),
     ("latency_ms", "latency ms", lambda v: f"{v:.1f}"),
     ("peak_mem_prune_mb", "prune mem MB", lambda v: f"{v:.0f}"),
-    ("prune_time_s", "prune s", lambda v: f"{v:.1f}"),
+    ("peak_mem_recover_mb", "tune mem MB", lambda v: f"{v:.0f}"),
+    ("weight_grad_mb", "W-grad MB", lambda v: f"{v:.0f}"),
+    ("total_time_s", "prune+tune s", lambda v: f"{v:.1f}"),
 ]
 
 

@@ -22,6 +22,7 @@ class OneShot(Schedule):
         criterion.prepare(model, ctx)
         groups = granularity.units(model, layers)
         scores = granularity.score(criterion, model, groups)
+        criterion.release()
         masks = granularity.select(groups, scores, ratio)
         model = granularity.finalize(model, groups, masks)
         pruned = sum(int((~m).sum()) for m in masks)
@@ -103,6 +104,7 @@ class Iterative(Schedule):
         train = ctx.finetune(model, total, before_step=before_step, after_step=after_step,
                              desc="LoRAPrune: fine-tune + prune")
         prune_to(ratio, total)  # reach the target exactly
+        criterion.release()
         model = granularity.finalize(model, groups, masks)
         log = {"units_pruned": history[-1]["units_pruned"], "units_total": sum(m.numel() for m in masks),
                "prune_freq": freq, "prune_events": history, "train": train}

@@ -10,7 +10,7 @@ import torch
 from benchsuite.api import ConfigError
 from benchsuite.granularities import Structured
 from benchsuite.models import load_model_dir, save_pruned
-from benchsuite.structure import decoder_layers, model_widths, parse_layers, select_units
+from benchsuite.structure import decoder_layers, model_widths, parse_layers, prune_counts, select_units
 from tests.conftest import tiny_llama
 
 
@@ -83,11 +83,25 @@ def test_coupled_groups_cover_the_same_units(tiny):
 def test_select_keeps_one_per_block_and_is_cumulative():
     model = tiny_llama(num_heads=6, num_kv_heads=2)
     group = Structured().units(model, [0])[0]
-    keep = select_units(group, torch.arange(6.0), 0.99)
+    assert prune_counts([group], 0.99) == [2]  # one unit per block stays
+    keep = select_units(group, torch.arange(6.0), 2)
     assert keep.reshape(2, 3).sum(1).tolist() == [1, 1]
-    first = select_units(group, torch.tensor([0.0, 9, 9, 0, 9, 9]), 0.34)
-    second = select_units(group, torch.tensor([9.0, 0, 9, 9, 0, 9]), 0.34, previous=first)
+    first = select_units(group, torch.tensor([0.0, 9, 9, 0, 9, 9]), 1)
+    second = select_units(group, torch.tensor([9.0, 0, 9, 9, 0, 9]), 1, previous=first)
     assert not (second & ~first).any(), "a pruned unit came back"
+
+
+def test_ratio_is_met_across_layers_by_carrying_rounding():
+    model = tiny_llama(num_heads=6, num_kv_heads=2, layers=4)
+    groups = Structured().units(model, [0, 1, 2, 3])
+    counts = prune_counts(groups, 0.5)
+    attention = [n for g, n in zip(groups, counts) if g.kind == "attention"]
+    assert attention == [2, 1, 2, 1]  # 3 heads per kv group: 1.5 on average
+    mlp = [n for g, n in zip(groups, counts) if g.kind == "mlp"]
+    assert mlp == [64] * 4
+    masks = Structured().select(groups, [torch.rand(g.size) for g in groups], 0.5)
+    pruned_heads = sum(int((~m).sum()) for g, m in zip(groups, masks) if g.kind == "attention")
+    assert pruned_heads == 12  # 50% of 24
 
 
 def test_save_and_reload_identical(tiny, tokens, tmp_path):

@@ -1,0 +1,129 @@
+"""LLM-Pruner (Ma et al., NeurIPS 2023): Taylor importance from full gradients of the pretrained
+weights on a few calibration samples, one-shot structured pruning, LoRA recovery.
+
+With ``g = dL/dW`` averaged over the calibration samples and ``H = mean of per-sample g^2``
+(diagonal Fisher approximation of the Hessian):
+
+- ``element1``: element score ``|W * g|``, summed over each unit's rows/columns
+- ``element2``: element score ``|W * g - 1/2 * W * H * W|``
+- ``vector``:  ``|sum over the unit of W * g|`` per module
+
+Per-module unit scores are reduced across the coupled modules with ``reduction`` (sum, mean, max,
+prod). Unlike LoRAPrune this holds a gradient for every pretrained weight (and, for ``element2``,
+two more accumulators): that is its memory cost, and it is measured, not hidden.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from benchsuite import Criterion, GroupSet, Method, PruneContext, hookimpl
+from benchsuite.api import combine
+from benchsuite.memory import tensor_bytes
+from benchsuite.structure import PROJECTIONS, base_linear, decoder_layers
+
+ORDERS = ("element1", "element2", "vector")
+
+
+class Taylor(Criterion):
+    """First/second-order Taylor importance with full weight gradients (LLM-Pruner)."""
+
+    name = "taylor"
+    description = "LLM-Pruner: Taylor importance from full weight gradients (element1, element2, vector)"
+    needs = frozenset({"calibration", "weight_grad"})
+
+    def __init__(self, order: str = "element1", reduction: str = "sum") -> None:
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}, not '{order}'")
+        self.order = order
+        self.reduction = reduction
+        self._grad: dict[str, torch.Tensor] = {}
+        self._fisher: dict[str, torch.Tensor] = {}
+
+    def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
+        """Backward over the calibration samples with every pretrained weight requiring grad."""
+        params = list(model.parameters())
+        previous = [p.requires_grad for p in params]
+        device = next(model.parameters()).device
+        targets = {f"layers.{i}.{path}": base_linear(layer.get_submodule(path)).weight
+                   for i, layer in enumerate(decoder_layers(model)) for path in PROJECTIONS}
+        batches = list(ctx.calibration_batches())
+        n = sum(len(b) for b in batches)
+        was_training = model.training
+        model.eval()  # no dropout: the gradient of the model as it is
+        try:
+            for p in params:
+                p.requires_grad_(True)
+                p.grad = None
+            if self.order == "element2":  # per-sample gradients for the Fisher diagonal
+                for sample in torch.cat(batches):
+                    batch = sample[None].to(device)
+                    model(input_ids=batch, labels=batch).loss.backward()
+                    for key, w in targets.items():
+                        g = w.grad.detach().float()  # this sample's gradient
+                        self._fisher[key] = self._fisher.get(key, 0) + g.square() / n
+                        self._grad[key] = self._grad.get(key, 0) + g / n
+                    model.zero_grad(set_to_none=False)
+            else:  # gradients of the mean loss, accumulated batch by batch
+                for batch in batches:
+                    batch = batch.to(device)
+                    (model(input_ids=batch, labels=batch).loss * len(batch) / n).backward()
+                self._grad = {key: w.grad.detach().float() for key, w in targets.items()}
+            ctx.notes["weight_grad_bytes"] = (
+                tensor_bytes(p.grad for p in params) + tensor_bytes(self._fisher.values())
+                + (tensor_bytes(self._grad.values()) if self.order == "element2" else 0))
+        finally:
+            for p, flag in zip(params, previous):
+                p.grad = None
+                p.requires_grad_(flag)
+            model.train(was_training)
+
+    def _gradient(self, key: str) -> torch.Tensor:
+        if key not in self._grad:
+            raise RuntimeError("the taylor criterion scores only after prepare() computed gradients")
+        return self._grad[key]
+
+    def element_scores(self, key: str, module: nn.Module) -> torch.Tensor:
+        weight = base_linear(module).weight.detach().float()
+        first = weight * self._gradient(key)
+        if self.order == "element2":
+            return (first - 0.5 * weight * self._fisher[key] * weight).abs()
+        return first.abs()
+
+    def group_scores(self, group: GroupSet, layer: nn.Module) -> torch.Tensor:
+        if self.order != "vector":
+            return super().group_scores(group, layer)
+        vectors = []
+        for member in group.members:
+            key = f"layers.{group.layer}.{member.module}"
+            product = base_linear(layer.get_submodule(member.module)).weight.detach().float() * self._gradient(key)
+            product = product if member.dim == 0 else product.t()
+            index = member.index
+            vectors.append(product[index.reshape(-1)].reshape(index.shape[0], -1).sum(1).abs())
+        return combine(vectors, self.reduction, self.normalize)
+
+    def release(self) -> None:
+        self._grad.clear()
+        self._fisher.clear()
+
+
+LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "lr": 1e-4}
+
+
+@hookimpl
+def benchsuite_register_criteria(register):
+    register(Taylor)
+
+
+@hookimpl
+def benchsuite_register_methods(register):
+    common = {"layers": "llm-pruner"}
+    register(Method("llm-pruner", "taylor", criterion_params={"order": "element1"}, recovery=LORA, **common,
+                    description="LLM-Pruner: Taylor element-wise first order, one-shot, LoRA recovery"))
+    register(Method("llm-pruner-notune", "taylor", criterion_params={"order": "element1"}, **common,
+                    description="LLM-Pruner element-wise first order, one-shot, no recovery"))
+    register(Method("llm-pruner-element2", "taylor", criterion_params={"order": "element2"}, recovery=LORA,
+                    **common, description="LLM-Pruner element-wise second order (Fisher diagonal), LoRA recovery"))
+    register(Method("llm-pruner-vector", "taylor", criterion_params={"order": "vector"}, recovery=LORA,
+                    **common, description="LLM-Pruner vector-wise |sum W*dW|, one-shot, LoRA recovery"))
