@@ -83,7 +83,7 @@ def main() -> None:
         crit.prepare(model, ctx)
         gran.score(crit, model, groups)
     model.zero_grad(set_to_none=True)
-    del model
+    model = None  # free it before loading the dense copy
     dense = load_model_dir(path)
     taylor = Taylor()
     with PeakMemory() as taylor_mem:
