@@ -212,7 +212,17 @@ class Granularity(Parametrized, ABC):
 
     @abstractmethod
     def finalize(self, model: nn.Module, groups: list[GroupSet], masks: list[torch.Tensor]) -> nn.Module:
-        """Turn the masks into the final model (e.g. physical removal); removes mask hooks."""
+        """Turn the masks into the pruned model (e.g. physical removal). Masks that must hold
+        during a later LoRA recovery (element sparsity) stay in force."""
+
+    def after_merge(self, model: nn.Module, groups: list[GroupSet], masks: list[torch.Tensor]) -> dict[str, Any]:
+        """Called on the plain model after LoRA is merged (or after pruning, without LoRA): re-apply
+        what merging may undo and check the result. Returns checks to record. Default: nothing."""
+        return {}
+
+    def label(self) -> str:
+        """Short name for tables (e.g. ``structured``, ``2:4``)."""
+        return self.name
 
 
 @dataclass

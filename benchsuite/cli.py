@@ -18,6 +18,7 @@ DEFAULT_METHODS = "magnitude-l1,magnitude-l2,random"
 EPILOG = """examples:
   benchsuite run                                   # default benchmark: baselines at 20%% and 50%% on smollm2-135m
   benchsuite run --methods magnitude-l2,random --ratios 0.5 --profile smoke
+  benchsuite run --methods loraprune,magnitude,wanda --granularity 2:4
   benchsuite run --methods magnitude-l2 --model llama-7b --profile paper   # needs a GPU and hub access
   benchsuite report --format json
   benchsuite plugins
@@ -55,8 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default="smollm2-135m",
                      help="registered name or alias (see `benchsuite models`), hub id, or local directory "
                      "(default: smollm2-135m, fetched from PyPI, works offline)")
-    run.add_argument("--ratios", type=_floats, default=[0.2, 0.5],
-                     help="fractions of heads/channels removed in the pruned layers (default: 0.2,0.5)")
+    run.add_argument("--ratios", type=_floats, default=None,
+                     help="fractions removed in the pruned layers: of heads/channels (structured) or of weights "
+                     "(unstructured) (default: 0.2,0.5; N:M granularities fix their own ratio)")
+    run.add_argument("--granularity", default=None,
+                     help="run every method at this granularity instead of its own: structured, unstructured, "
+                     "or N:M such as 2:4 (element-level granularities sparsify the seven projections of every "
+                     "layer)")
     run.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default: 0)")
     run.add_argument("--profile", default="quick",
                      help="budget: " + "; ".join(f"{p.name}: {p.description}" for p in PROFILES.values())
@@ -97,7 +103,8 @@ def cmd_run(args) -> int:
 
     request = RunRequest(methods=[m.strip() for m in args.methods.split(",") if m.strip()], model=args.model,
                          ratios=args.ratios, seeds=args.seeds, profile=args.profile, results=args.results,
-                         rerun=args.rerun, save_models=args.save_models, device=args.device, dtype=args.dtype)
+                         rerun=args.rerun, save_models=args.save_models, device=args.device, dtype=args.dtype,
+                         granularity=args.granularity)
     registry = get_registry()
     _report_plugin_failures(registry)
     runner = Runner(request, registry, log=lambda line: print(line, file=sys.stderr, flush=True))
@@ -170,8 +177,11 @@ def cmd_methods(args) -> int:
         return 0
     from tabulate import tabulate
 
+    def granularity_label(m):
+        return registry.granularities[m["granularity"]["name"]].create(m["granularity"]["params"]).label()
+
     rows = [[n, m["criterion"]["name"] + (f" {m['criterion']['params']}" if m["criterion"]["params"] else ""),
-             m["granularity"]["name"], m["schedule"]["name"], "LoRA" if m["recovery"] else "-", m["description"]]
+             granularity_label(m), m["schedule"]["name"], "LoRA" if m["recovery"] else "-", m["description"]]
             for n, m in methods.items()]
     print(tabulate(rows, headers=["method", "criterion", "granularity", "schedule", "recovery", "description"],
                    tablefmt="github"))

@@ -82,3 +82,50 @@ def latency(model: nn.Module, batch_size: int, seq_len: int, repeats: int, warmu
     return {"latency_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats,
             "batch_size": batch_size, "seq_len": seq_len, "device": str(device),
             "threads": torch.get_num_threads(), "kernels": "dense"}
+
+
+def semi_structured_linears(model: nn.Module) -> list[nn.Linear]:
+    """Linear layers whose weights are exactly 2:4 sparse (candidates for sparse kernels)."""
+    from .sparsity import check_nm
+
+    out = []
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.in_features % 4 == 0 and module is not getattr(
+                model, "lm_head", None):
+            weight = module.weight.detach()
+            if float((weight == 0).float().mean()) >= 0.5 and check_nm(weight, 2, 4):
+                out.append(module)
+    return out
+
+
+@torch.inference_mode()
+def sparse_latency(model: nn.Module, batch_size: int, seq_len: int, repeats: int) -> dict[str, Any]:
+    """Latency with 2:4 weights converted to torch's semi-structured sparse tensors (CUDA only).
+
+    Returns ``{"latency_ms": None, "reason": ...}`` where that can't run (CPU, no eligible weights,
+    unsupported GPU or dtype); the weights are restored afterwards either way."""
+    device = next(model.parameters()).device
+    linears = semi_structured_linears(model)
+    if not linears:
+        return {"latency_ms": None, "reason": "no 2:4-sparse weights"}
+    if device.type != "cuda":
+        return {"latency_ms": None, "eligible_linears": len(linears),
+                "reason": "CPU: no N:M kernels, the 2:4 model runs as a masked dense model"}
+    from torch.sparse import to_sparse_semi_structured
+
+    originals = []
+    try:
+        for module in linears:
+            sparse = to_sparse_semi_structured(module.weight.detach())
+            originals.append((module, module.weight))
+            module.weight = nn.Parameter(sparse, requires_grad=False)
+        result = latency(model, batch_size, seq_len, repeats)
+    except (RuntimeError, NotImplementedError, ValueError) as exc:
+        return {"latency_ms": None, "eligible_linears": len(linears),
+                "reason": f"semi-structured kernels unavailable: {type(exc).__name__}: {exc}"}
+    finally:
+        for module, weight in originals:
+            module.weight = weight
+    result["kernels"] = "torch semi-structured sparse (to_sparse_semi_structured)"
+    result["converted_linears"] = len(originals)
+    return result

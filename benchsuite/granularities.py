@@ -1,4 +1,5 @@
-"""Built-in granularities. ``structured``: whole attention heads and MLP channels."""
+"""Built-in granularities: ``structured`` (whole attention heads and MLP channels), ``nm``
+(semi-structured N:M, e.g. 2:4) and ``unstructured`` (single weights, per matrix or per row)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,22 @@ import torch
 from torch import nn
 
 from .api import ConfigError, Criterion, Granularity, GroupSet
+from .sparsity import (
+    apply_element_masks,
+    check_nm,
+    nm_mask,
+    reapply_masks,
+    remove_lora_masking,
+    sparsity,
+    unstructured_mask,
+    weight_groups,
+)
 from .structure import (
     ATTENTION_MODES,
+    PROJECTIONS,
     Masker,
     attention_group,
+    base_linear,
     decoder_layers,
     mlp_group,
     prune_counts,
@@ -35,6 +48,11 @@ class Structured(Granularity):
 
     def check_model(self, model: nn.Module) -> None:
         decoder_layers(model)  # raises ConfigError with the reason
+
+    def label(self) -> str:
+        if self.attention == "heads" and self.mlp:
+            return "structured"
+        return f"structured({self.attention}, mlp={self.mlp})"
 
     def units(self, model: nn.Module, layers: list[int]) -> list[GroupSet]:
         all_layers = decoder_layers(model)
@@ -69,3 +87,104 @@ class Structured(Granularity):
     def finalize(self, model, groups, masks):
         self._masker.remove()
         return remove_units(model, groups, masks)
+
+
+class _ElementLevel(Granularity):
+    """Shared parts of the element-level granularities: masks on the weights, exact through LoRA."""
+
+    def __init__(self, modules: tuple[str, ...] | list[str] = PROJECTIONS) -> None:
+        modules = tuple(modules)
+        unknown = [m for m in modules if m not in PROJECTIONS]
+        if unknown:
+            raise ValueError(f"modules {unknown} unknown; choose from {', '.join(PROJECTIONS)}")
+        self.modules = modules
+
+    def check_model(self, model):
+        decoder_layers(model)
+
+    def units(self, model, layers):
+        return weight_groups(model, layers, self.modules)
+
+    def score(self, criterion, model, groups):
+        layers = decoder_layers(model)
+        scores = []
+        for group in groups:
+            module = layers[group.layer].get_submodule(group.members[0].module)
+            s = criterion.element_scores(group.name, module)
+            if s.shape != base_linear(module).weight.shape:
+                raise ConfigError(f"criterion '{criterion.name}' gave element scores of shape {tuple(s.shape)} "
+                                  f"for {group.name}")
+            scores.append(s)
+        return scores
+
+    def apply_masks(self, model, groups, masks):
+        apply_element_masks(model, groups, masks)
+
+    def finalize(self, model, groups, masks):
+        apply_element_masks(model, groups, masks)  # stays in force through a LoRA recovery
+        return model
+
+    def after_merge(self, model, groups, masks):
+        remove_lora_masking(model)
+        reapply_masks(model, groups, masks)
+        layers = decoder_layers(model)
+        weights = [base_linear(layers[g.layer].get_submodule(g.members[0].module)).weight for g in groups]
+        zeros = sum(int((w == 0).sum()) for w in weights)
+        total = sum(w.numel() for w in weights)
+        return {"sparsity": zeros / max(total, 1), "sparsified_weights": len(weights),
+                "min_sparsity": min((sparsity(w) for w in weights), default=0.0)}
+
+
+class NM(_ElementLevel):
+    """Semi-structured N:M: in every row, each block of M consecutive input weights keeps N."""
+
+    name = "nm"
+    description = "semi-structured N:M (default 2:4): keep N of every M consecutive weights per row"
+
+    def __init__(self, n: int = 2, m: int = 4, modules: tuple[str, ...] | list[str] = PROJECTIONS) -> None:
+        if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
+            raise ValueError(f"N:M needs integers 0 < N < M, not {n}:{m}")
+        super().__init__(modules)
+        self.n, self.m = n, m
+
+    @property
+    def fixed_ratio(self) -> float:
+        return 1.0 - self.n / self.m
+
+    def label(self) -> str:
+        return f"{self.n}:{self.m}"
+
+    def select(self, groups, scores, ratio, previous=None):
+        # intermediate ratios of an iterative schedule prune fewer per block; never more than M-N
+        n_prune = min(int(ratio * self.m + 0.5), self.m - self.n)
+        previous = previous or [None] * len(groups)
+        return [nm_mask(s, n_prune, self.m, p) for s, p in zip(scores, previous)]
+
+    def after_merge(self, model, groups, masks):
+        checks = super().after_merge(model, groups, masks)
+        layers = decoder_layers(model)
+        bad = [g.name for g in groups
+               if not check_nm(base_linear(layers[g.layer].get_submodule(g.members[0].module)).weight, self.n, self.m)]
+        if bad:
+            raise RuntimeError(f"weights not {self.label()} after merging: {bad[:3]}")
+        checks["nm_verified"] = (f"every block of {self.m} in every row of {len(groups)} weights has "
+                                 f"<= {self.n} non-zeros")
+        return checks
+
+
+class Unstructured(_ElementLevel):
+    """Single weights: the lowest-scoring fraction of each matrix (or of each output row)."""
+
+    name = "unstructured"
+    description = "single weights, lowest fraction per matrix (per_row: per output row, as Wanda)"
+
+    def __init__(self, per_row: bool = False, modules: tuple[str, ...] | list[str] = PROJECTIONS) -> None:
+        super().__init__(modules)
+        self.per_row = per_row
+
+    def label(self) -> str:
+        return "unstructured" + ("/row" if self.per_row else "")
+
+    def select(self, groups, scores, ratio, previous=None):
+        previous = previous or [None] * len(groups)
+        return [unstructured_mask(s, ratio, self.per_row, p) for s, p in zip(scores, previous)]

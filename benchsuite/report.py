@@ -17,6 +17,7 @@ COLUMNS: list[tuple[str, str, Any]] = [
     ("params_ratio", "params %", lambda v: f"{100 * v:.1f}"),
     ("flops_per_token", "GFLOPs/tok", lambda v: f"{v / 1e9:.3f}"),
     ("latency_ms", "latency ms", lambda v: f"{v:.1f}"),
+    ("latency_sparse_ms", "2:4 kernel ms", lambda v: f"{v:.1f}"),
     ("peak_mem_prune_mb", "prune mem MB", lambda v: f"{v:.0f}"),
     ("peak_mem_recover_mb", "tune mem MB", lambda v: f"{v:.0f}"),
     ("weight_grad_mb", "W-grad MB", lambda v: f"{v:.0f}"),
@@ -35,7 +36,8 @@ def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     for r in records:
         row = {"model": r.get("model"), "profile": r.get("profile"), "method": r.get("method"),
                "ratio": r.get("ratio", 0.0), "seed": r.get("seed"), "status": r.get("status"),
-               "granularity": (r.get("granularity") or {}).get("name", "-"),
+               "granularity": (r.get("granularity") or {}).get("label")
+               or (r.get("granularity") or {}).get("name", "-"),
                "error": r.get("error")}
         row.update(r.get("metrics") or {})
         rows.append(row)
@@ -43,15 +45,15 @@ def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         return pd.DataFrame()
     df = pd.DataFrame(rows)
     df["_dense"] = df["method"] != "dense"
-    keys = ["model", "profile", "_dense", "method", "ratio"]
+    keys = ["model", "profile", "_dense", "method", "granularity", "ratio"]
     ok = df[df["status"] == "ok"]
     metric_cols = [c for c, _, _ in COLUMNS if c in df.columns]
     agg = ok.groupby(keys, sort=False)[metric_cols].mean() if not ok.empty else pd.DataFrame(columns=metric_cols)
     counts = df.groupby(keys, sort=False).agg(
         seeds=("seed", lambda s: ",".join(str(x) for x in sorted(set(s)))),
-        runs=("status", "size"), failed=("status", lambda s: int((s != "ok").sum())),
-        granularity=("granularity", "first"))
-    out = counts.join(agg).reset_index().sort_values(["model", "profile", "_dense", "method", "ratio"], kind="stable")
+        runs=("status", "size"), failed=("status", lambda s: int((s != "ok").sum())))
+    out = counts.join(agg).reset_index().sort_values(["model", "profile", "_dense", "granularity", "method", "ratio"],
+                                                     kind="stable")
     return out.drop(columns="_dense")
 
 
@@ -65,15 +67,21 @@ def render(records: list[dict[str, Any]], fmt: str = "markdown") -> str:
         buf = io.StringIO()
         df.to_csv(buf, index=False)
         return buf.getvalue()
-    headers = ["model", "profile", "method", "ratio", "seeds"]
+    single = df["model"].nunique() == 1 and df["profile"].nunique() == 1
+    headers = ([] if single else ["model", "profile"]) + ["method", "granularity", "ratio", "seeds"]
+    present = [c for c in COLUMNS if c[0] in df.columns and df[c[0]].notna().any()]
     body = []
     for _, row in df.iterrows():
-        line = [row["model"], row["profile"], row["method"], "-" if row["method"] == "dense" else f"{row['ratio']:g}",
-                row["seeds"]]
-        for key, _, fmt_value in COLUMNS:
+        dense = row["method"] == "dense"
+        line = ([] if single else [row["model"], row["profile"]]) + [
+            row["method"], "-" if dense else row["granularity"], "-" if dense else f"{row['ratio']:g}", row["seeds"]]
+        for key, _, fmt_value in present:
             value = row.get(key)
             line.append("-" if value is None or pd.isna(value) else fmt_value(value))
         status = "ok" if not row["failed"] else f"{row['failed']}/{row['runs']} failed"
         body.append(line + [status])
-    return tabulate(body, headers=headers + [h for _, h, _ in COLUMNS] + ["status"], tablefmt="github",
-                    disable_numparse=True)
+    table = tabulate(body, headers=headers + [h for _, h, _ in present] + ["status"], tablefmt="github",
+                     disable_numparse=True)
+    if single:
+        table = f"model: {df['model'].iloc[0]} · profile: {df['profile'].iloc[0]}\n\n{table}"
+    return table

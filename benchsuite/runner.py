@@ -11,7 +11,7 @@ import datetime as dt
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from torch import nn
 from .api import ConfigError, Criterion, Granularity, Method, PruneContext, Schedule
 from .assets import weights_sha256
 from .data import batches, calibration_samples, eval_windows
-from .evaluate import count_params, flops_per_token, latency, perplexity
+from .evaluate import count_params, flops_per_token, latency, perplexity, sparse_latency
 from .finetune import LoRAConfig, attach_lora, cycle_batches, frozen_parameters, merge_lora, train_lora
 from .memory import PeakMemory, tensor_bytes
 from .models import ResolvedModel, load_model_dir, load_tokenizer, resolve_model, save_pruned
@@ -44,7 +44,8 @@ from .structure import decoder_layers, parse_layers
 class RunRequest:
     methods: list[str]
     model: str = "smollm2-135m"
-    ratios: list[float] = field(default_factory=lambda: [0.2, 0.5])
+    #: None: [0.2, 0.5] for free-ratio granularities; N:M fixes its own ratio
+    ratios: list[float] | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
     profile: str = "quick"
     results: Path = Path("results")
@@ -52,6 +53,11 @@ class RunRequest:
     save_models: bool = False
     device: str = "auto"
     dtype: str = "auto"
+    #: run every method at this granularity instead of its own: structured, unstructured, N:M (e.g. 2:4)
+    granularity: str | None = None
+
+
+DEFAULT_RATIOS = [0.2, 0.5]
 
 
 @dataclass
@@ -62,6 +68,9 @@ class MethodPlan:
     criterion: type[Criterion]
     granularity: type[Granularity]
     schedule: type[Schedule]
+    ratios: list[float] = field(default_factory=list)
+    #: directory name of the records: the method name, plus the granularity when overridden
+    key: str = ""
 
     def build(self) -> tuple[Criterion, Granularity, Schedule]:
         m = self.method
@@ -79,15 +88,49 @@ class MethodPlan:
         return LoRAConfig.from_params(params), steps
 
 
-def plan_methods(names: list[str], registry: Registry) -> list[MethodPlan]:
+def parse_granularity(text: str) -> tuple[str, dict[str, Any]]:
+    """``structured``, ``unstructured``, ``nm`` or ``N:M`` (e.g. ``2:4``) -> (name, params)."""
+    text = text.strip()
+    if ":" in text:
+        try:
+            n, m = (int(x) for x in text.split(":"))
+        except ValueError:
+            raise ConfigError(f"granularity '{text}' is not N:M with integers (e.g. 2:4)") from None
+        return "nm", {"n": n, "m": m}
+    return text, {}
+
+
+def plan_methods(names: list[str], registry: Registry, ratios: list[float] | None = None,
+                 granularity: str | None = None) -> list[MethodPlan]:
     plans = []
+    override = parse_granularity(granularity) if granularity else None
     for name in names:
         method: Method = registry.lookup("methods", name)
+        key = method.name
+        if override is not None:
+            gran_name, gran_params = override
+            registry.lookup("granularities", gran_name)  # unknown -> close matches
+            if gran_name == "structured":
+                layers = method.layers if method.granularity == "structured" else "default"
+            else:
+                layers = method.layers if method.granularity != "structured" else "all"
+            method = replace(method, granularity=gran_name, granularity_params=gran_params, layers=layers)
         plan = MethodPlan(method, registry.lookup("criteria", method.criterion),
                           registry.lookup("granularities", method.granularity),
                           registry.lookup("schedules", method.schedule))
-        plan.build()  # validates parameters
+        gran = plan.build()[1]  # validates parameters
         plan.lora()
+        if override is not None:
+            key = f"{method.name}@{gran.label()}"
+        plan.key = key
+        fixed = gran.fixed_ratio
+        if fixed is None:
+            plan.ratios = list(ratios or DEFAULT_RATIOS)
+        elif ratios is not None and any(abs(r - fixed) > 1e-9 for r in ratios):
+            raise ConfigError(f"{key} prunes at {gran.label()}, which fixes the ratio at {fixed:g}; "
+                              f"--ratios {','.join(f'{r:g}' for r in ratios)} conflicts (leave --ratios out)")
+        else:
+            plan.ratios = [fixed]
         plans.append(plan)
     return plans
 
@@ -122,10 +165,10 @@ class Runner:
         self.log = log
         # validate everything that needs no model before touching disk
         self.profile: Profile = get_profile(request.profile)
-        check_ratios(request.ratios)
+        check_ratios(request.ratios or [])
         if not request.methods:
             raise ConfigError("no methods given")
-        self.plans = plan_methods(request.methods, self.registry)
+        self.plans = plan_methods(request.methods, self.registry, request.ratios, request.granularity)
         self.device, self.dtype = pick_device(request.device, request.dtype)
         self._windows: dict[str, torch.Tensor] = {}
         self._calibration: dict[int, torch.Tensor] = {}
@@ -182,6 +225,11 @@ class Runner:
         lat = latency(model, p.latency_batch, p.latency_len, p.latency_repeats)
         metrics["latency_ms"] = lat["latency_ms"]
         how["latency_ms"] = lat
+        sparse = sparse_latency(model, p.latency_batch, p.latency_len, p.latency_repeats)
+        if sparse["latency_ms"] is not None:
+            metrics["latency_sparse_ms"] = sparse["latency_ms"]
+        if sparse.get("reason") != "no 2:4-sparse weights":
+            how["latency_sparse_ms"] = sparse
         return metrics, how
 
     # -- records ------------------------------------------------------------------------------
@@ -234,7 +282,7 @@ class Runner:
         records = [self.run_dense()]
         self.dense = None  # each run loads its own copy; keep one model in memory at a time
         for plan in self.plans:
-            for ratio in self.request.ratios:
+            for ratio in plan.ratios:
                 for seed in self.request.seeds:
                     records.append(self.run_one(plan, ratio, seed))
         return records
@@ -266,18 +314,19 @@ class Runner:
         method = plan.method
         config = method.describe() | {"ratio": ratio, "seed": seed, "profile": self.profile.as_dict(),
                                       "weights": self.weights_sha, "dtype": str(self.dtype)}
-        path = self._path(method.name, ratio, seed)
-        label = f"{method.name} ratio={ratio:g} seed={seed}"
+        path = self._path(plan.key, ratio, seed)
+        label = f"{plan.key} ratio={ratio:g} seed={seed}"
         if self._done(path, config):
             self.log(f"{label}: done before, kept ({path})")
             return read_record(path)
         self.log(f"{label}: pruning")
         record = self._base_record(method.name, ratio, seed, config)
-        record.update(criterion=config["criterion"], granularity=config["granularity"],
+        record.update(criterion=config["criterion"], granularity=dict(config["granularity"]),
                       schedule=config["schedule"], recovery=config["recovery"], started_at=_now())
         timings: dict[str, float] = {}
         try:
             criterion, granularity, schedule = plan.build()
+            record["granularity"]["label"] = granularity.label()
             lora, recovery_steps = plan.lora()
             model = self.load_dense()
             layers = parse_layers(method.layers, len(decoder_layers(model)))
@@ -308,6 +357,7 @@ class Runner:
                 memory["peak_mem_recover_mb"] = rmem.result()
             if lora is not None:
                 model = merge_lora(model)
+            record["checks"] = granularity.after_merge(model, outcome.groups, outcome.masks)
             start = time.perf_counter()
             metrics, how = self.evaluate(model)
             timings["eval_s"] = time.perf_counter() - start

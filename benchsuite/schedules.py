@@ -78,7 +78,7 @@ class Iterative(Schedule):
             raise ValueError("the iterative schedule needs LoRA fine-tuning steps (a method with LoRA)")
         total, freq = ctx.train_steps, self.frequency(ctx.train_steps)
         groups = granularity.units(model, layers)
-        masks = [torch.ones(g.size, dtype=torch.bool) for g in groups]
+        masks: list[torch.Tensor] | None = None  # nothing pruned yet
         history: list[dict] = []
         if not criterion.observes_training:
             criterion.prepare(model, ctx)
@@ -106,6 +106,6 @@ class Iterative(Schedule):
         prune_to(ratio, total)  # reach the target exactly
         criterion.release()
         model = granularity.finalize(model, groups, masks)
-        log = {"units_pruned": history[-1]["units_pruned"], "units_total": sum(m.numel() for m in masks),
+        log = {"units_pruned": history[-1]["units_pruned"], "units_total": sum(g.size for g in groups),
                "prune_freq": freq, "prune_events": history, "train": train}
         return PruneOutcome(model, groups, masks, log)

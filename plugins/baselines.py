@@ -60,3 +60,8 @@ def benchsuite_register_methods(register):
     register(Method("magnitude-l2", "magnitude", criterion_params={"p": 2},
                     description="structured L2 magnitude of each head/channel group, one-shot"))
     register(Method("random", "random", description="structured random pruning, one-shot (seeded)"))
+    register(Method("magnitude", "magnitude", criterion_params={"p": 1}, granularity="unstructured", layers="all",
+                    description="unstructured |W| per weight matrix, one-shot"))
+    register(Method("magnitude-2:4", "magnitude", criterion_params={"p": 1}, granularity="nm",
+                    granularity_params={"n": 2, "m": 4}, layers="all",
+                    description="|W| at 2:4 semi-structured sparsity, one-shot"))

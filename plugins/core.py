@@ -1,13 +1,15 @@
-"""Built-in plugin: the structured granularity, and the one-shot and iterative schedules."""
+"""Built-in plugin: the structured, N:M and unstructured granularities; one-shot and iterative schedules."""
 
 from benchsuite import hookimpl
-from benchsuite.granularities import Structured
+from benchsuite.granularities import NM, Structured, Unstructured
 from benchsuite.schedules import Iterative, OneShot
 
 
 @hookimpl
 def benchsuite_register_granularities(register):
     register(Structured)
+    register(NM)
+    register(Unstructured)
 
 
 @hookimpl

@@ -85,6 +85,9 @@ class Taylor(Criterion):
         return self._grad[key]
 
     def element_scores(self, key: str, module: nn.Module) -> torch.Tensor:
+        if self.order == "vector":
+            raise ValueError("vector-wise Taylor scores whole groups only: use order element1 or element2 "
+                             "with N:M or unstructured granularities")
         weight = base_linear(module).weight.detach().float()
         first = weight * self._gradient(key)
         if self.order == "element2":
@@ -125,5 +128,8 @@ def benchsuite_register_methods(register):
                     description="LLM-Pruner element-wise first order, one-shot, no recovery"))
     register(Method("llm-pruner-element2", "taylor", criterion_params={"order": "element2"}, recovery=LORA,
                     **common, description="LLM-Pruner element-wise second order (Fisher diagonal), LoRA recovery"))
+    register(Method("llm-pruner-2:4", "taylor", criterion_params={"order": "element1"}, granularity="nm",
+                    granularity_params={"n": 2, "m": 4}, layers="all", recovery=LORA,
+                    description="Taylor element-wise first order at 2:4, one-shot, LoRA recovery through the mask"))
     register(Method("llm-pruner-vector", "taylor", criterion_params={"order": "vector"}, recovery=LORA,
                     **common, description="LLM-Pruner vector-wise |sum W*dW|, one-shot, LoRA recovery"))

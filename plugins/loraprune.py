@@ -66,6 +66,8 @@ class LoRAGuided(Criterion):
 
     # -- element scores from the current LoRA gradients ------------------------------------------
     def element_scores(self, key: str, module: nn.Module) -> torch.Tensor:
+        if not self._instant and key in self._average:  # element-level granularities: the average
+            return self._average[key]
         a, b, scaling, _ = lora_factors(module)
         importance = estimated_gradient(a, b, a.grad, b.grad)
         weight = torch.addmm(base_linear(module).weight.detach().float(), b.detach().float(), a.detach().float(),
@@ -95,17 +97,24 @@ class LoRAGuided(Criterion):
 
     # -- training-time use: moving average at every optimizer step --------------------------------
     def observe(self, model: nn.Module, granularity: Granularity, groups: list[GroupSet]) -> None:
-        self._instant = True
-        try:
-            now = granularity.score(self, model, groups)
-        finally:
-            self._instant = False
-        if any(not torch.isfinite(v).all() for v in now):
+        """Update the moving average from the current LoRA gradients (skipped if any is NaN/inf).
+
+        Scores are computed one group at a time, so the transient memory is one module's worth."""
+        grads = [p.grad for n, p in model.named_parameters() if "lora_" in n and p.grad is not None]
+        if any(not torch.isfinite(g).all() for g in grads):
             self.skipped_steps += 1
             return
-        for group, value in zip(groups, now):
-            previous = self._average.get(group.name, torch.zeros_like(value))
-            self._average[group.name] = self.beta * previous + (1.0 - self.beta) * value
+        self._instant = True
+        try:
+            for group in groups:
+                value = granularity.score(self, model, [group])[0]
+                if not torch.isfinite(value).all():  # e.g. overflow in the product
+                    value = torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0)
+                previous = self._average.get(group.name)
+                self._average[group.name] = (value.mul_(1.0 - self.beta) if previous is None
+                                             else previous.mul_(self.beta).add_(value, alpha=1.0 - self.beta))
+        finally:
+            self._instant = False
         self.observed_steps += 1
 
 
@@ -124,6 +133,11 @@ def benchsuite_register_methods(register):
         schedule_params={"init_ratio": 0.0, "prune_freq": "auto", "warmup": 0.1, "cooldown": 0.1},
         layers="loraprune", recovery=LORA,
         description="LoRAPrune: LoRA-guided importance, pruned iteratively while LoRA fine-tunes"))
+    register(Method(
+        "loraprune-2:4", "lora", granularity="nm", granularity_params={"n": 2, "m": 4}, schedule="iterative",
+        schedule_params={"init_ratio": 0.0, "prune_freq": "auto", "warmup": 0.1, "cooldown": 0.1},
+        layers="all", recovery=LORA,
+        description="LoRAPrune at 2:4: LoRA-guided element importance, N:M masks tightened while LoRA trains"))
     register(Method(
         "loraprune-oneshot", "lora", layers="loraprune", recovery=LORA,
         description="LoRA-guided importance from calibration batches, pruned once, then LoRA fine-tuning"))

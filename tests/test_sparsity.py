@@ -1,0 +1,123 @@
+"""N:M and unstructured granularities: exact masks, every criterion, LoRA-safe, Wanda's formula."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchsuite.api import PruneContext
+from benchsuite.finetune import LoRAConfig, attach_lora, merge_lora, train_lora
+from benchsuite.granularities import NM, Unstructured
+from benchsuite.schedules import Iterative, OneShot
+from benchsuite.sparsity import MaskedDelta, check_nm, nm_mask, unstructured_mask
+from benchsuite.structure import PROJECTIONS, decoder_layers
+from benchsuite_plugins.baselines import Magnitude, Random
+from benchsuite_plugins.llm_pruner import Taylor
+from benchsuite_plugins.loraprune import LoRAGuided
+from benchsuite_plugins.wanda import Wanda
+from tests.conftest import tiny_llama
+
+DATA = torch.randint(0, 128, (16, 16), generator=torch.Generator().manual_seed(0))
+LORA = LoRAConfig(r=4, alpha=8, dropout=0.0, lr=1e-2)
+
+
+def ctx(steps=0):
+    def batches():
+        while True:
+            yield from DATA.split(4)
+
+    def finetune(model, n, before_step=None, after_step=None, desc=""):
+        return train_lora(model, batches(), n, LORA, 0, before_step, after_step).summary()
+
+    return PruneContext(seed=0, device=torch.device("cpu"), profile={},
+                        calibration_batches=lambda: iter(DATA[:8].split(4)), finetune=finetune, train_steps=steps)
+
+
+def weights(model):
+    return [layer.get_submodule(p).weight for layer in decoder_layers(model) for p in PROJECTIONS]
+
+
+def test_nm_mask_is_exact_and_keeps_the_highest():
+    scores = torch.tensor([[4.0, 1, 3, 2, 0, 9, 8, 7]])
+    keep = nm_mask(scores, 2, 4)
+    assert keep.tolist() == [[True, False, True, False, False, True, True, False]]
+    g = torch.Generator().manual_seed(0)
+    big = torch.rand(64, 96, generator=g)
+    keep = nm_mask(big, 2, 4)
+    assert check_nm(big * keep, 2, 4) and keep.float().mean() == 0.5
+    with pytest.raises(ValueError, match="multiple of M"):
+        nm_mask(torch.rand(2, 6), 2, 4)
+
+
+def test_unstructured_per_row_and_per_matrix():
+    scores = torch.rand(8, 20, generator=torch.Generator().manual_seed(1))
+    keep = unstructured_mask(scores, 0.25, per_row=True)
+    assert (keep.sum(1) == 15).all()
+    keep = unstructured_mask(scores, 0.25, per_row=False)
+    assert int((~keep).sum()) == 40 and scores[~keep].max() <= scores[keep].min()
+
+
+@pytest.mark.parametrize("make", [lambda: Magnitude(p=1), Random, lambda: Taylor("element1"),
+                                  lambda: Taylor("element2"), Wanda], ids=["magnitude", "random", "taylor1",
+                                                                          "taylor2", "wanda"])
+def test_every_criterion_feeds_the_same_selection(make):
+    model = tiny_llama(6, 2)
+    crit = make()
+    outcome = OneShot().run(model, crit, NM(2, 4), 0.5, [0, 1, 2, 3], ctx())
+    assert all(check_nm(w, 2, 4) for w in weights(outcome.model))
+    checks = NM(2, 4).after_merge(outcome.model, outcome.groups, outcome.masks)
+    assert checks["sparsity"] == pytest.approx(0.5) and "nm_verified" in checks
+
+
+def test_wanda_equals_slow_reference():
+    model = tiny_llama(4, 4)
+    crit = Wanda()
+    crit.prepare(model, ctx())
+    layer = decoder_layers(model)[1]
+    inputs = []
+    handle = layer.mlp.down_proj.register_forward_pre_hook(lambda m, a: inputs.append(a[0].reshape(-1, a[0].shape[-1])))
+    with torch.no_grad():
+        for batch in DATA[:8].split(4):
+            model(batch)
+    handle.remove()
+    x = torch.cat(inputs)
+    norms = torch.stack([x[:, j].norm() for j in range(x.shape[1])])
+    w = layer.mlp.down_proj.weight
+    expected = torch.stack([torch.stack([w[i, j].abs() * norms[j] for j in range(w.shape[1])])
+                            for i in range(w.shape[0])])
+    got = crit.element_scores("layers.1.mlp.down_proj", layer.mlp.down_proj)
+    assert torch.allclose(got, expected.detach(), rtol=1e-4)
+
+
+def test_masked_delta_matches_autograd():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 8, generator=g, requires_grad=True)
+    a = torch.randn(2, 8, generator=g, requires_grad=True)
+    b = torch.randn(6, 2, generator=g, requires_grad=True)
+    mask = torch.rand(6, 8, generator=g) > 0.5
+    ours = MaskedDelta.apply(x, a, b, mask, 0.7)
+    ours.square().sum().backward()
+    grads = [t.grad.clone() for t in (x, a, b)]
+    for t in (x, a, b):
+        t.grad = None
+    reference = torch.nn.functional.linear(x, (b @ a) * 0.7 * mask)
+    reference.square().sum().backward()
+    assert torch.allclose(ours, reference, atol=1e-5)
+    for got, t in zip(grads, (x, a, b)):
+        assert torch.allclose(got, t.grad, atol=1e-4)
+
+
+@pytest.mark.parametrize("granularity", [NM(2, 4), Unstructured(per_row=True)], ids=["2:4", "unstructured"])
+def test_lora_fine_tuned_and_merged_model_stays_sparse(granularity):
+    model = attach_lora(tiny_llama(6, 2), LORA)
+    outcome = Iterative(prune_freq=2).run(model, LoRAGuided(), granularity, 0.5, [0, 1, 2, 3], ctx(steps=8))
+    # pruned elements contribute nothing through the LoRA path either: masked logits == merged logits
+    with torch.no_grad():
+        lora_logits = outcome.model(DATA[:2]).logits
+    merged = merge_lora(outcome.model)
+    checks = granularity.after_merge(merged, outcome.groups, outcome.masks)
+    with torch.no_grad():
+        assert torch.allclose(merged(DATA[:2]).logits, lora_logits, atol=1e-4)
+    assert checks["min_sparsity"] >= 0.5 - 1e-6
+    if isinstance(granularity, NM):
+        assert all(check_nm(w, 2, 4) for w in weights(merged))
