@@ -39,6 +39,14 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
 
 
+def _tasks(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    if text.strip().lower() in ("", "none"):
+        return []
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="benchsuite", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -72,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rerun", action="store_true", help="run again even where a finished record exists")
     run.add_argument("--save-models", action="store_true",
                      help="save each pruned model (safetensors + per-layer widths) beside its record")
+    run.add_argument("--tasks", default=None,
+                     help="zero-shot tasks through lm-eval, comma-separated: boolq, piqa, hellaswag, winogrande, "
+                     "arc_easy, arc_challenge, openbookqa, or 'none' (default: the profile's: all seven)")
+    run.add_argument("--limit", type=int, default=None,
+                     help="examples per zero-shot task (default: the profile's: smoke 3, quick 20, paper all)")
+    run.add_argument("--train-steps", type=int, default=None,
+                     help="LoRA fine-tuning steps for every method with LoRA, instead of the profile's "
+                     "(records go under e.g. quick-steps200)")
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     run.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on CUDA), float32, "
                      "bfloat16, float16")
@@ -104,7 +120,8 @@ def cmd_run(args) -> int:
     request = RunRequest(methods=[m.strip() for m in args.methods.split(",") if m.strip()], model=args.model,
                          ratios=args.ratios, seeds=args.seeds, profile=args.profile, results=args.results,
                          rerun=args.rerun, save_models=args.save_models, device=args.device, dtype=args.dtype,
-                         granularity=args.granularity)
+                         granularity=args.granularity, tasks=_tasks(args.tasks), limit=args.limit,
+                         train_steps=args.train_steps)
     registry = get_registry()
     _report_plugin_failures(registry)
     runner = Runner(request, registry, log=lambda line: print(line, file=sys.stderr, flush=True))

@@ -61,11 +61,17 @@ def resolve_model(name: str, registry: Registry) -> ResolvedModel:
 
 
 def _download(hub_id: str, asked: str, registry: Registry) -> Path:
-    from huggingface_hub import snapshot_download
+    """Download a hub checkpoint's config, tokenizer and weights (safetensors if the repo has them)."""
+    from huggingface_hub import HfApi, snapshot_download
 
+    common = ["*.json", "*.model", "tokenizer*", "*.txt"]
     try:
-        return Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.model",
-                                                              "tokenizer*", "*.txt"]))
+        try:
+            files = HfApi().list_repo_files(hub_id)
+        except Exception:  # noqa: BLE001 - offline: a cached snapshot may still be there
+            return Path(snapshot_download(hub_id, allow_patterns=[*common, "*.safetensors", "*.bin"]))
+        weights = ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["*.bin"]
+        return Path(snapshot_download(hub_id, allow_patterns=[*common, *weights]))
     except Exception as exc:  # noqa: BLE001 - every hub failure becomes one clear message
         alias = f" ('{asked}')" if asked != hub_id else ""
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .api import ConfigError
 
@@ -26,6 +26,10 @@ class Profile:
     latency_batch: int = 1
     latency_len: int = 128
     latency_repeats: int = 5
+    #: zero-shot tasks through lm-eval and examples per task (None = all)
+    tasks: tuple[str, ...] = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+    task_limit: int | None = 20
+    task_batch: int = 8
     #: LoRA fine-tuning budget (recovery and iterative schedules)
     train_steps: int = 20
     train_batch: int = 2
@@ -39,13 +43,23 @@ PROFILES = {
     p.name: p
     for p in (
         Profile("smoke", "seconds on a tiny model; for tests", eval_windows=4, calib_samples=4,
-                calib_len=32, latency_repeats=2, train_steps=4, train_len=64),
+                calib_len=32, latency_repeats=2, train_steps=4, train_len=64, task_limit=3),
         Profile("quick", "the CPU default: minutes on the default model", eval_windows=64,
                 latency_repeats=5, train_steps=40),
         Profile("paper", "the papers' settings, for a GPU", eval_windows=None, eval_batch=8,
-                latency_repeats=50, train_steps=2000, train_len=512),
+                latency_repeats=50, train_steps=2000, train_len=512, task_limit=None, task_batch=32),
     )
 }
+
+
+def with_train_steps(profile: Profile, steps: int | None) -> Profile:
+    """The profile with another LoRA budget; its name says so (records of both can coexist)."""
+    if steps is None or steps == profile.train_steps:
+        return profile
+    if steps < 1:
+        raise ConfigError(f"--train-steps {steps}: give a positive number of optimizer steps")
+    return replace(profile, name=f"{profile.name}-steps{steps}", train_steps=steps,
+                   description=f"{profile.description}, {steps} LoRA steps")
 
 
 def get_profile(name: str) -> Profile:

@@ -13,6 +13,9 @@ from tabulate import tabulate
 COLUMNS: list[tuple[str, str, Any]] = [
     ("ppl_wiki", "PPL wiki", lambda v: f"{v:.2f}"),
     ("ppl_c4", "PPL c4", lambda v: f"{v:.2f}"),
+    *[(f"acc_{task}", label, lambda v: f"{100 * v:.1f}") for task, label in (
+        ("boolq", "BoolQ"), ("piqa", "PIQA"), ("hellaswag", "HellaS"), ("winogrande", "WinoG"),
+        ("arc_easy", "ARC-e"), ("arc_challenge", "ARC-c"), ("openbookqa", "OBQA"), ("avg", "avg acc"))],
     ("params", "params (M)", lambda v: f"{v / 1e6:.1f}"),
     ("params_ratio", "params %", lambda v: f"{100 * v:.1f}"),
     ("flops_per_token", "GFLOPs/tok", lambda v: f"{v / 1e9:.3f}"),

@@ -26,7 +26,7 @@ from .finetune import LoRAConfig, attach_lora, cycle_batches, frozen_parameters,
 from .memory import PeakMemory, tensor_bytes
 from .models import ResolvedModel, load_model_dir, load_tokenizer, resolve_model, save_pruned
 from .plugins import Registry, get_registry
-from .profiles import Profile, get_profile
+from .profiles import Profile, get_profile, with_train_steps
 from .records import (
     SCHEMA,
     config_hash,
@@ -55,6 +55,11 @@ class RunRequest:
     dtype: str = "auto"
     #: run every method at this granularity instead of its own: structured, unstructured, N:M (e.g. 2:4)
     granularity: str | None = None
+    #: zero-shot tasks and examples per task; None: the profile's (an empty list: none)
+    tasks: list[str] | None = None
+    limit: int | None = None
+    #: LoRA optimizer steps instead of the profile's (the profile is then named e.g. quick-steps200)
+    train_steps: int | None = None
 
 
 DEFAULT_RATIOS = [0.2, 0.5]
@@ -164,12 +169,20 @@ class Runner:
         self.registry = registry or get_registry()
         self.log = log
         # validate everything that needs no model before touching disk
-        self.profile: Profile = get_profile(request.profile)
+        self.profile: Profile = with_train_steps(get_profile(request.profile), request.train_steps)
         check_ratios(request.ratios or [])
         if not request.methods:
             raise ConfigError("no methods given")
         self.plans = plan_methods(request.methods, self.registry, request.ratios, request.granularity)
         self.device, self.dtype = pick_device(request.device, request.dtype)
+        self.tasks = list(self.profile.tasks if request.tasks is None else request.tasks)
+        self.limit = self.profile.task_limit if request.limit is None else request.limit
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit {self.limit}: give a positive number of examples per task")
+        if self.tasks:
+            from .zeroshot import resolve_tasks
+
+            self.tasks = resolve_tasks(self.tasks)
         self._windows: dict[str, torch.Tensor] = {}
         self._calibration: dict[int, torch.Tensor] = {}
 
@@ -183,6 +196,10 @@ class Runner:
             plan.build()[1].check_model(self.dense)
             parse_layers(plan.method.layers, len(decoder_layers(self.dense)))
         self.weights_sha = weights_sha256(self.model_info.path)
+        if self.tasks:
+            from .zeroshot import prepare_tasks
+
+            prepare_tasks(self.tasks)  # fetch task data now: a missing download fails before any run
         self.dense_params = count_params(self.dense)
 
     def load_dense(self) -> nn.Module:
@@ -214,6 +231,14 @@ class Runner:
                 how[f"ppl_{corpus}"] = {k: v for k, v in result.items() if k != "ppl"} | {
                     "split": "evaluation part (disjoint from calibration)", "windows": "non-overlapping",
                     "bos": "none prepended"}
+            if self.tasks:
+                from .zeroshot import evaluate_zeroshot
+
+                zeroshot = evaluate_zeroshot(model, self.tokenizer, self.tasks, self.limit, p.task_batch)
+                for task, result in zeroshot["tasks"].items():
+                    metrics[f"acc_{task}"] = result["value"]
+                metrics["acc_avg"] = zeroshot["average"]
+                how["zeroshot"] = zeroshot
         metrics["peak_mem_eval_mb"] = mem.result()["peak_mb"]
         how["peak_mem_eval_mb"] = mem.result()
         metrics["params"] = count_params(model)
@@ -289,7 +314,7 @@ class Runner:
 
     def run_dense(self) -> dict[str, Any]:
         config = {"method": "dense", "profile": self.profile.as_dict(), "weights": self.weights_sha,
-                  "dtype": str(self.dtype)}
+                  "dtype": str(self.dtype), "tasks": self.tasks, "limit": self.limit}
         path = self._path("dense", 0.0, 0)
         if self._done(path, config):
             self.log(f"dense: done before, kept ({path})")
@@ -313,7 +338,8 @@ class Runner:
     def run_one(self, plan: MethodPlan, ratio: float, seed: int) -> dict[str, Any]:
         method = plan.method
         config = method.describe() | {"ratio": ratio, "seed": seed, "profile": self.profile.as_dict(),
-                                      "weights": self.weights_sha, "dtype": str(self.dtype)}
+                                      "weights": self.weights_sha, "dtype": str(self.dtype),
+                                      "tasks": self.tasks, "limit": self.limit}
         path = self._path(plan.key, ratio, seed)
         label = f"{plan.key} ratio={ratio:g} seed={seed}"
         if self._done(path, config):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from benchsuite import Criterion, GroupSet, Method, PruneContext, hookimpl
 from benchsuite.api import combine
@@ -57,7 +58,7 @@ class Taylor(Criterion):
                 p.requires_grad_(True)
                 p.grad = None
             if self.order == "element2":  # per-sample gradients for the Fisher diagonal
-                for sample in torch.cat(batches):
+                for sample in tqdm(torch.cat(batches), desc="Taylor: per-sample gradients", leave=False):
                     batch = sample[None].to(device)
                     model(input_ids=batch, labels=batch).loss.backward()
                     for key, w in targets.items():
@@ -66,7 +67,7 @@ class Taylor(Criterion):
                         self._grad[key] = self._grad.get(key, 0) + g / n
                     model.zero_grad(set_to_none=False)
             else:  # gradients of the mean loss, accumulated batch by batch
-                for batch in batches:
+                for batch in tqdm(batches, desc="Taylor: gradients", leave=False):
                     batch = batch.to(device)
                     (model(input_ids=batch, labels=batch).loss * len(batch) / n).backward()
                 self._grad = {key: w.grad.detach().float() for key, w in targets.items()}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from benchsuite import Criterion, Granularity, GroupSet, Method, PruneContext, hookimpl
 from benchsuite.structure import base_linear
@@ -89,7 +90,7 @@ class LoRAGuided(Criterion):
         total = sum(len(b) for b in batches)
         was_training = model.training
         model.train()
-        for batch in batches:
+        for batch in tqdm(batches, desc="LoRA gradients", leave=False):
             batch = batch.to(device)
             loss = model(input_ids=batch, labels=batch).loss * (len(batch) / total)
             loss.backward()

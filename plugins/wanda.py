@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from benchsuite import Criterion, Method, PruneContext, hookimpl
 from benchsuite.structure import PROJECTIONS, base_linear, decoder_layers
@@ -39,7 +40,7 @@ class Wanda(Criterion):
         model.eval()
         try:
             with torch.no_grad():
-                for batch in ctx.calibration_batches():
+                for batch in tqdm(list(ctx.calibration_batches()), desc="Wanda: activations", leave=False):
                     model(batch.to(device))
                     self.tokens += batch.numel()
         finally:

@@ -34,6 +34,11 @@ def gpt2_dir(tmp_path_factory, default_model_dir):
     (["--model", "llama-7b"], "cannot get huggyllama/llama-7b ('llama-7b') from the Hugging Face hub"),
     (["--ratios", "1.5"], "ratio 1.5 is outside (0, 1)"),
     (["--profile", "papr"], "unknown profile 'papr'; did you mean paper"),
+    (["--methods", "wanda-2:4", "--ratios", "0.2"], "fixes the ratio at 0.5"),
+    (["--granularity", "2:2"], "0 < N < M"),
+    (["--granularity", "unstructred"], "did you mean unstructured"),
+    (["--tasks", "piqa,hellaswg"], "hellaswag"),
+    (["--limit", "0"], "positive number of examples"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     result = bench("run", "--results", str(tmp_path / "r"), *args)
@@ -50,7 +55,7 @@ def test_llama_7b_error_says_what_works(tmp_path):
 
 def test_unsupported_layout(tmp_path, gpt2_dir):
     result = bench("run", "--model", str(gpt2_dir), "--methods", "random", "--profile", "smoke",
-                   "--results", str(tmp_path / "r"))
+                   "--results", str(tmp_path / "r"), "--tasks", "none")
     assert result.returncode == 2
     assert "does not have the LLaMA-family layout" in result.stderr
     assert not (tmp_path / "r").exists()
@@ -59,7 +64,7 @@ def test_unsupported_layout(tmp_path, gpt2_dir):
 def test_run_report_and_reload(tmp_path, tiny_model_dir):
     results = tmp_path / "results"
     result = bench("run", "--model", str(tiny_model_dir), "--methods", "magnitude-l2", "--ratios", "0.5",
-                   "--profile", "smoke", "--results", str(results), "--save-models")
+                   "--profile", "smoke", "--results", str(results), "--save-models", "--tasks", "none")
     assert result.returncode == 0, result.stderr
     assert "| dense" in result.stdout and "magnitude-l2" in result.stdout
     assert list(results.rglob("table.md"))

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def records(tmp_path_factory, default_model_dir):
     request = RunRequest(methods=["magnitude-l2"], model="smollm2-135m", ratios=[0.2, 0.5], profile="smoke",
-                         results=tmp_path_factory.mktemp("results"))
+                         results=tmp_path_factory.mktemp("results"), tasks=[])
     return {r["ratio"]: r for r in Runner(request, log=lambda _: None).run()}
 
 

