@@ -13,10 +13,10 @@ from .assets import AssetError
 from .plugins import PluginError, get_registry
 from .profiles import PROFILES
 
-DEFAULT_METHODS = "magnitude-l1,magnitude-l2,random"
+DEFAULT_METHODS = "loraprune,llm-pruner,magnitude-l2,random"
 
 EPILOG = """examples:
-  benchsuite run                                   # default benchmark: baselines at 20%% and 50%% on smollm2-135m
+  benchsuite run                                   # default: loraprune, llm-pruner, magnitude-l2, random at 20%% and 50%%
   benchsuite run --methods magnitude-l2,random --ratios 0.5 --profile smoke
   benchsuite run --methods loraprune,magnitude,wanda --granularity 2:4
   benchsuite run --methods magnitude-l2 --model llama-7b --profile paper   # needs a GPU and hub access
