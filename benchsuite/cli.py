@@ -16,7 +16,7 @@ from .profiles import PROFILES
 DEFAULT_METHODS = "loraprune,llm-pruner,magnitude-l2,random"
 
 EPILOG = """examples:
-  benchsuite run                                   # default: loraprune, llm-pruner, magnitude-l2, random at 20%% and 50%%
+  benchsuite run                  # default: loraprune, llm-pruner, magnitude-l2, random at 20%% and 50%%
   benchsuite run --methods magnitude-l2,random --ratios 0.5 --profile smoke
   benchsuite run --methods loraprune,magnitude,wanda --granularity 2:4
   benchsuite run --methods magnitude-l2 --model llama-7b --profile paper   # needs a GPU and hub access

@@ -16,6 +16,7 @@ COLUMNS: list[tuple[str, str, Any]] = [
     *[(f"acc_{task}", label, lambda v: f"{100 * v:.1f}") for task, label in (
         ("boolq", "BoolQ"), ("piqa", "PIQA"), ("hellaswag", "HellaS"), ("winogrande", "WinoG"),
         ("arc_easy", "ARC-e"), ("arc_challenge", "ARC-c"), ("openbookqa", "OBQA"), ("avg", "avg acc"))],
+    ("acc_avg_stderr", "± avg", lambda v: f"{100 * v:.1f}"),
     ("params", "params (M)", lambda v: f"{v / 1e6:.1f}"),
     ("params_ratio", "params %", lambda v: f"{100 * v:.1f}"),
     ("flops_per_token", "GFLOPs/tok", lambda v: f"{v / 1e9:.3f}"),

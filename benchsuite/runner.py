@@ -238,6 +238,9 @@ class Runner:
                 for task, result in zeroshot["tasks"].items():
                     metrics[f"acc_{task}"] = result["value"]
                 metrics["acc_avg"] = zeroshot["average"]
+                errors = [r["stderr"] for r in zeroshot["tasks"].values() if r["stderr"] is not None]
+                if len(errors) == len(zeroshot["tasks"]):  # stderr of the mean of independent tasks
+                    metrics["acc_avg_stderr"] = sum(e * e for e in errors) ** 0.5 / len(errors)
                 how["zeroshot"] = zeroshot
         metrics["peak_mem_eval_mb"] = mem.result()["peak_mb"]
         how["peak_mem_eval_mb"] = mem.result()
