@@ -77,13 +77,17 @@ def main() -> None:
     rows.append(["forward (model)", f"{t_fwd * 1000:.0f}", "-"])
     rows.append(["forward with mask hooks", f"{t_masked * 1000:.0f}", f"{100 * (t_masked / t_fwd - 1):+.1f}%"])
 
-    # peak memory of one scoring step at the same batch and length: LoRA gradients vs full gradients
+    # peak memory of one scoring step at the same batch and length, the model loaded before each phase
     ctx = PruneContext(seed=0, device=torch.device("cpu"), profile={}, calibration_batches=lambda: iter([batch]))
-    with PeakMemory() as lora_mem:
-        crit.prepare(model, ctx)
-        gran.score(crit, model, groups)
-    model.zero_grad(set_to_none=True)
-    model = None  # free it before loading the dense copy
+    model = None  # free it before loading fresh copies
+    memory = []
+    for label, dropout in (("LoRA-gradient step (LoRAPrune), LoRA dropout 0.05 (reference)", 0.05),
+                           ("LoRA-gradient step (LoRAPrune), LoRA dropout 0", 0.0)):
+        lora_model = attach_lora(load_model_dir(path), LoRAConfig(dropout=dropout))
+        with PeakMemory() as mem:
+            LoRAGuided().prepare(lora_model, ctx)
+        memory.append([label, mem.result()["peak_mb"]])
+        lora_model = None
     dense = load_model_dir(path)
     taylor = Taylor()
     with PeakMemory() as taylor_mem:
@@ -93,16 +97,15 @@ def main() -> None:
         start = time.perf_counter()
         gran.score(taylor, dense, gran.units(dense, layers))
         t_taylor_score = time.perf_counter() - start
+    memory.append(["full-gradient step (LLM-Pruner), incl. scoring", taylor_mem.result()["peak_mb"]])
     rows.append(["Taylor fwd+bwd, full gradients (model)", f"{t_taylor_bwd * 1000:.0f}", "-"])
     rows.append(["Taylor scoring (suite)", f"{t_taylor_score * 1000:.0f}",
                  f"{100 * t_taylor_score / t_taylor_bwd:.1f}%"])
     print(tabulate(rows, headers=["what", "ms", "suite overhead"], tablefmt="github"))
     print()
-    print(tabulate([["LoRA-gradient scoring step (LoRAPrune)", lora_mem.result()["peak_mb"]],
-                    ["full-gradient scoring step (LLM-Pruner)", taylor_mem.result()["peak_mb"]]],
-                   headers=[f"peak memory above the loaded model, batch {args.batch} x {args.length}", "MB"],
-                   tablefmt="github"))
-    print(f"\n{torch.get_num_threads()} threads; {lora_mem.result()['method']}")
+    print(tabulate(memory, headers=[f"peak memory above the loaded model, batch {args.batch} x {args.length}",
+                                    "MB"], tablefmt="github"))
+    print(f"\n{torch.get_num_threads()} threads; {taylor_mem.result()['method']}")
 
 
 if __name__ == "__main__":

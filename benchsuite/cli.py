@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "arc_easy, arc_challenge, openbookqa, or 'none' (default: the profile's: all seven)")
     run.add_argument("--limit", type=int, default=None,
                      help="examples per zero-shot task (default: the profile's: smoke 3, quick 20, paper all)")
+    run.add_argument("--corpora", default=None,
+                     help="perplexity corpora, comma-separated: wiki, c4 (shipped), wikitext2, ptb (through "
+                     "`datasets`, where the hub or its cache is reachable), or .txt/.jsonl files "
+                     "(default: wiki,c4)")
     run.add_argument("--train-steps", type=int, default=None,
                      help="LoRA fine-tuning steps for every method with LoRA, instead of the profile's "
                      "(records go under e.g. quick-steps200)")
@@ -97,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown")
     report.add_argument("--model", help="only this model's records")
     report.add_argument("--profile", help="only this profile's records")
+    report.add_argument("--methods", help="only these methods (comma-separated; dense is always shown)")
+    report.add_argument("--granularity", help="only this granularity (e.g. structured, 2:4)")
+    report.add_argument("--ratios", type=_floats, help="only these ratios (comma-separated)")
+    report.add_argument("--view", choices=["all", "ppl", "zeroshot"], default="all",
+                        help="markdown columns: all, ppl (perplexity and efficiency), zeroshot (accuracies)")
 
     plugins = sub.add_parser("plugins", help="list loaded plugins, their versions and what they register")
     plugins.add_argument("--json", action="store_true")
@@ -121,7 +130,8 @@ def cmd_run(args) -> int:
                          ratios=args.ratios, seeds=args.seeds, profile=args.profile, results=args.results,
                          rerun=args.rerun, save_models=args.save_models, device=args.device, dtype=args.dtype,
                          granularity=args.granularity, tasks=_tasks(args.tasks), limit=args.limit,
-                         train_steps=args.train_steps)
+                         train_steps=args.train_steps,
+                         corpora=[c.strip() for c in args.corpora.split(",") if c.strip()] if args.corpora else None)
     registry = get_registry()
     _report_plugin_failures(registry)
     runner = Runner(request, registry, log=lambda line: print(line, file=sys.stderr, flush=True))
@@ -146,10 +156,16 @@ def cmd_report(args) -> int:
 
     if not args.results.is_dir():
         raise ConfigError(f"no results directory '{args.results}' (run `benchsuite run` first)")
+    methods = {m.strip() for m in args.methods.split(",")} if args.methods else None
     records = [r for r in load_records(args.results)
                if (not args.model or r.get("model") == args.model)
-               and (not args.profile or r.get("profile") == args.profile)]
-    print(render(records, args.format))
+               and (not args.profile or r.get("profile") == args.profile)
+               and (methods is None or r.get("method") == "dense" or r.get("method") in methods)
+               and (not args.ratios or r.get("method") == "dense"
+                    or any(abs(r.get("ratio", -1) - x) < 1e-9 for x in args.ratios))
+               and (not args.granularity or r.get("method") == "dense"
+                    or (r.get("granularity") or {}).get("label") == args.granularity)]
+    print(render(records, args.format, args.view))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from .api import ConfigError
 
@@ -60,6 +61,20 @@ def with_train_steps(profile: Profile, steps: int | None) -> Profile:
         raise ConfigError(f"--train-steps {steps}: give a positive number of optimizer steps")
     return replace(profile, name=f"{profile.name}-steps{steps}", train_steps=steps,
                    description=f"{profile.description}, {steps} LoRA steps")
+
+
+def corpus_label(corpus: str) -> str:
+    """Metric-friendly name of a corpus: its name, or a local file's stem."""
+    return Path(corpus).stem if ("/" in corpus or corpus.endswith((".txt", ".jsonl"))) else corpus
+
+
+def with_corpora(profile: Profile, corpora: list[str] | None) -> Profile:
+    """The profile with other perplexity corpora; its name says so."""
+    if not corpora or tuple(corpora) == profile.corpora:
+        return profile
+    suffix = "-".join(corpus_label(c) for c in corpora)
+    return replace(profile, name=f"{profile.name}-{suffix}", corpora=tuple(corpora),
+                   description=f"{profile.description}, perplexity on {', '.join(corpora)}")
 
 
 def get_profile(name: str) -> Profile:

@@ -51,7 +51,8 @@ def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     df["_dense"] = df["method"] != "dense"
     keys = ["model", "profile", "_dense", "method", "granularity", "ratio"]
     ok = df[df["status"] == "ok"]
-    metric_cols = [c for c, _, _ in COLUMNS if c in df.columns]
+    metric_cols = [c for c, _, _ in COLUMNS if c in df.columns] + sorted(
+        c for c in df.columns if c.startswith("ppl_") and c not in ("ppl_wiki", "ppl_c4"))
     agg = ok.groupby(keys, sort=False)[metric_cols].mean() if not ok.empty else pd.DataFrame(columns=metric_cols)
     counts = df.groupby(keys, sort=False).agg(
         seeds=("seed", lambda s: ",".join(str(x) for x in sorted(set(s)))),
@@ -61,7 +62,16 @@ def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     return out.drop(columns="_dense")
 
 
-def render(records: list[dict[str, Any]], fmt: str = "markdown") -> str:
+ZEROSHOT_KEYS = {key for key, _, _ in COLUMNS if key.startswith("acc_")}
+#: which metric columns each view shows (``all``: every column that has a value)
+VIEWS = {
+    "all": None,
+    "ppl": [key for key, _, _ in COLUMNS if key not in ZEROSHOT_KEYS],
+    "zeroshot": ["ppl_wiki", "ppl_c4", *[key for key, _, _ in COLUMNS if key in ZEROSHOT_KEYS], "params_ratio"],
+}
+
+
+def render(records: list[dict[str, Any]], fmt: str = "markdown", view: str = "all") -> str:
     if fmt == "json":
         return json.dumps([flat(r) for r in records], indent=2, default=str)
     df = frame(records)
@@ -73,7 +83,13 @@ def render(records: list[dict[str, Any]], fmt: str = "markdown") -> str:
         return buf.getvalue()
     single = df["model"].nunique() == 1 and df["profile"].nunique() == 1
     headers = ([] if single else ["model", "profile"]) + ["method", "granularity", "ratio", "seeds"]
-    present = [c for c in COLUMNS if c[0] in df.columns and df[c[0]].notna().any()]
+    shown = VIEWS[view]
+    extra_ppl = [c for c in df.columns if c.startswith("ppl_") and c not in ("ppl_wiki", "ppl_c4")]
+    columns = COLUMNS[:2] + [(c, f"PPL {c[4:]}", lambda v: f"{v:.2f}") for c in extra_ppl] + COLUMNS[2:]
+    if shown is not None:
+        shown = shown + extra_ppl
+    present = [c for c in columns if c[0] in df.columns and df[c[0]].notna().any()
+               and (shown is None or c[0] in shown)]
     body = []
     for _, row in df.iterrows():
         dense = row["method"] == "dense"

@@ -26,7 +26,7 @@ from .finetune import LoRAConfig, attach_lora, cycle_batches, frozen_parameters,
 from .memory import PeakMemory, tensor_bytes
 from .models import ResolvedModel, load_model_dir, load_tokenizer, resolve_model, save_pruned
 from .plugins import Registry, get_registry
-from .profiles import Profile, get_profile, with_train_steps
+from .profiles import Profile, corpus_label, get_profile, with_corpora, with_train_steps
 from .records import (
     SCHEMA,
     config_hash,
@@ -60,6 +60,8 @@ class RunRequest:
     limit: int | None = None
     #: LoRA optimizer steps instead of the profile's (the profile is then named e.g. quick-steps200)
     train_steps: int | None = None
+    #: perplexity corpora instead of the profile's (names, wikitext2/ptb through datasets, or file paths)
+    corpora: list[str] | None = None
 
 
 DEFAULT_RATIOS = [0.2, 0.5]
@@ -169,7 +171,8 @@ class Runner:
         self.registry = registry or get_registry()
         self.log = log
         # validate everything that needs no model before touching disk
-        self.profile: Profile = with_train_steps(get_profile(request.profile), request.train_steps)
+        self.profile: Profile = with_corpora(with_train_steps(get_profile(request.profile), request.train_steps),
+                                             request.corpora)
         check_ratios(request.ratios or [])
         if not request.methods:
             raise ConfigError("no methods given")
@@ -196,6 +199,11 @@ class Runner:
             plan.build()[1].check_model(self.dense)
             parse_layers(plan.method.layers, len(decoder_layers(self.dense)))
         self.weights_sha = weights_sha256(self.model_info.path)
+        for corpus in self.profile.corpora:  # a missing or unreachable corpus fails before any run
+            try:
+                self.windows(corpus)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if self.tasks:
             from .zeroshot import prepare_tasks
 
@@ -227,8 +235,9 @@ class Runner:
         with PeakMemory(self.device) as mem:
             for corpus in p.corpora:
                 result = perplexity(model, self.windows(corpus), p.eval_batch, desc=f"ppl {corpus}")
-                metrics[f"ppl_{corpus}"] = result["ppl"]
-                how[f"ppl_{corpus}"] = {k: v for k, v in result.items() if k != "ppl"} | {
+                metrics[f"ppl_{corpus_label(corpus)}"] = result["ppl"]
+                how[f"ppl_{corpus_label(corpus)}"] = {k: v for k, v in result.items() if k != "ppl"} | {
+                    "corpus": corpus,
                     "split": "evaluation part (disjoint from calibration)", "windows": "non-overlapping",
                     "bos": "none prepended"}
             if self.tasks:

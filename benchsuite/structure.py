@@ -8,6 +8,7 @@ assumed.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -23,11 +24,23 @@ CONSUMERS = {"attention": "self_attn.o_proj", "mlp": "mlp.down_proj"}
 ATTENTION_MODES = ("heads", "kv-groups", "none")
 
 
+_LAYER_PATHS: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a causal LM, also through peft wrappers."""
+    """The decoder layers of a causal LM, also through peft wrappers (the path is cached per model)."""
+    path = _LAYER_PATHS.get(model)
+    if path is not None:
+        try:
+            layers = model.get_submodule(path)
+            if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+                return layers
+        except AttributeError:
+            pass
     for name, module in model.named_modules():
         if name.endswith("layers") and isinstance(module, nn.ModuleList) and len(module) > 0:
             if all(_has_projections(layer) for layer in module):
+                _LAYER_PATHS[model] = name
                 return module
     raise ConfigError(
         f"{type(model).__name__} does not have the LLaMA-family layout that structured pruning needs "

@@ -87,3 +87,30 @@ def test_listing_commands():
     help_text = bench("run", "--help").stdout
     for option in ("--methods", "--model", "--ratios", "--seeds", "--profile", "--results", "--rerun"):
         assert option in help_text
+
+
+def test_report_filters_and_views(tmp_path, tiny_model_dir):
+    results = tmp_path / "results"
+    bench("run", "--model", str(tiny_model_dir), "--methods", "random,magnitude-2:4", "--ratios", "0.5",
+          "--profile", "smoke", "--results", str(results), "--tasks", "none")
+    ppl = bench("report", "--results", str(results), "--granularity", "2:4", "--view", "ppl").stdout
+    assert "magnitude-2:4" in ppl and "| random" not in ppl and "| dense" in ppl and "PIQA" not in ppl
+    only_random = bench("report", "--results", str(results), "--methods", "random", "--ratios", "0.5").stdout
+    assert "| random" in only_random and "magnitude-2:4" not in only_random
+
+
+def test_own_corpus_file_and_unknown_corpus(tmp_path, tiny_model_dir):
+    text = tmp_path / "mytext.txt"
+    text.write_text("\n\n".join(f"Document {i}: the quick brown fox jumps over the lazy dog. " * 20
+                                for i in range(30)))
+    results = tmp_path / "results"
+    result = bench("run", "--model", str(tiny_model_dir), "--methods", "random", "--ratios", "0.5", "--profile",
+                   "smoke", "--results", str(results), "--tasks", "none", "--corpora", f"wiki,{text}")
+    assert result.returncode == 0, result.stderr
+    assert "PPL mytext" in result.stdout and "PPL c4" not in result.stdout
+    rows = json.loads(bench("report", "--results", str(results), "--format", "json").stdout)
+    assert all("ppl_mytext" in r["metrics"] for r in rows) and rows[0]["profile"] == "smoke-wiki-mytext"
+    bad = bench("run", "--model", str(tiny_model_dir), "--methods", "random", "--profile", "smoke",
+                "--results", str(tmp_path / "r2"), "--tasks", "none", "--corpora", "wikk")
+    assert bad.returncode == 2 and "wiki" in bad.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "r2").exists()

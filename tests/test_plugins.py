@@ -134,3 +134,17 @@ def _env(**extra):
     env = dict(os.environ)
     env.update(extra)
     return env
+
+
+def test_example_package_installs_with_pip_and_is_found(tmp_path):
+    """The plugin guide's example, pip-installed for real, is listed and its method runs in a plan."""
+    example = Path(__file__).parent.parent / "examples" / "benchsuite-squared"
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(target), str(example)], check=True, capture_output=True)
+    code = ("from benchsuite.plugins import load_registry; from benchsuite.runner import plan_methods; "
+            "r = load_registry(strict=True); p = plan_methods(['squared-weight'], r)[0]; "
+            "print(p.criterion.name, [x.distribution for x in r.plugins if x.name == 'squared'][0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=_env(PYTHONPATH=str(target))).stdout.split()
+    assert out == ["squared-weight", "benchsuite-squared"]
