@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .api import ConfigError, Criterion, Granularity, Method, PruneContext, Schedule
+from .api import ConfigError, Criterion, Granularity, Method, PruneContext, PruneOutcome, Schedule
 from .assets import weights_sha256
 from .data import batches, calibration_samples, eval_windows
 from .evaluate import count_params, flops_per_token, latency, perplexity, sparse_latency
@@ -347,6 +347,48 @@ class Runner:
         write_atomic(path, record)
         return record
 
+    def prune(self, plan: MethodPlan, ratio: float, seed: int, record: dict[str, Any],
+              timings: dict[str, float]) -> tuple[nn.Module, PruneOutcome, PruneContext, dict[str, Any]]:
+        """Load -> (attach LoRA) -> prune with the schedule -> (LoRA recovery) -> merge -> checks.
+
+        Fills ``record`` (layers, LoRA settings, recovery log, checks) and ``timings``; returns the
+        plain pruned model, the schedule's outcome, the context and the memory of each phase."""
+        method = plan.method
+        criterion, granularity, schedule = plan.build()
+        record["granularity"]["label"] = granularity.label()
+        lora, recovery_steps = plan.lora()
+        model = self.load_dense()
+        layers = parse_layers(method.layers, len(decoder_layers(model)))
+        record["layers_pruned"] = layers
+        if lora is not None:
+            model = attach_lora(model, lora)
+            record["lora"] = lora.as_dict()
+        torch.manual_seed(seed)
+        ctx = PruneContext(seed=seed, device=self.device, profile=self.profile.as_dict(),
+                           calibration_batches=lambda: batches(self.calibration(seed),
+                                                               self.profile.calib_batch),
+                           train_steps=self.profile.train_steps)
+        ctx.finetune = self._finetune(lora, seed, ctx.notes) if lora else None
+        start = time.perf_counter()
+        with PeakMemory(self.device) as mem:
+            outcome = schedule.run(model, criterion, granularity, ratio, layers, ctx)
+            held = tensor_bytes(p.grad for p in frozen_parameters(outcome.model))
+            ctx.notes["weight_grad_bytes"] = max(ctx.notes.get("weight_grad_bytes", 0), held)
+        timings["prune_s"] = time.perf_counter() - start
+        model = outcome.model
+        memory = {"peak_mem_prune_mb": mem.result()}
+        if lora is not None and not schedule.trains:
+            steps = self.profile.train_steps if recovery_steps is None else recovery_steps
+            start = time.perf_counter()
+            with PeakMemory(self.device) as rmem:
+                record["recovery_log"] = ctx.finetune(model, steps, desc="LoRA recovery")
+            timings["recover_s"] = time.perf_counter() - start
+            memory["peak_mem_recover_mb"] = rmem.result()
+        if lora is not None:
+            model = merge_lora(model)
+        record["checks"] = granularity.after_merge(model, outcome.groups, outcome.masks)
+        return model, outcome, ctx, memory
+
     def run_one(self, plan: MethodPlan, ratio: float, seed: int) -> dict[str, Any]:
         method = plan.method
         config = method.describe() | {"ratio": ratio, "seed": seed, "profile": self.profile.as_dict(),
@@ -363,39 +405,7 @@ class Runner:
                       schedule=config["schedule"], recovery=config["recovery"], started_at=_now())
         timings: dict[str, float] = {}
         try:
-            criterion, granularity, schedule = plan.build()
-            record["granularity"]["label"] = granularity.label()
-            lora, recovery_steps = plan.lora()
-            model = self.load_dense()
-            layers = parse_layers(method.layers, len(decoder_layers(model)))
-            record["layers_pruned"] = layers
-            if lora is not None:
-                model = attach_lora(model, lora)
-                record["lora"] = lora.as_dict()
-            torch.manual_seed(seed)
-            ctx = PruneContext(seed=seed, device=self.device, profile=self.profile.as_dict(),
-                               calibration_batches=lambda: batches(self.calibration(seed),
-                                                                   self.profile.calib_batch),
-                               train_steps=self.profile.train_steps)
-            ctx.finetune = self._finetune(lora, seed, ctx.notes) if lora else None
-            start = time.perf_counter()
-            with PeakMemory(self.device) as mem:
-                outcome = schedule.run(model, criterion, granularity, ratio, layers, ctx)
-                held = tensor_bytes(p.grad for p in frozen_parameters(outcome.model))
-                ctx.notes["weight_grad_bytes"] = max(ctx.notes.get("weight_grad_bytes", 0), held)
-            timings["prune_s"] = time.perf_counter() - start
-            model = outcome.model
-            memory = {"peak_mem_prune_mb": mem.result()}
-            if lora is not None and not schedule.trains:
-                steps = self.profile.train_steps if recovery_steps is None else recovery_steps
-                start = time.perf_counter()
-                with PeakMemory(self.device) as rmem:
-                    record["recovery_log"] = ctx.finetune(model, steps, desc="LoRA recovery")
-                timings["recover_s"] = time.perf_counter() - start
-                memory["peak_mem_recover_mb"] = rmem.result()
-            if lora is not None:
-                model = merge_lora(model)
-            record["checks"] = granularity.after_merge(model, outcome.groups, outcome.masks)
+            model, outcome, ctx, memory = self.prune(plan, ratio, seed, record, timings)
             start = time.perf_counter()
             metrics, how = self.evaluate(model)
             timings["eval_s"] = time.perf_counter() - start
