@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Prune the model with each method at each ratio and seed, evaluate "
                          "(perplexity, zero-shot accuracy, parameters, FLOPs, latency, peak memory), "
                          "write one JSON record per run and print the comparison table. The dense model is "
-                         "evaluated once per model and profile. Finished runs are kept and skipped when the command is repeated.")
+                         "evaluated once per model and profile. Finished runs are kept and skipped when the "
+                         "command is repeated.")
     run.add_argument("--methods", default=DEFAULT_METHODS,
                      help=f"comma-separated method names (default: {DEFAULT_METHODS}; see `benchsuite methods`)")
     run.add_argument("--model", default="smollm2-135m",
