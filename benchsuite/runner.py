@@ -375,6 +375,8 @@ class Runner:
             held = tensor_bytes(p.grad for p in frozen_parameters(outcome.model))
             ctx.notes["weight_grad_bytes"] = max(ctx.notes.get("weight_grad_bytes", 0), held)
         timings["prune_s"] = time.perf_counter() - start
+        for part, component in (("criterion", criterion), ("granularity", granularity), ("schedule", schedule)):
+            record[part]["effective_params"] = component.params()  # defaults included
         model = outcome.model
         memory = {"peak_mem_prune_mb": mem.result()}
         if lora is not None and not schedule.trains:
@@ -401,8 +403,8 @@ class Runner:
             return read_record(path)
         self.log(f"{label}: pruning")
         record = self._base_record(method.name, ratio, seed, config)
-        record.update(criterion=config["criterion"], granularity=dict(config["granularity"]),
-                      schedule=config["schedule"], recovery=config["recovery"], started_at=_now())
+        record.update(criterion=dict(config["criterion"]), granularity=dict(config["granularity"]),
+                      schedule=dict(config["schedule"]), recovery=config["recovery"], started_at=_now())
         timings: dict[str, float] = {}
         try:
             model, outcome, ctx, memory = self.prune(plan, ratio, seed, record, timings)

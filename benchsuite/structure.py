@@ -197,7 +197,7 @@ def _consumer(layer: nn.Module, group: GroupSet) -> tuple[nn.Module, Coupling]:
     return layer.get_submodule(path), member
 
 
-def column_mask(group: GroupSet, member: Coupling, keep: torch.Tensor, width: int) -> torch.Tensor:
+def column_mask(member: Coupling, keep: torch.Tensor, width: int) -> torch.Tensor:
     """Per-element mask over ``width`` input columns (or output rows) from a unit keep-mask."""
     mask = torch.ones(width)
     mask[member.index[~keep.cpu()].reshape(-1)] = 0.0
@@ -222,7 +222,7 @@ class Masker:
                 continue
             module, member = _consumer(layers[group.layer], group)
             width = base_linear(module).in_features
-            col = column_mask(group, member, keep, width)
+            col = column_mask(member, keep, width)
             self._handles.append(module.register_forward_pre_hook(_make_hook(col)))
 
     def remove(self) -> None:

@@ -33,7 +33,10 @@ def test_run_writes_complete_records(tiny_model_dir, tmp_path):
     for key in ("criterion", "granularity", "schedule", "weights_sha256", "versions", "hardware", "git",
                 "timings", "config_hash", "layers_pruned", "measurement"):
         assert key in pruned, key
-    assert pruned["criterion"] == {"name": "magnitude", "params": {"p": 2}}
+    assert pruned["criterion"] == {"name": "magnitude", "params": {"p": 2},
+                                   "effective_params": {"p": 2, "reduction": "sum"}}
+    assert pruned["config"]["criterion"] == {"name": "magnitude", "params": {"p": 2}}  # hashed input untouched
+    assert pruned["granularity"]["effective_params"] == {"attention": "heads", "mlp": True}
     assert pruned["layers_pruned"] == [0, 1, 2, 3]  # LLM-Pruner's 4..30 of 32, scaled to 4 layers
     assert not list(tmp_path.rglob("*.tmp"))
 
