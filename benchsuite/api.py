@@ -110,6 +110,9 @@ class Criterion(Parametrized, ABC):
     """
 
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: The criterion's own calibration recipe ``(corpus, samples, tokens per sample)``, used by
+    #: profiles that reproduce the papers (``criterion_calibration``); ``None``: the profile's.
+    calibration: ClassVar[tuple[str, int, int] | None] = None
     #: True for criteria that learn from training steps (through :meth:`observe`) rather than
     #: from :meth:`prepare`; training-time schedules then call ``observe`` after every backward.
     observes_training: ClassVar[bool] = False
@@ -223,6 +226,27 @@ class Granularity(Parametrized, ABC):
     def label(self) -> str:
         """Short name for tables (e.g. ``structured``, ``2:4``)."""
         return self.name
+
+    def unit_params(self, model: nn.Module, groups: list[GroupSet]) -> list[int]:
+        """Parameters one unit of each group holds (what pruning it removes): lets a ratio of
+        parameters become a ratio of units (``--ratio-basis params``). Default: from the couplings
+        (rows/columns times the Linear's other dimension)."""
+        from .structure import base_linear, decoder_layers
+
+        layers = decoder_layers(model)
+        out = []
+        for group in groups:
+            total = 0
+            for member in group.members:
+                linear = base_linear(layers[group.layer].get_submodule(member.module))
+                other = linear.in_features if member.dim == 0 else linear.out_features
+                total += member.index.shape[1] * (other + (1 if member.dim == 0 and linear.bias is not None else 0))
+            out.append(total)
+        return out
+
+    def max_ratio(self, groups: list[GroupSet]) -> float:
+        """The largest fraction of units :meth:`select` can remove from these groups. Default: 1."""
+        return 1.0
 
 
 @dataclass

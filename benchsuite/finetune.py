@@ -2,7 +2,8 @@
 
 Only LoRA parameters train: pretrained weights are frozen and never get a gradient tensor.
 Methods compared at the same profile get the same token budget (steps x micro-batch x length x
-gradient accumulation).
+gradient accumulation), the same learning-rate schedule and the same recovery data: the budget
+belongs to the profile, the LoRA hyper-parameters (r, alpha, dropout, lr) to the method.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from tqdm.auto import tqdm
 
 from .data import training_windows
 
+#: LoRA settings that belong to the profile's budget, not to a method
+BUDGET_KEYS = ("grad_accum", "warmup_steps", "lr_schedule")
+LR_SCHEDULES = ("constant", "linear")
+
 #: LoRAPrune's reference targets: all seven projections
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -33,24 +38,42 @@ class LoRAConfig:
     lr: float = 1e-4
     targets: tuple[str, ...] = DEFAULT_TARGETS
     weight_decay: float = 0.0
-    grad_accum: int = 1
     max_grad_norm: float | None = 1.0
+    #: the budget's shape, set by the profile for every method alike (see :data:`BUDGET_KEYS`)
+    grad_accum: int = 1
     warmup_steps: int = 0
-    #: text used for fine-tuning: a bundled corpus name (its calibration part) or a .txt/.jsonl path
-    corpus: str = "wiki,c4"
+    #: ``constant`` after the warm-up, or ``linear`` decay to 0 at the last step (HF Trainer's default)
+    lr_schedule: str = "constant"
 
     @classmethod
-    def from_params(cls, params: dict[str, Any] | None) -> LoRAConfig:
+    def from_params(cls, params: dict[str, Any] | None, budget: dict[str, Any] | None = None) -> LoRAConfig:
+        """A method's LoRA parameters, completed by the profile's ``budget`` (which a method may not set)."""
+        from .api import ConfigError
+
         params = dict(params or {})
         if "targets" in params:
             params["targets"] = tuple(params["targets"])
         unknown = set(params) - set(cls.__dataclass_fields__)
         if unknown:
-            from .api import ConfigError
-
             raise ConfigError(f"unknown LoRA parameter(s) {sorted(unknown)}; accepted: "
-                              f"{', '.join(cls.__dataclass_fields__)}")
+                              f"{', '.join(k for k in cls.__dataclass_fields__ if k not in BUDGET_KEYS)}")
+        owned = sorted(set(params) & set(BUDGET_KEYS))
+        if owned:
+            raise ConfigError(f"LoRA parameter(s) {owned} belong to the profile's budget, the same for every "
+                              "method; a method sets only r, alpha, dropout, lr, targets, weight_decay, max_grad_norm")
+        params.update(budget or {})
+        if params.get("lr_schedule", "constant") not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
         return cls(**params)
+
+    def lr_factor(self, step: int, total: int) -> float:
+        """Multiplier of ``lr`` for optimizer step ``step`` (from 0) of ``total``: linear warm-up over
+        ``warmup_steps``, then constant or linear decay to 0 at ``total`` (HF Trainer's ``linear``)."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.lr_schedule == "linear":
+            return max(0.0, (total - step) / max(1, total - self.warmup_steps))
+        return 1.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,8 +135,7 @@ def train_lora(model: nn.Module, batches: Iterator[torch.Tensor], steps: int, co
         raise ValueError("the model has no trainable LoRA parameters (call attach_lora first)")
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) if config.warmup_steps else 1.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: config.lr_factor(s, steps))
     device = next(model.parameters()).device
     log = TrainLog()
     model.zero_grad(set_to_none=True)  # e.g. gradients left by a criterion's calibration

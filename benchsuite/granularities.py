@@ -26,6 +26,7 @@ from .structure import (
     decoder_layers,
     mlp_group,
     prune_counts,
+    pruned_per_block,
     remove_units,
     select_units,
 )
@@ -78,11 +79,15 @@ class Structured(Granularity):
 
     def select(self, groups, scores, ratio, previous=None):
         previous = previous or [None] * len(groups)
-        counts = prune_counts(groups, ratio)
+        counts = prune_counts(groups, ratio, [pruned_per_block(g, p) for g, p in zip(groups, previous)])
         return [select_units(g, s, n, p) for g, s, n, p in zip(groups, scores, counts, previous)]
 
     def apply_masks(self, model, groups, masks) -> None:
         self._masker.apply(model, groups, masks)
+
+    def max_ratio(self, groups):
+        # one unit per block stays (a head per kv group, a channel per MLP)
+        return min(((g.size // g.blocks) - 1) / (g.size // g.blocks) for g in groups) if groups else 1.0
 
     def finalize(self, model, groups, masks):
         self._masker.remove()
@@ -104,6 +109,9 @@ class _ElementLevel(Granularity):
 
     def units(self, model, layers):
         return weight_groups(model, layers, self.modules)
+
+    def unit_params(self, model, groups):
+        return [1] * len(groups)  # a unit is one weight
 
     def score(self, criterion, model, groups):
         layers = decoder_layers(model)

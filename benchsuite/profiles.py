@@ -1,4 +1,10 @@
-"""Budgets: ``smoke`` (tests, seconds), ``quick`` (the CPU default), ``paper`` (the papers' settings)."""
+"""Budgets: ``smoke`` (tests, seconds), ``quick`` (the CPU default), ``paper-llm-pruner`` and
+``paper-loraprune`` (each paper's own recipe, for a GPU).
+
+A profile is the budget every method in a comparison shares: evaluation, calibration, and the LoRA
+fine-tuning (steps, micro-batch, length, gradient accumulation, learning-rate schedule, recovery
+data). Methods choose only their LoRA hyper-parameters (r, alpha, dropout, lr).
+"""
 
 from __future__ import annotations
 
@@ -18,11 +24,13 @@ class Profile:
     eval_windows: int | None = 32
     eval_batch: int = 4
     corpora: tuple[str, ...] = ("wiki", "c4")
-    #: calibration for data-driven criteria (LLM-Pruner: 10 samples of 64 tokens)
+    #: calibration for data-driven criteria (LLM-Pruner: 10 samples of 64 tokens); with
+    #: ``criterion_calibration`` a criterion's own recipe (``Criterion.calibration``) wins
     calib_corpus: str = "wiki"
     calib_samples: int = 10
     calib_len: int = 64
     calib_batch: int = 2
+    criterion_calibration: bool = False
     #: forward latency on a fixed batch
     latency_batch: int = 1
     latency_len: int = 128
@@ -31,13 +39,30 @@ class Profile:
     tasks: tuple[str, ...] = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
     task_limit: int | None = 20
     task_batch: int = 8
-    #: LoRA fine-tuning budget (recovery and iterative schedules)
+    #: LoRA fine-tuning budget (recovery and iterative schedules), the same for every method:
+    #: optimizer steps (or ``train_epochs`` passes over the recovery data, which then set the steps),
+    #: micro-batch x gradient accumulation sequences of ``train_len`` tokens per step
     train_steps: int = 20
     train_batch: int = 2
     train_len: int = 128
+    grad_accum: int = 1
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    train_epochs: float | None = None
+    #: text LoRA trains on: out of the evaluation domain by default (see ``benchsuite.instruct``)
+    recovery_data: str = "instruct"
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def lora_budget(self) -> dict:
+        """The LoRA settings that the profile fixes for every method."""
+        return {"grad_accum": self.grad_accum, "warmup_steps": self.warmup_steps, "lr_schedule": self.lr_schedule}
+
+
+#: evaluation as the papers' tables: every window, every zero-shot example, many latency repeats
+_FULL_EVAL = {"eval_windows": None, "eval_batch": 8, "latency_repeats": 50, "task_limit": None, "task_batch": 32,
+              "criterion_calibration": True}
 
 
 PROFILES = {
@@ -47,8 +72,14 @@ PROFILES = {
                 calib_len=32, latency_repeats=2, train_steps=4, train_len=64, task_limit=3),
         Profile("quick", "the CPU default: minutes on the default model", eval_windows=64,
                 latency_repeats=5, train_steps=40),
-        Profile("paper", "the papers' settings, for a GPU", eval_windows=None, eval_batch=8,
-                latency_repeats=50, train_steps=2000, train_len=512, task_limit=None, task_batch=32),
+        Profile("paper-llm-pruner", "LLM-Pruner's recipe, for a GPU: LoRA 2 epochs, batch 64 = 4 x 16 "
+                "accumulation, 256 tokens, lr warm-up 100 steps then linear decay; each criterion's own calibration",
+                train_batch=4, grad_accum=16, train_len=256, warmup_steps=100, lr_schedule="linear",
+                train_epochs=2.0, **_FULL_EVAL),
+        Profile("paper-loraprune", "LoRAPrune's recipe, for a GPU: LoRA 2 epochs, batch 128 = 2 x 64 "
+                "accumulation, 512 tokens, linear decay without warm-up; each criterion's own calibration",
+                train_batch=2, grad_accum=64, train_len=512, warmup_steps=0, lr_schedule="linear",
+                train_epochs=2.0, **_FULL_EVAL),
     )
 }
 
@@ -59,8 +90,16 @@ def with_train_steps(profile: Profile, steps: int | None) -> Profile:
         return profile
     if steps < 1:
         raise ConfigError(f"--train-steps {steps}: give a positive number of optimizer steps")
-    return replace(profile, name=f"{profile.name}-steps{steps}", train_steps=steps,
+    return replace(profile, name=f"{profile.name}-steps{steps}", train_steps=steps, train_epochs=None,
                    description=f"{profile.description}, {steps} LoRA steps")
+
+
+def with_recovery_data(profile: Profile, data: str | None) -> Profile:
+    """The profile with other LoRA training text; its name says so."""
+    if not data or data == profile.recovery_data:
+        return profile
+    return replace(profile, name=f"{profile.name}-rec-{corpus_label(data)}", recovery_data=data,
+                   description=f"{profile.description}, LoRA on {data}")
 
 
 def corpus_label(corpus: str) -> str:

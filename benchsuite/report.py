@@ -34,11 +34,23 @@ def flat(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if not k.startswith("_")}
 
 
+def recovery_label(record: dict[str, Any]) -> str:
+    """``-`` (dense), ``none``, ``LoRA`` (after pruning) or ``LoRA, during`` (while pruning)."""
+    if record.get("method") == "dense":
+        return "-"
+    setup = record.get("recovery_setup")
+    if isinstance(setup, dict) and setup.get("label"):
+        return str(setup["label"])
+    return "none" if not record.get("recovery") else "LoRA"  # records from before the label existed
+
+
 def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per (model, profile, method, ratio), metrics averaged over seeds that succeeded."""
+    """One row per (model, profile, method, granularity, recovery, ratio), metrics averaged over the
+    seeds that succeeded."""
     rows = []
     for r in records:
         row = {"model": r.get("model"), "profile": r.get("profile"), "method": r.get("method"),
+               "recovery": recovery_label(r),
                "ratio": r.get("ratio", 0.0), "seed": r.get("seed"), "status": r.get("status"),
                "granularity": (r.get("granularity") or {}).get("label")
                or (r.get("granularity") or {}).get("name", "-"),
@@ -49,7 +61,7 @@ def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         return pd.DataFrame()
     df = pd.DataFrame(rows)
     df["_dense"] = df["method"] != "dense"
-    keys = ["model", "profile", "_dense", "method", "granularity", "ratio"]
+    keys = ["model", "profile", "_dense", "method", "granularity", "recovery", "ratio"]
     ok = df[df["status"] == "ok"]
     metric_cols = [c for c, _, _ in COLUMNS if c in df.columns] + sorted(
         c for c in df.columns if c.startswith("ppl_") and c not in ("ppl_wiki", "ppl_c4"))
@@ -57,8 +69,8 @@ def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     counts = df.groupby(keys, sort=False).agg(
         seeds=("seed", lambda s: ",".join(str(x) for x in sorted(set(s)))),
         runs=("status", "size"), failed=("status", lambda s: int((s != "ok").sum())))
-    out = counts.join(agg).reset_index().sort_values(["model", "profile", "_dense", "granularity", "method", "ratio"],
-                                                     kind="stable")
+    out = counts.join(agg).reset_index().sort_values(
+        ["model", "profile", "_dense", "granularity", "recovery", "method", "ratio"], kind="stable")
     return out.drop(columns="_dense")
 
 
@@ -82,7 +94,7 @@ def render(records: list[dict[str, Any]], fmt: str = "markdown", view: str = "al
         df.to_csv(buf, index=False)
         return buf.getvalue()
     single = df["model"].nunique() == 1 and df["profile"].nunique() == 1
-    headers = ([] if single else ["model", "profile"]) + ["method", "granularity", "ratio", "seeds"]
+    headers = ([] if single else ["model", "profile"]) + ["method", "granularity", "recovery", "ratio", "seeds"]
     shown = VIEWS[view]
     extra_ppl = [c for c in df.columns if c.startswith("ppl_") and c not in ("ppl_wiki", "ppl_c4")]
     columns = COLUMNS[:2] + [(c, f"PPL {c[4:]}", lambda v: f"{v:.2f}") for c in extra_ppl] + COLUMNS[2:]
@@ -94,7 +106,8 @@ def render(records: list[dict[str, Any]], fmt: str = "markdown", view: str = "al
     for _, row in df.iterrows():
         dense = row["method"] == "dense"
         line = ([] if single else [row["model"], row["profile"]]) + [
-            row["method"], "-" if dense else row["granularity"], "-" if dense else f"{row['ratio']:g}", row["seeds"]]
+            row["method"], "-" if dense else row["granularity"], row["recovery"],
+            "-" if dense else f"{row['ratio']:g}", row["seeds"]]
         for key, _, fmt_value in present:
             value = row.get(key)
             line.append("-" if value is None or pd.isna(value) else fmt_value(value))

@@ -8,6 +8,9 @@ runs are skipped when re-run (unless ``rerun``); a failing run is recorded and t
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import math
+import random
 import time
 import traceback
 from collections.abc import Callable
@@ -20,13 +23,14 @@ from torch import nn
 
 from .api import ConfigError, Criterion, Granularity, Method, PruneContext, PruneOutcome, Schedule
 from .assets import weights_sha256
-from .data import batches, calibration_samples, eval_windows
+from .corpora import corpus_identity
+from .data import batches, calibration_samples, eval_windows, training_windows
 from .evaluate import count_params, flops_per_token, latency, perplexity, sparse_latency
 from .finetune import LoRAConfig, attach_lora, cycle_batches, frozen_parameters, merge_lora, train_lora
 from .memory import PeakMemory, tensor_bytes
 from .models import ResolvedModel, load_model_dir, load_tokenizer, resolve_model, save_pruned
 from .plugins import Registry, get_registry
-from .profiles import Profile, corpus_label, get_profile, with_corpora, with_train_steps
+from .profiles import Profile, corpus_label, get_profile, with_corpora, with_recovery_data, with_train_steps
 from .records import (
     SCHEMA,
     config_hash,
@@ -37,7 +41,7 @@ from .records import (
     versions,
     write_atomic,
 )
-from .structure import decoder_layers, parse_layers
+from .structure import PROJECTIONS, base_linear, decoder_layers, parse_layers
 
 
 @dataclass
@@ -62,9 +66,33 @@ class RunRequest:
     train_steps: int | None = None
     #: perplexity corpora instead of the profile's (names, wikitext2/ptb through datasets, or file paths)
     corpora: list[str] | None = None
+    #: ``None``/``method``: each method's own recovery; ``lora``: every method gets the profile's LoRA
+    #: recovery (equal budget); ``none``: no recovery (not possible for methods that prune while training)
+    recovery: str | None = None
+    #: LoRA training text instead of the profile's (``instruct``, a corpus name or a .txt/.jsonl path)
+    recovery_data: str | None = None
+    #: ``params``: a ratio is the fraction of the decoder layers' projection weights removed, the
+    #: same parameter count for every method whatever layers it prunes; ``units``: the fraction of
+    #: heads/channels (or weights) removed in each method's own pruned layers
+    ratio_basis: str = "params"
 
 
 DEFAULT_RATIOS = [0.2, 0.5]
+RECOVERY_CHOICES = ("method", "lora", "none")
+RATIO_BASES = ("params", "units")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every global generator a run draws from (peft's LoRA init, dropout, numpy, random), so a
+    run's result does not depend on what ran before it in the process."""
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds CUDA
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover - numpy comes with torch/pandas
+        pass
 
 
 @dataclass
@@ -84,15 +112,25 @@ class MethodPlan:
         return (self.criterion.create(m.criterion_params), self.granularity.create(m.granularity_params),
                 self.schedule.create(m.schedule_params))
 
-    def lora(self) -> tuple[LoRAConfig | None, int | None]:
-        """The method's LoRA settings and recovery steps (None: the profile's budget)."""
+    @property
+    def needs_lora(self) -> bool:
+        return "lora_grad" in self.criterion.needs or self.schedule.trains
+
+    def lora(self, budget: dict[str, Any] | None = None) -> tuple[LoRAConfig | None, int | None]:
+        """The method's LoRA settings, completed by the profile's ``budget``, and its recovery steps
+        (None: the profile's)."""
         m = self.method
-        needs_lora = "lora_grad" in self.criterion.needs or self.schedule.trains
-        if m.recovery is None and not needs_lora:
+        if m.recovery is None and not self.needs_lora:
             return None, None
         params = dict(m.recovery or {})
         steps = params.pop("steps", None)
-        return LoRAConfig.from_params(params), steps
+        return LoRAConfig.from_params(params, budget), steps
+
+    def recovery_label(self) -> str:
+        """``none``, ``LoRA`` (after pruning) or ``LoRA, during`` (a schedule that prunes while training)."""
+        if self.method.recovery is None and not self.needs_lora:
+            return "none"
+        return "LoRA, during" if self.schedule.trains else "LoRA"
 
 
 def parse_granularity(text: str) -> tuple[str, dict[str, Any]]:
@@ -108,10 +146,16 @@ def parse_granularity(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def plan_methods(names: list[str], registry: Registry, ratios: list[float] | None = None,
-                 granularity: str | None = None) -> list[MethodPlan]:
+                 granularity: str | None = None, recovery: str | None = None) -> list[MethodPlan]:
     plans = []
     override = parse_granularity(granularity) if granularity else None
+    if recovery not in (None, *RECOVERY_CHOICES):
+        raise ConfigError(f"--recovery '{recovery}' unknown; choose one of {', '.join(RECOVERY_CHOICES)}")
     for name in names:
+        own = recovery
+        base, plus, suffix = name.rpartition("+")
+        if plus and suffix in RECOVERY_CHOICES:  # e.g. magnitude-l2+lora: this method with LoRA recovery
+            name, own = base, suffix
         method: Method = registry.lookup("methods", name)
         key = method.name
         if override is not None:
@@ -126,9 +170,18 @@ def plan_methods(names: list[str], registry: Registry, ratios: list[float] | Non
                           registry.lookup("granularities", method.granularity),
                           registry.lookup("schedules", method.schedule))
         gran = plan.build()[1]  # validates parameters
-        plan.lora()
         if override is not None:
             key = f"{method.name}@{gran.label()}"
+        if own == "none" and method.recovery is not None:
+            if plan.needs_lora:
+                raise ConfigError(f"{method.name} prunes with LoRA ({plan.schedule.name} schedule, criterion "
+                                  f"{plan.criterion.name}): it can't run with --recovery none")
+            plan.method = replace(method, recovery=None)
+            key += "+none"
+        elif own == "lora" and method.recovery is None:
+            plan.method = replace(method, recovery={})  # LoRAConfig's defaults: r 8, alpha 16, dropout 0.05
+            key += "+lora"
+        plan.lora()
         plan.key = key
         fixed = gran.fixed_ratio
         if fixed is None:
@@ -171,12 +224,17 @@ class Runner:
         self.registry = registry or get_registry()
         self.log = log
         # validate everything that needs no model before touching disk
-        self.profile: Profile = with_corpora(with_train_steps(get_profile(request.profile), request.train_steps),
-                                             request.corpora)
+        profile = with_train_steps(get_profile(request.profile), request.train_steps)
+        self.profile: Profile = with_recovery_data(with_corpora(profile, request.corpora), request.recovery_data)
         check_ratios(request.ratios or [])
+        if request.ratio_basis not in RATIO_BASES:
+            raise ConfigError(f"--ratio-basis '{request.ratio_basis}' unknown; choose one of {', '.join(RATIO_BASES)}")
         if not request.methods:
             raise ConfigError("no methods given")
-        self.plans = plan_methods(request.methods, self.registry, request.ratios, request.granularity)
+        self.plans = plan_methods(request.methods, self.registry, request.ratios, request.granularity,
+                                  request.recovery)
+        for plan in self.plans:
+            plan.lora(self.profile.lora_budget())  # a method that sets the profile's budget keys fails now
         self.device, self.dtype = pick_device(request.device, request.dtype)
         self.tasks = list(self.profile.tasks if request.tasks is None else request.tasks)
         self.limit = self.profile.task_limit if request.limit is None else request.limit
@@ -187,7 +245,10 @@ class Runner:
 
             self.tasks = resolve_tasks(self.tasks)
         self._windows: dict[str, torch.Tensor] = {}
-        self._calibration: dict[int, torch.Tensor] = {}
+        self._calibration: dict[tuple[str, int, int, int], torch.Tensor] = {}
+        #: (plan key, ratio) -> the unit ratio and how it was derived (see ``unit_ratio``)
+        self._unit_ratios: dict[tuple[str, float], dict[str, Any]] = {}
+        self.train_steps = self.profile.train_steps
 
     # -- load ---------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -198,7 +259,20 @@ class Runner:
         for plan in self.plans:
             plan.build()[1].check_model(self.dense)
             parse_layers(plan.method.layers, len(decoder_layers(self.dense)))
+            for ratio in plan.ratios:  # an impossible ratio fails before any run
+                self._unit_ratios[(plan.key, ratio)] = self.unit_ratio(plan, ratio)
         self.weights_sha = weights_sha256(self.model_info.path)
+        if any(plan.lora()[0] is not None for plan in self.plans):
+            try:  # recovery data: a missing file fails before any run; epochs become steps
+                windows = training_windows(self.tokenizer, self.profile.recovery_data, self.profile.train_len)
+            except ValueError as exc:
+                raise ConfigError(f"recovery data: {exc}") from None
+            self.recovery_data = corpus_identity(self.profile.recovery_data) | {
+                "windows": len(windows), "tokens": windows.numel(), "window_len": self.profile.train_len,
+                "packing": "documents joined by blank lines, cut into non-overlapping windows"}
+            if self.profile.train_epochs is not None:
+                per_step = self.profile.train_batch * self.profile.grad_accum
+                self.train_steps = max(1, math.ceil(self.profile.train_epochs * len(windows) / per_step))
         for corpus in self.profile.corpora:  # a missing or unreachable corpus fails before any run
             try:
                 self.windows(corpus)
@@ -219,12 +293,52 @@ class Runner:
             self._windows[corpus] = eval_windows(self.tokenizer, corpus, p.seq_len, p.eval_windows)
         return self._windows[corpus]
 
-    def calibration(self, seed: int) -> torch.Tensor:
-        if seed not in self._calibration:
-            p = self.profile
-            self._calibration[seed] = calibration_samples(self.tokenizer, p.calib_corpus, p.calib_samples,
-                                                          p.calib_len, seed)
-        return self._calibration[seed]
+    def calibration_spec(self, plan: MethodPlan) -> dict[str, Any]:
+        """Corpus, samples and length of calibration for a method: the profile's, or in the papers'
+        profiles the criterion's own recipe."""
+        p = self.profile
+        own = plan.criterion.calibration
+        if p.criterion_calibration and own is not None:
+            corpus, samples, length = own
+            return {"corpus": corpus, "samples": samples, "length": length, "from": "criterion"}
+        return {"corpus": p.calib_corpus, "samples": p.calib_samples, "length": p.calib_len, "from": "profile"}
+
+    def calibration(self, spec: dict[str, Any], seed: int) -> torch.Tensor:
+        key = (spec["corpus"], spec["samples"], spec["length"], seed)
+        if key not in self._calibration:
+            self._calibration[key] = calibration_samples(self.tokenizer, spec["corpus"], spec["samples"],
+                                                         spec["length"], seed)
+        return self._calibration[key]
+
+    def unit_ratio(self, plan: MethodPlan, ratio: float) -> dict[str, Any]:
+        """The fraction of units to prune in the method's layers for ``ratio``.
+
+        With ``ratio_basis`` ``params`` the ratio is of the decoder layers' projection weights, so
+        methods that prune different layer ranges end with the same parameter count: the unit ratio
+        is ``ratio * all projection weights / weights the pruned units hold``."""
+        granularity = plan.build()[1]
+        info: dict[str, Any] = {"ratio": ratio, "basis": self.request.ratio_basis}
+        if granularity.fixed_ratio is not None:
+            return info | {"basis": "fixed by the granularity", "unit_ratio": ratio}
+        layers = parse_layers(plan.method.layers, len(decoder_layers(self.dense)))
+        groups = granularity.units(self.dense, layers)
+        cap = granularity.max_ratio(groups)
+        if self.request.ratio_basis == "units":
+            unit = ratio
+        else:
+            total = sum(base_linear(layer.get_submodule(path)).weight.numel()
+                        for layer in decoder_layers(self.dense) for path in PROJECTIONS)
+            prunable = sum(g.size * n for g, n in zip(groups, granularity.unit_params(self.dense, groups)))
+            unit = ratio * total / prunable
+            info |= {"projection_params": total, "prunable_params": prunable}
+            if cap < unit <= cap + 1e-9:
+                unit = cap
+        if unit > cap:
+            raise ConfigError(
+                f"{plan.key} at ratio {ratio:g} ({self.request.ratio_basis}) must remove {unit:.1%} of the units in "
+                f"its {len(layers)} pruned layers, more than the {cap:.1%} that can go (one unit per block stays); "
+                "use a lower ratio" + (", or --ratio-basis units" if self.request.ratio_basis == "params" else ""))
+        return info | {"unit_ratio": unit}
 
     # -- evaluate -----------------------------------------------------------------------------
     def evaluate(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -304,7 +418,7 @@ class Runner:
                 if before_step is not None:
                     before_step(step, model)
 
-            data = cycle_batches(self.tokenizer, lora.corpus, p.train_len, p.train_batch, seed)
+            data = cycle_batches(self.tokenizer, p.recovery_data, p.train_len, p.train_batch, seed)
             log = train_lora(model, data, steps, lora, seed, watch, after_step, desc)
             return log.summary() | {"micro_batch": p.train_batch, "length": p.train_len}
 
@@ -356,22 +470,28 @@ class Runner:
         method = plan.method
         criterion, granularity, schedule = plan.build()
         record["granularity"]["label"] = granularity.label()
-        lora, recovery_steps = plan.lora()
+        lora, recovery_steps = plan.lora(self.profile.lora_budget())
+        seed_everything(seed)  # before LoRA's initialisation: the run must not depend on what ran before
         model = self.load_dense()
         layers = parse_layers(method.layers, len(decoder_layers(model)))
         record["layers_pruned"] = layers
+        ratios = self._unit_ratios[(plan.key, ratio)]
+        record["ratio_basis"] = ratios
         if lora is not None:
             model = attach_lora(model, lora)
             record["lora"] = lora.as_dict()
-        torch.manual_seed(seed)
+        calibration = self.calibration_spec(plan)
+        needs = plan.criterion.needs
+        record["calibration"] = calibration | {
+            "used": "calibration" in needs or ("lora_grad" in needs and not schedule.trains)}
         ctx = PruneContext(seed=seed, device=self.device, profile=self.profile.as_dict(),
-                           calibration_batches=lambda: batches(self.calibration(seed),
+                           calibration_batches=lambda: batches(self.calibration(calibration, seed),
                                                                self.profile.calib_batch),
-                           train_steps=self.profile.train_steps)
+                           train_steps=self.train_steps)
         ctx.finetune = self._finetune(lora, seed, ctx.notes) if lora else None
         start = time.perf_counter()
         with PeakMemory(self.device) as mem:
-            outcome = schedule.run(model, criterion, granularity, ratio, layers, ctx)
+            outcome = schedule.run(model, criterion, granularity, ratios["unit_ratio"], layers, ctx)
             held = tensor_bytes(p.grad for p in frozen_parameters(outcome.model))
             ctx.notes["weight_grad_bytes"] = max(ctx.notes.get("weight_grad_bytes", 0), held)
         timings["prune_s"] = time.perf_counter() - start
@@ -379,8 +499,9 @@ class Runner:
             record[part]["effective_params"] = component.params()  # defaults included
         model = outcome.model
         memory = {"peak_mem_prune_mb": mem.result()}
+        record["pruned_units"] = pruned_units(outcome)
         if lora is not None and not schedule.trains:
-            steps = self.profile.train_steps if recovery_steps is None else recovery_steps
+            steps = self.train_steps if recovery_steps is None else recovery_steps
             start = time.perf_counter()
             with PeakMemory(self.device) as rmem:
                 record["recovery_log"] = ctx.finetune(model, steps, desc="LoRA recovery")
@@ -388,6 +509,13 @@ class Runner:
             memory["peak_mem_recover_mb"] = rmem.result()
         if lora is not None:
             model = merge_lora(model)
+        train_log = record.get("recovery_log") or outcome.log.get("train") or {}
+        record["recovery_setup"] = {"label": plan.recovery_label()} if lora is None else {
+            "label": plan.recovery_label(), "when": "while pruning" if schedule.trains else "after pruning",
+            "steps": train_log.get("steps"), "micro_batch": self.profile.train_batch,
+            "grad_accum": lora.grad_accum, "length": self.profile.train_len, "tokens": train_log.get("tokens"),
+            "lr": lora.lr, "lr_schedule": lora.lr_schedule, "warmup_steps": lora.warmup_steps,
+            "data": self.recovery_data}
         record["checks"] = granularity.after_merge(model, outcome.groups, outcome.masks)
         return model, outcome, ctx, memory
 
@@ -395,7 +523,8 @@ class Runner:
         method = plan.method
         config = method.describe() | {"ratio": ratio, "seed": seed, "profile": self.profile.as_dict(),
                                       "weights": self.weights_sha, "dtype": str(self.dtype),
-                                      "tasks": self.tasks, "limit": self.limit}
+                                      "tasks": self.tasks, "limit": self.limit,
+                                      "ratio_basis": self.request.ratio_basis, "train_steps": self.train_steps}
         path = self._path(plan.key, ratio, seed)
         label = f"{plan.key} ratio={ratio:g} seed={seed}"
         if self._done(path, config):
@@ -404,7 +533,8 @@ class Runner:
         self.log(f"{label}: pruning")
         record = self._base_record(method.name, ratio, seed, config)
         record.update(criterion=dict(config["criterion"]), granularity=dict(config["granularity"]),
-                      schedule=dict(config["schedule"]), recovery=config["recovery"], started_at=_now())
+                      schedule=dict(config["schedule"]), recovery=config["recovery"], variant=plan.key,
+                      started_at=_now())
         timings: dict[str, float] = {}
         try:
             model, outcome, ctx, memory = self.prune(plan, ratio, seed, record, timings)
@@ -443,6 +573,29 @@ class Runner:
             ppl = ", ".join(f"{k}={v:.2f}" for k, v in m.items() if k.startswith("ppl_"))
             self.log(f"{label}: {ppl}, params {m['params'] / 1e6:.1f}M")
         return record
+
+
+def pruned_units(outcome: PruneOutcome) -> dict[str, Any]:
+    """Units pruned per layer and kind (read from the masks), the totals, and a digest of the masks
+    (equal digests: the same units were pruned)."""
+    digest = hashlib.sha256()
+    per_layer: dict[tuple[int, str], list[int]] = {}
+    for group, keep in zip(outcome.groups, outcome.masks):
+        keep = keep.detach().cpu().bool()
+        digest.update(group.name.encode())
+        digest.update(keep.numpy().tobytes())
+        entry = per_layer.setdefault((group.layer, group.kind), [0, 0])
+        entry[0] += int((~keep).sum())
+        entry[1] += keep.numel()
+    totals: dict[str, list[int]] = {}
+    for (_, kind), (pruned, size) in per_layer.items():
+        total = totals.setdefault(kind, [0, 0])
+        total[0] += pruned
+        total[1] += size
+    return {"per_layer": [{"layer": layer, "kind": kind, "pruned": pruned, "of": size}
+                          for (layer, kind), (pruned, size) in sorted(per_layer.items())],
+            "total": {kind: {"pruned": pruned, "of": size} for kind, (pruned, size) in totals.items()},
+            "mask_sha256": digest.hexdigest()}
 
 
 def _now() -> str:

@@ -1,4 +1,6 @@
-"""Built-in schedules. ``one-shot``: score once, prune once."""
+"""Built-in schedules. ``one-shot``: score once, prune once. ``sequential``: layer by layer, each
+layer scored on inputs that went through the already-pruned layers before it (Wanda's and
+SparseGPT's loop). ``iterative``: prune a little more every few steps while LoRA fine-tunes."""
 
 from __future__ import annotations
 
@@ -28,6 +30,35 @@ class OneShot(Schedule):
         pruned = sum(int((~m).sum()) for m in masks)
         total = sum(m.numel() for m in masks)
         return PruneOutcome(model, groups, masks, {"units_pruned": pruned, "units_total": total})
+
+
+class Sequential(Schedule):
+    """Prune one layer at a time, in order: before each layer the criterion prepares again (e.g.
+    gathers activations) on the model whose earlier layers are already pruned, as Wanda's reference
+    code does. Costs one calibration pass per pruned layer. The per-layer counts are those of a
+    one-shot prune at the same ratio (the allocation does not depend on scores)."""
+
+    name = "sequential"
+    description = "layer by layer: each layer scored on calibration inputs through the already-pruned layers"
+
+    def __init__(self) -> None:
+        pass
+
+    def run(self, model: nn.Module, criterion: Criterion, granularity: Granularity,
+            ratio: float, layers: list[int], ctx: PruneContext) -> PruneOutcome:
+        groups = granularity.units(model, layers)
+        masks: list[torch.Tensor] | None = None
+        for layer in sorted(set(layers)):
+            criterion.prepare(model, ctx)
+            scores = granularity.score(criterion, model, groups)
+            criterion.release()
+            chosen = granularity.select(groups, scores, ratio, previous=masks)
+            masks = [keep if g.layer <= layer else torch.ones_like(keep) for g, keep in zip(groups, chosen)]
+            granularity.apply_masks(model, groups, masks)
+        model = granularity.finalize(model, groups, masks)
+        pruned = sum(int((~m).sum()) for m in masks)
+        return PruneOutcome(model, groups, masks, {"units_pruned": pruned, "units_total": sum(m.numel() for m in masks),
+                                                   "calibration_passes": len(set(layers))})
 
 
 def cubic_ratio(step: int, total: int, init: float, final: float, warmup: float = 0.1,

@@ -8,6 +8,7 @@ assumed.
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass
 
@@ -88,7 +89,8 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
     """Which decoder layers to prune.
 
     ``default`` or ``llm-pruner``: LLM-Pruner's block range 4..30 of 32 layers scaled to the depth
-    (end exclusive); ``loraprune``: all but the first 10% and the last layer; ``all``;
+    (end exclusive); ``loraprune``: all but the first ``int(0.1 * layers)`` (floored, as its reference
+    code) and the last layer; ``all``;
     ``start:end``; or comma-separated indices. Negative indices count from the end.
     """
     spec = spec.strip()
@@ -96,7 +98,7 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
         start, end = round(4 / 32 * num_layers), round(30 / 32 * num_layers)
         return list(range(start, max(end, start + 1)))
     if spec == "loraprune":
-        start = max(1, round(0.1 * num_layers)) if num_layers > 2 else 0
+        start = int(0.1 * num_layers)
         return list(range(start, max(num_layers - 1, start + 1)))
     if spec == "all":
         return list(range(num_layers))
@@ -153,36 +155,75 @@ def mlp_group(layer: nn.Module, index: int) -> GroupSet:
     return GroupSet(f"layers.{index}.mlp", index, "mlp", channels.shape[0], members)
 
 
-def prune_counts(groups: list[GroupSet], ratio: float) -> list[int]:
+def pruned_per_block(group: GroupSet, keep: torch.Tensor | None) -> int:
+    """Units already pruned in each block of ``group`` (the largest block's count)."""
+    if keep is None:
+        return 0
+    return int((~keep.cpu()).reshape(group.blocks, group.size // group.blocks).sum(1).max())
+
+
+def prune_counts(groups: list[GroupSet], ratio: float, floors: list[int] | None = None) -> list[int]:
     """Units to prune per block of each group, so that each kind (attention, mlp) loses ``ratio`` of
-    its units over all the groups: the rounding error of one layer is carried to the next (error
-    diffusion). With 3 q heads per kv group and ratio 0.5, layers alternate 2 and 1 heads instead
-    of all losing 2 (67%). At least one unit per block stays."""
-    carry: dict[str, float] = {}
-    counts = []
-    for group in groups:
-        per_block = group.size // group.blocks
-        wanted = ratio * per_block + carry.get(group.kind, 0.0)
-        n = min(max(int(wanted + 0.5), 0), per_block - 1)  # round half up
-        carry[group.kind] = wanted - n
-        counts.append(n)
+    its units over all the groups, and every layer is within one unit (per block) of ``ratio``.
+
+    The rounding error of one layer is carried to the next (error diffusion): with 3 q heads per kv
+    group and ratio 0.5, layers alternate 2 and 1 heads instead of all losing 2 (67%). ``floors``
+    are units already pruned per block (an iterative schedule's earlier events): a layer never gets
+    a unit back, and the excess is taken back from the layers rounded up the most, so the total
+    still equals the target (units pruned earlier at a lower ratio never exceed the rounded-up
+    count). At least one unit per block stays."""
+    floors = list(floors) if floors is not None else [0] * len(groups)
+    counts = [0] * len(groups)
+    for kind in dict.fromkeys(g.kind for g in groups):
+        idx = [i for i, g in enumerate(groups) if g.kind == kind]
+        per = {i: groups[i].size // groups[i].blocks for i in idx}
+        carry = 0.0
+        for i in idx:
+            wanted = ratio * per[i] + carry
+            n = min(max(int(wanted + 0.5), 0), per[i] - 1)  # round half up
+            carry = wanted - n
+            counts[i] = max(n, min(floors[i], per[i] - 1))
+        target = ratio * sum(per[i] * groups[i].blocks for i in idx)
+        total = sum(counts[i] * groups[i].blocks for i in idx)
+
+        while total > target:  # floors pushed some layers up: take back where rounded up the most
+            options = [i for i in idx if counts[i] > floors[i] and counts[i] - 1 >= math.floor(ratio * per[i])
+                       and _closer(total - groups[i].blocks, total, target)]
+            if not options:
+                break
+            i = max(reversed(options), key=lambda j: counts[j] - ratio * per[j])
+            counts[i] -= 1
+            total -= groups[i].blocks
+        while total < target:  # (caps or floors elsewhere) give to the layers furthest below the ratio
+            options = [i for i in idx if counts[i] + 1 <= min(math.ceil(ratio * per[i] - 1e-9), per[i] - 1)
+                       and _closer(total + groups[i].blocks, total, target)]
+            if not options:
+                break
+            i = max(options, key=lambda j: ratio * per[j] - counts[j])
+            counts[i] += 1
+            total += groups[i].blocks
     return counts
+
+
+def _closer(new: float, old: float, target: float) -> bool:
+    return abs(new - target) < abs(old - target) - 1e-9
 
 
 def select_units(group: GroupSet, scores: torch.Tensor, n_prune: int,
                  previous: torch.Tensor | None = None) -> torch.Tensor:
     """Keep-mask pruning the ``n_prune`` lowest-scoring units of every block of ``group``.
 
-    Units already pruned in ``previous`` are pruned first and stay pruned (cumulative masks), so
-    a block never gets back a unit even when ``n_prune`` is smaller than what it already lost.
+    Units already pruned in ``previous`` are pruned first and stay pruned (cumulative masks);
+    ``n_prune`` must not be smaller than what a block already lost (see :func:`prune_counts`).
     """
     scores = scores.detach().float().cpu().clone()
     if previous is not None:
         scores[~previous.cpu()] = float("-inf")
+        already = pruned_per_block(group, previous)
+        if n_prune < already:
+            raise ValueError(f"{group.name}: asked to prune {n_prune} units per block, but {already} "
+                             "are pruned already (units are never given back)")
     per_block = group.size // group.blocks
-    if previous is not None:  # never un-prune
-        already = int((~previous.cpu()).reshape(group.blocks, per_block).sum(1).max())
-        n_prune = max(n_prune, already)
     keep = torch.ones(group.size, dtype=torch.bool)
     for b in range(group.blocks):
         block = scores[b * per_block:(b + 1) * per_block]

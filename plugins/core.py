@@ -1,8 +1,8 @@
-"""Built-in plugin: the structured, N:M and unstructured granularities; one-shot and iterative schedules."""
+"""Built-in plugin: the structured, N:M and unstructured granularities; one-shot, sequential and iterative schedules."""
 
 from benchsuite import hookimpl
 from benchsuite.granularities import NM, Structured, Unstructured
-from benchsuite.schedules import Iterative, OneShot
+from benchsuite.schedules import Iterative, OneShot, Sequential
 
 
 @hookimpl
@@ -15,4 +15,5 @@ def benchsuite_register_granularities(register):
 @hookimpl
 def benchsuite_register_schedules(register):
     register(OneShot)
+    register(Sequential)
     register(Iterative)

@@ -6,7 +6,8 @@ With ``g = dL/dW`` averaged over the calibration samples and ``H = mean of per-s
 
 - ``element1``: element score ``|W * g|``, summed over each unit's rows/columns
 - ``element2``: element score ``|W * g - 1/2 * W * H * W|``
-- ``vector``:  ``|sum over the unit of W * g|`` per module
+- ``vector``:  ``|sum of W * g over a row (or column)|``, summed over the unit's rows/columns per
+  module (the reference's vector-wise salience, reduced over ``head_dim`` for a head)
 
 Per-module unit scores are reduced across the coupled modules with ``reduction`` (sum, mean, max,
 prod). Unlike LoRAPrune this holds a gradient for every pretrained weight (and, for ``element2``,
@@ -33,6 +34,8 @@ class Taylor(Criterion):
     name = "taylor"
     description = "LLM-Pruner: Taylor importance from full weight gradients (element1, element2, vector)"
     needs = frozenset({"calibration", "weight_grad"})
+    #: LLM-Pruner: 10 samples of 64 tokens (from bookcorpus, which can't be had offline: wiki's calibration part)
+    calibration = ("wiki", 10, 64)
 
     def __init__(self, order: str = "element1", reduction: str = "sum") -> None:
         if order not in ORDERS:
@@ -103,8 +106,8 @@ class Taylor(Criterion):
             key = f"layers.{group.layer}.{member.module}"
             product = base_linear(layer.get_submodule(member.module)).weight.detach().float() * self._gradient(key)
             product = product if member.dim == 0 else product.t()
-            index = member.index
-            vectors.append(product[index.reshape(-1)].reshape(index.shape[0], -1).sum(1).abs())
+            per_row = product.sum(1).abs()  # |sum W*g| of each row (or column) of the module, as the reference
+            vectors.append(per_row[member.index.reshape(-1)].reshape(member.index.shape).sum(1))
         return combine(vectors, self.reduction, self.normalize)
 
     def release(self) -> None:
@@ -133,4 +136,8 @@ def benchsuite_register_methods(register):
                     granularity_params={"n": 2, "m": 4}, layers="all", recovery=LORA,
                     description="Taylor element-wise first order at 2:4, one-shot, LoRA recovery through the mask"))
     register(Method("llm-pruner-vector", "taylor", criterion_params={"order": "vector"}, recovery=LORA,
-                    **common, description="LLM-Pruner vector-wise |sum W*dW|, one-shot, LoRA recovery"))
+                    **common, description="LLM-Pruner vector-wise |sum W*dW| per row, one-shot, LoRA recovery"))
+    register(Method("llm-pruner-kv", "taylor", criterion_params={"order": "element1"}, recovery=LORA,
+                    granularity_params={"attention": "kv-groups"}, **common,
+                    description="LLM-Pruner as its Llama-3 code: under GQA whole key/value groups (with their "
+                    "query heads) are the attention units"))

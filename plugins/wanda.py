@@ -1,8 +1,9 @@
 """Wanda (Sun et al., 2023): |W| times the L2 norm of each input feature over calibration tokens,
 compared within each output row. Plus the N:M and unstructured presets of the baselines.
 
-Scores come from one pass of the unpruned model over the calibration samples (the reference code
-instead feeds each layer the outputs of the already-pruned layers before it).
+As in the reference code, layers are pruned in order and each layer's activations come from inputs
+that went through the already-pruned layers before it (the ``sequential`` schedule); ``wanda-dense``
+and ``wanda-2:4-dense`` take every layer's activations from one pass of the unpruned model instead.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ class Wanda(Criterion):
     name = "wanda"
     description = "Wanda: |W| x input-activation L2 norm per input column (calibration forward passes)"
     needs = frozenset({"calibration", "activations"})
+    #: Wanda: 128 samples of 2,048 tokens from C4
+    calibration = ("c4", 128, 2048)
 
     def __init__(self, reduction: str = "sum") -> None:
         self.reduction = reduction
@@ -74,7 +77,12 @@ def benchsuite_register_criteria(register):
 
 @hookimpl
 def benchsuite_register_methods(register):
-    register(Method("wanda", "wanda", granularity="unstructured", granularity_params={"per_row": True},
-                    layers="all", description="Wanda, unstructured per output row, one-shot"))
+    row = {"per_row": True}
+    register(Method("wanda", "wanda", granularity="unstructured", granularity_params=row, layers="all",
+                    schedule="sequential", description="Wanda, unstructured per output row, layer by layer"))
     register(Method("wanda-2:4", "wanda", granularity="nm", granularity_params=NM24, layers="all",
-                    description="Wanda at 2:4 semi-structured sparsity, one-shot"))
+                    schedule="sequential", description="Wanda at 2:4 semi-structured sparsity, layer by layer"))
+    register(Method("wanda-dense", "wanda", granularity="unstructured", granularity_params=row, layers="all",
+                    description="Wanda, unstructured per row, activations from one pass of the unpruned model"))
+    register(Method("wanda-2:4-dense", "wanda", granularity="nm", granularity_params=NM24, layers="all",
+                    description="Wanda at 2:4, activations from one pass of the unpruned model"))

@@ -83,11 +83,18 @@ def test_vector_wise():
     hd = layer.self_attn.head_dim
     wg = {p: (layer.get_submodule(p).weight * grads[f"model.layers.1.{p}.weight"])
           for p in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")}
-    expected = torch.tensor([sum(float((wg[p][h * hd:(h + 1) * hd] if p != "self_attn.o_proj"
-                                        else wg[p][:, h * hd:(h + 1) * hd]).sum().abs()) for p in wg)
-                             for h in range(4)])
+    # the reference's vector-wise salience: |sum of W*g| per output row (o_proj: per input column),
+    # then summed over the head_dim rows of each head (not |sum| over the whole head block)
+    def head(p, h):
+        rows = wg[p][h * hd:(h + 1) * hd] if p != "self_attn.o_proj" else wg[p][:, h * hd:(h + 1) * hd].t()
+        return float(rows.sum(1).abs().sum())
+
+    expected = torch.tensor([sum(head(p, h) for p in wg) for h in range(4)])
     got = scores_of(model, Taylor("vector"))
     assert torch.allclose(got[0], expected, rtol=1e-4)
+    block = torch.tensor([sum(float((wg[p][h * hd:(h + 1) * hd] if p != "self_attn.o_proj"
+                                     else wg[p][:, h * hd:(h + 1) * hd]).sum().abs()) for p in wg) for h in range(4)])
+    assert not torch.allclose(got[0], block, rtol=1e-2)  # the earlier |sum over the block| differs
 
 
 def test_gradients_accumulate_over_batches():

@@ -177,8 +177,29 @@ def test_iterative_prunes_without_pretrained_gradients(init_ratio):
     if init_ratio == 0.5:  # the reference code never prunes in this setting
         assert events[0]["ratio"] == 0.5 and events[0]["step"] == 5
     widths = model_widths(outcome.model)
-    assert widths[0].num_heads == 6 and widths[1].num_heads == 2 and widths[1].num_kv_heads == 2  # 1.5 -> 2 of 3
-    assert widths[1].intermediate_size == 64
+    assert widths[0].num_heads == 6 and widths[3].num_heads == 6  # outside the pruned layers
+    # 1.5 of 3 heads per kv group: one layer loses 2, the other 1 (6 of 12 heads), in every setting
+    assert sorted(w.num_heads for w in widths[1:3]) == [2, 4] and widths[1].num_kv_heads == 2
+    assert [w.intermediate_size for w in widths[1:3]] == [64, 64]
+    assert outcome.log["units_pruned"] == 6 + 128
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.3, 0.5, 0.7])
+@pytest.mark.parametrize("init_ratio", [0.0, 0.5])
+def test_iterative_reaches_the_target_in_every_layer(ratio, init_ratio):
+    """Cumulative masks over many pruning events must not drift above the target (they did: every
+    layer ended at the rounded-up count)."""
+    model = attach_lora(tiny_llama(6, 2, layers=6), LORA)
+    layers = list(range(6))
+    outcome = Iterative(init_ratio=init_ratio, prune_freq=1).run(model, LoRAGuided(), Structured(), ratio,
+                                                                   layers, _ctx(24))
+    assert len(outcome.log["prune_events"]) >= 10
+    for kind, per_block, blocks in (("attention", 3, 2), ("mlp", 128, 1)):
+        per_layer = [int((~m).sum()) // blocks for g, m in zip(outcome.groups, outcome.masks) if g.kind == kind]
+        assert len(per_layer) == 6
+        ideal = ratio * per_block
+        assert all(abs(n - ideal) < 1 for n in per_layer), (kind, per_layer, ideal)  # every layer
+        assert sum(per_layer) == min(round(ideal * 6), (per_block - 1) * 6), (kind, per_layer)  # the total
 
 
 def test_oneshot_lora_scores_from_calibration():

@@ -14,7 +14,8 @@ from benchsuite.runner import Runner, RunRequest
 
 def _request(model_dir, results, methods=("magnitude-l2", "random"), **kw):
     return RunRequest(methods=list(methods), model=str(model_dir), ratios=kw.pop("ratios", [0.5]),
-                      profile=kw.pop("profile", "smoke"), results=results, tasks=kw.pop("tasks", []), **kw)
+                      profile=kw.pop("profile", "smoke"), results=results, tasks=kw.pop("tasks", []),
+                      ratio_basis=kw.pop("ratio_basis", "units"), **kw)
 
 
 def _files(results):

@@ -104,6 +104,24 @@ def test_ratio_is_met_across_layers_by_carrying_rounding():
     assert pruned_heads == 12  # 50% of 24
 
 
+@pytest.mark.parametrize("ratios", [[0.1, 0.2, 0.3, 0.4, 0.45, 0.5], [0.05 * k for k in range(1, 19)]])
+def test_cumulative_selection_never_overshoots(ratios):
+    """Pruning events at rising ratios (an iterative schedule) end with the same per-layer counts
+    as pruning once: the target in total and within one unit of the ratio in every layer."""
+    model = tiny_llama(num_heads=6, num_kv_heads=2, layers=8)
+    gran = Structured()
+    groups = gran.units(model, list(range(8)))
+    generator = torch.Generator().manual_seed(0)
+    masks = None
+    for ratio in ratios:
+        masks = gran.select(groups, [torch.rand(g.size, generator=generator) for g in groups], ratio, masks)
+        for kind, per_block, blocks in (("attention", 3, 2), ("mlp", 128, 1)):
+            per_layer = [int((~m).sum()) // blocks for g, m in zip(groups, masks) if g.kind == kind]
+            ideal = min(ratio * per_block, per_block - 1)  # one unit per block always stays
+            assert all(abs(n - ideal) < 1 for n in per_layer), (ratio, kind, per_layer)
+            assert sum(per_layer) == round(ideal * 8), (ratio, kind, per_layer)
+
+
 def test_save_and_reload_identical(tiny, tokens, tmp_path):
     gran = Structured()
     groups = gran.units(tiny, [1, 2])
@@ -122,7 +140,9 @@ def test_parse_layers():
     assert parse_layers("default", 32) == list(range(4, 30))
     assert parse_layers("default", 30) == list(range(4, 28))
     assert parse_layers("loraprune", 32) == list(range(3, 31))
-    assert parse_layers("loraprune", 4) == [1, 2]
+    assert parse_layers("loraprune", 4) == [0, 1, 2]  # the reference floors 0.1 * layers
+    assert parse_layers("loraprune", 30) == list(range(3, 29))
+    assert parse_layers("loraprune", 19) == list(range(1, 18))  # round() would freeze 2
     assert parse_layers("all", 3) == [0, 1, 2]
     assert parse_layers("1:3", 5) == [1, 2]
     assert parse_layers("0,-1", 5) == [0, 4]

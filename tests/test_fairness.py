@@ -1,0 +1,161 @@
+"""Fair, reproducible comparisons: seeding, equal recovery, out-of-domain recovery data, matched
+parameter counts, the papers' recipes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchsuite.api import ConfigError
+from benchsuite.finetune import LoRAConfig, attach_lora
+from benchsuite.profiles import get_profile
+from benchsuite.runner import Runner, RunRequest, seed_everything
+from tests.conftest import tiny_llama
+from tests.test_cli import bench
+
+#: metrics that are measurements of the machine, not of the pruned model
+VOLATILE = ("latency", "peak_mem", "time_s")
+
+
+def _request(model_dir, results, methods, **kw):
+    return RunRequest(methods=list(methods), model=str(model_dir), ratios=kw.pop("ratios", [0.5]),
+                      profile=kw.pop("profile", "smoke"), results=results, tasks=kw.pop("tasks", []),
+                      ratio_basis=kw.pop("ratio_basis", "units"), **kw)
+
+
+def _stable(record):
+    return {k: v for k, v in record["metrics"].items() if not any(t in k for t in VOLATILE)}
+
+
+def _lora_a(seed):
+    model = tiny_llama()  # (seeds the global RNG itself)
+    seed_everything(seed)
+    model = attach_lora(model, LoRAConfig())
+    return torch.cat([p.detach().reshape(-1) for n, p in model.named_parameters() if "lora_A" in n])
+
+
+def test_lora_initialisation_follows_the_run_seed():
+    first = _lora_a(0)
+    torch.rand(1000)  # whatever ran before in the process (lm-eval reseeds the global RNG, for one)
+    assert torch.equal(_lora_a(0), first)
+    assert not torch.equal(_lora_a(1), first)
+
+
+def test_same_seed_same_result_in_one_process_and_in_another(tiny_model_dir, tmp_path):
+    """peft draws lora_A from the global RNG: without seeding, the second run differed."""
+    methods = ["loraprune", "random+lora"]
+    first = Runner(_request(tiny_model_dir, tmp_path / "a", methods), log=lambda _: None).run()[1:]
+    torch.rand(1000)
+    second = Runner(_request(tiny_model_dir, tmp_path / "b", methods), log=lambda _: None).run()[1:]
+    result = bench("run", "--model", str(tiny_model_dir), "--methods", ",".join(methods), "--ratios", "0.5",
+                   "--ratio-basis", "units", "--profile", "smoke", "--results", str(tmp_path / "c"),
+                   "--tasks", "none")
+    assert result.returncode == 0, result.stderr
+    third = [json.loads(p.read_text()) for p in sorted((tmp_path / "c").rglob("ratio-*.json"))]
+    third.sort(key=lambda r: [m.split("+")[0] for m in methods].index(r["method"]))
+    for a, b, c in zip(first, second, third):
+        assert a["status"] == b["status"] == c["status"] == "ok"
+        assert a["pruned_units"]["mask_sha256"] == b["pruned_units"]["mask_sha256"] == c["pruned_units"]["mask_sha256"]
+        assert _stable(a) == _stable(b) == _stable(c), a["method"]
+        assert a["recovery_setup"]["tokens"] == c["recovery_setup"]["tokens"] > 0
+
+
+def test_equal_recovery_for_every_criterion(tiny_model_dir, tmp_path):
+    methods = ["loraprune", "llm-pruner", "magnitude-l2+lora", "random+lora", "random"]
+    records = Runner(_request(tiny_model_dir, tmp_path, methods), log=lambda _: None).run()[1:]
+    assert all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
+    setups = [r["recovery_setup"] for r in records]
+    assert [s["label"] for s in setups] == ["LoRA, during", "LoRA", "LoRA", "LoRA", "none"]
+    budget = {(s["steps"], s["tokens"], s["micro_batch"], s["length"], s["lr"], s["data"]["sha256"])
+              for s in setups[:4]}
+    assert len(budget) == 1, budget  # same steps, tokens, data and LoRA settings for the four criteria
+    assert setups[0]["data"]["name"] == "instruct" and setups[0]["tokens"] == 4 * 2 * 64
+    assert [r["variant"] for r in records] == ["loraprune", "llm-pruner", "magnitude-l2+lora", "random+lora",
+                                               "random"]
+    assert records[3]["lora"] == records[1]["lora"]
+    from benchsuite.report import render
+
+    table = render(records)
+    assert "| LoRA, during" in table and "| none" in table
+
+
+def test_recovery_none_and_unknown(tiny_model_dir, tmp_path):
+    with pytest.raises(ConfigError, match="can't run with --recovery none"):
+        Runner(_request(tiny_model_dir, tmp_path, ["loraprune+none"]))
+    with pytest.raises(ConfigError, match="--recovery 'sometimes' unknown"):
+        Runner(_request(tiny_model_dir, tmp_path, ["random"], recovery="sometimes"))
+    runner = Runner(_request(tiny_model_dir, tmp_path, ["llm-pruner", "random"], recovery="none"))
+    assert [p.key for p in runner.plans] == ["llm-pruner+none", "random"]
+    assert runner.plans[0].lora() == (None, None)
+
+
+def test_recovery_data_is_not_evaluation_text(tiny_model_dir, tmp_path):
+    from benchsuite.corpora import corpus_split
+
+    with pytest.raises(ValueError, match="no evaluation part"):
+        corpus_split("instruct", "evaluation")
+    with pytest.raises(ConfigError, match="recovery data"):
+        Runner(_request(tiny_model_dir, tmp_path, ["llm-pruner"], recovery_data=str(tmp_path / "no.txt"))).run()
+    assert not (tmp_path / "smoke").exists()
+
+
+def test_matched_parameter_counts_across_layer_ranges(tiny_model_dir, tmp_path):
+    """LoRAPrune prunes more layers than LLM-Pruner; at the same params ratio both end at the same size."""
+    request = _request(tiny_model_dir, tmp_path, ["loraprune", "llm-pruner", "random"], ratios=[0.3],
+                       ratio_basis="params")
+    records = Runner(request, log=lambda _: None).run()
+    dense = records[0]["metrics"]["params"]
+    projections = records[1]["ratio_basis"]["projection_params"]
+    assert records[1]["layers_pruned"] != records[2]["layers_pruned"]
+    for record in records[1:]:
+        assert record["status"] == "ok", record.get("traceback")
+        removed = dense - record["metrics"]["params"]
+        # within the rounding of a few heads (each holds 2 x 16 x 96 weights here)
+        assert abs(removed - 0.3 * projections) < 4 * 2 * 16 * 96, (record["method"], removed)
+        mlp = record["pruned_units"]["total"]["mlp"]
+        assert mlp["pruned"] == round(record["ratio_basis"]["unit_ratio"] * mlp["of"])
+    wide, narrow = sorted(records[1:3], key=lambda r: -len(r["layers_pruned"]))
+    assert wide["ratio_basis"]["unit_ratio"] < narrow["ratio_basis"]["unit_ratio"]  # more layers, fewer units each
+    with pytest.raises(ConfigError, match="more than the 66.7% that can go"):
+        Runner(_request(tiny_model_dir, tmp_path / "x", ["loraprune"], ratios=[0.6], ratio_basis="params")).run()
+    assert not (tmp_path / "x").exists()
+
+
+def test_paper_profiles_are_the_papers_recipes():
+    llm, lora = get_profile("paper-llm-pruner"), get_profile("paper-loraprune")
+    assert (llm.train_batch * llm.grad_accum, llm.train_len, llm.warmup_steps, llm.lr_schedule) == (64, 256, 100,
+                                                                                                   "linear")
+    assert (lora.train_batch * lora.grad_accum, lora.train_len, lora.warmup_steps) == (128, 512, 0)
+    assert llm.train_epochs == lora.train_epochs == 2 and llm.criterion_calibration
+    config = LoRAConfig.from_params({"r": 8}, llm.lora_budget())
+    factors = [config.lr_factor(s, 1000) for s in (0, 49, 99, 100, 550, 999)]
+    assert factors[:3] == [0.01, 0.5, 1.0] and math.isclose(factors[3], 1.0)
+    assert math.isclose(factors[4], 0.5) and math.isclose(factors[5], 1 / 900)
+    with pytest.raises(ConfigError, match="belong to the profile"):
+        LoRAConfig.from_params({"grad_accum": 4}, llm.lora_budget())
+    with pytest.raises(ConfigError, match="did you mean"):
+        get_profile("paper")
+
+
+def test_paper_recipe_reaches_the_training_loop(tiny_model_dir, tmp_path, monkeypatch):
+    """Gradient accumulation, warm-up, epochs and each criterion's own calibration size are used and recorded."""
+    from dataclasses import replace
+
+    from benchsuite import profiles
+
+    small = replace(profiles.PROFILES["paper-llm-pruner"], eval_windows=2, task_limit=1, latency_repeats=1,
+                    train_batch=2, grad_accum=3, train_len=32, warmup_steps=2, train_epochs=0.002)
+    monkeypatch.setitem(profiles.PROFILES, "paper-llm-pruner", small)
+    record = Runner(_request(tiny_model_dir, tmp_path, ["llm-pruner"], profile="paper-llm-pruner"),
+                    log=lambda _: None).run()[1]
+    assert record["status"] == "ok", record.get("traceback")
+    setup = record["recovery_setup"]
+    windows = setup["data"]["windows"]
+    assert setup["steps"] == math.ceil(0.002 * windows / 6) and setup["grad_accum"] == 3
+    assert setup["tokens"] == setup["steps"] * 6 * 32
+    assert setup["lr_schedule"] == "linear" and setup["warmup_steps"] == 2
+    assert record["calibration"] == {"corpus": "wiki", "samples": 10, "length": 64, "from": "criterion",
+                                     "used": True}
