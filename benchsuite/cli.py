@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -121,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--granularity", help="only this granularity (e.g. structured, 2:4)")
     report.add_argument("--ratios", type=_floats, help="only these ratios (comma-separated)")
     report.add_argument("--recovery", choices=["lora", "none"], help="only runs with (or without) LoRA recovery")
+    report.add_argument("--update", type=Path, metavar="FILE",
+                        help="instead of printing, rewrite every table in FILE (e.g. README.md) marked "
+                        "'<!-- benchsuite report [filters] -->' ... '<!-- end report -->' from the records")
+    report.add_argument("--check", action="store_true",
+                        help="with --update: change nothing, exit 1 if a table differs from the records")
     report.add_argument("--view", choices=["all", "ppl", "zeroshot"], default="all",
                         help="markdown columns: all, ppl (perplexity and efficiency), zeroshot (accuracies)")
 
@@ -168,24 +175,65 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
+def select_records(args) -> list[dict]:
+    """The stored records that ``report``'s filters keep (dense always stays)."""
     from .records import load_records
-    from .report import recovery_label, render
+    from .report import recovery_label
 
     if not args.results.is_dir():
         raise ConfigError(f"no results directory '{args.results}' (run `benchsuite run` first)")
     methods = {m.strip() for m in args.methods.split(",")} if args.methods else None
-    records = [r for r in load_records(args.results)
-               if (not args.model or r.get("model") == args.model)
-               and (not args.profile or r.get("profile") == args.profile)
-               and (methods is None or r.get("method") == "dense" or r.get("method") in methods)
-               and (not args.ratios or r.get("method") == "dense"
-                    or any(abs(r.get("ratio", -1) - x) < 1e-9 for x in args.ratios))
-               and (not args.granularity or r.get("method") == "dense"
-                    or (r.get("granularity") or {}).get("label") == args.granularity)
-               and (not args.recovery or r.get("method") == "dense"
-                    or recovery_label(r).split(",")[0].lower() == args.recovery)]
-    print(render(records, args.format, args.view))
+    return [r for r in load_records(args.results)
+            if (not args.model or r.get("model") == args.model)
+            and (not args.profile or r.get("profile") == args.profile)
+            and (r.get("method") == "dense" or (
+                (methods is None or r.get("method") in methods or r.get("variant") in methods)
+                and (not args.ratios or any(abs(r.get("ratio", -1) - x) < 1e-9 for x in args.ratios))
+                and (not args.granularity or (r.get("granularity") or {}).get("label") == args.granularity)
+                and (not args.recovery or recovery_label(r).split(",")[0].lower() == args.recovery)))]
+
+
+#: ``<!-- benchsuite report ARGS -->`` ... ``<!-- end report -->``: a table that ``report --update`` rewrites
+_BLOCK = re.compile(r"(<!-- benchsuite report(?P<args>[^>]*?)-->\n)(?P<body>.*?)(<!-- end report -->)", re.DOTALL)
+
+
+def update_tables(path: Path, results: Path) -> tuple[str, int]:
+    """``path``'s text with every marked table rendered again from the records; and how many blocks."""
+    from .report import render
+
+    text = path.read_text(encoding="utf-8")
+    parser = build_parser()
+
+    def fill(match: re.Match) -> str:
+        args = parser.parse_args(["report", "--results", str(results), *shlex.split(match["args"])])
+        body = render(select_records(args), args.format, args.view)
+        return f"{match[1]}\n{body}\n\n{match[4]}"
+
+    new, count = _BLOCK.subn(fill, text)
+    return new, count
+
+
+def cmd_report(args) -> int:
+    from .records import write_text_atomic
+    from .report import render
+
+    if args.update is not None:
+        new, count = update_tables(args.update, args.results)
+        if not count:
+            raise ConfigError(f"{args.update} has no '<!-- benchsuite report ... -->' ... '<!-- end report -->' block")
+        changed = new != args.update.read_text(encoding="utf-8")
+        if args.check:
+            if changed:
+                print(f"{args.update}: {count} tables, some differ from the records in {args.results}; "
+                      f"run `benchsuite report --update {args.update}`", file=sys.stderr)
+                return 1
+            print(f"{args.update}: {count} tables match the records", file=sys.stderr)
+            return 0
+        if changed:
+            write_text_atomic(args.update, new)
+        print(f"{args.update}: {count} tables {'rewritten' if changed else 'already up to date'}", file=sys.stderr)
+        return 0
+    print(render(select_records(args), args.format, args.view))
     return 0
 
 

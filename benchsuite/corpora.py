@@ -27,7 +27,9 @@ Recovery text (LoRA fine-tuning, never evaluated):
 Other corpus names:
 
 - a path to a local ``.txt`` file (documents separated by blank lines) or ``.jsonl`` file
-  (one JSON object per line with a ``text`` field), split like the bundled corpora;
+  (one JSON object per line with a ``text`` field, or an instruction example such as Alpaca's
+  ``instruction``/``input``/``output`` or LaMini's ``instruction``/``response``, rendered in the
+  Alpaca template), split like the bundled corpora (LoRA recovery trains on the calibration part);
 - ``wikitext2`` (alias ``wikitext2-raw``) and ``ptb``: the real datasets through
   ``datasets.load_dataset``, only where the Hugging Face hub is reachable. Their official splits
   are used (train for calibration, test for evaluation), each split joined into one document
@@ -158,12 +160,24 @@ def _load_local(path: Path) -> list[str]:
         if not line.strip():
             continue
         try:
-            docs.append(json.loads(line)["text"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            docs.append(_jsonl_text(json.loads(line)))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(
-                f"{path}:{lineno}: expected a JSON object with a 'text' field ({exc!r})"
+                f"{path}:{lineno}: expected a JSON object with a 'text' field, or an instruction example "
+                f"('instruction' with 'output' or 'response', optional 'input') ({exc!r})"
             ) from None
     return _clean(docs)
+
+
+def _jsonl_text(obj: dict) -> str:
+    """A JSON-lines row's text: its ``text`` field, or an instruction example (Alpaca-cleaned's
+    instruction/input/output, LaMini's instruction/response) rendered in the Alpaca template."""
+    if "text" in obj:
+        return obj["text"]
+    from .instruct import render
+
+    response = obj["output"] if "output" in obj else obj["response"]
+    return render(obj["instruction"], response, obj.get("input") or "")
 
 
 def _load_hub(name: str, part: Part) -> list[str]:

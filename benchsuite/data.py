@@ -43,7 +43,7 @@ def calibration_samples(tokenizer, corpus: str, n_samples: int, length: int, see
         if len(samples) == n_samples:
             break
     if len(samples) < n_samples:
-        stream = training_windows(tokenizer, corpus, 1).reshape(-1)
+        stream = corpus_tokens(tokenizer, corpus)
         if len(stream) <= length:
             raise ValueError(f"corpus '{corpus}' has fewer than {length} tokens of calibration text")
         starts = torch.randint(0, len(stream) - length, (n_samples - len(samples),), generator=generator)
@@ -56,21 +56,28 @@ def batches(samples: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         yield samples[start:start + batch_size]
 
 
-_TRAIN_CACHE: dict[tuple[int, str, int], torch.Tensor] = {}
+_TOKENS: dict[tuple, torch.Tensor] = {}
+
+
+def corpus_tokens(tokenizer, corpora: str) -> torch.Tensor:
+    """Token ids of the calibration parts of ``corpora`` (all of a recovery corpus), documents joined
+    by blank lines; tokenized once per tokenizer and corpus in a process."""
+    key = (getattr(tokenizer, "name_or_path", None) or id(tokenizer), len(tokenizer), corpora)
+    if key not in _TOKENS:
+        ids: list[int] = []
+        for corpus in corpora.split(","):
+            for doc in corpus_split(corpus.strip(), "calibration"):
+                ids.extend(tokenizer(doc + "\n\n", add_special_tokens=False)["input_ids"])
+        _TOKENS[key] = torch.tensor(ids, dtype=torch.long)
+    return _TOKENS[key]
 
 
 def training_windows(tokenizer, corpora: str, length: int) -> torch.Tensor:
     """Non-overlapping ``length``-token windows over the calibration parts of ``corpora``
     (comma-separated names or .txt/.jsonl paths; all of a recovery corpus such as ``instruct``),
     documents joined by blank lines: examples are packed, none is padded."""
-    key = (id(tokenizer), corpora, length)
-    if key not in _TRAIN_CACHE:
-        ids: list[int] = []
-        for corpus in corpora.split(","):
-            for doc in corpus_split(corpus.strip(), "calibration"):
-                ids.extend(tokenizer(doc + "\n\n", add_special_tokens=False)["input_ids"])
-        n = len(ids) // length
-        if n == 0:
-            raise ValueError(f"corpus '{corpora}' has fewer than {length} tokens of calibration text")
-        _TRAIN_CACHE[key] = torch.tensor(ids[: n * length], dtype=torch.long).reshape(n, length)
-    return _TRAIN_CACHE[key]
+    ids = corpus_tokens(tokenizer, corpora)
+    n = len(ids) // length
+    if n == 0:
+        raise ValueError(f"corpus '{corpora}' has fewer than {length} tokens of calibration text")
+    return ids[: n * length].reshape(n, length)

