@@ -169,9 +169,9 @@ def prune_counts(groups: list[GroupSet], ratio: float, floors: list[int] | None 
     The rounding error of one layer is carried to the next (error diffusion): with 3 q heads per kv
     group and ratio 0.5, layers alternate 2 and 1 heads instead of all losing 2 (67%). ``floors``
     are units already pruned per block (an iterative schedule's earlier events): a layer never gets
-    a unit back, and the excess is taken back from the layers rounded up the most, so the total
-    still equals the target (units pruned earlier at a lower ratio never exceed the rounded-up
-    count). At least one unit per block stays."""
+    a unit back, and the excess it carries is taken from the layers after it, so the total still
+    equals the target and the rounding stays spread over the layers (units pruned earlier at a
+    lower ratio never exceed the rounded-up count). At least one unit per block stays."""
     floors = list(floors) if floors is not None else [0] * len(groups)
     counts = [0] * len(groups)
     for kind in dict.fromkeys(g.kind for g in groups):
@@ -179,10 +179,12 @@ def prune_counts(groups: list[GroupSet], ratio: float, floors: list[int] | None 
         per = {i: groups[i].size // groups[i].blocks for i in idx}
         carry = 0.0
         for i in idx:
-            wanted = ratio * per[i] + carry
-            n = min(max(int(wanted + 0.5), 0), per[i] - 1)  # round half up
-            carry = wanted - n
-            counts[i] = max(n, min(floors[i], per[i] - 1))
+            ideal = ratio * per[i]
+            low = min(max(floors[i], math.floor(ideal + 1e-9)), per[i] - 1)  # never give a unit back
+            high = max(low, min(math.ceil(ideal - 1e-9), per[i] - 1))
+            wanted = ideal + carry
+            counts[i] = min(max(int(wanted + 0.5), low), high)  # round half up, within one of the ideal
+            carry = wanted - counts[i]  # a layer held up by its floor makes the next ones round down
         target = ratio * sum(per[i] * groups[i].blocks for i in idx)
         total = sum(counts[i] * groups[i].blocks for i in idx)
 
