@@ -172,10 +172,10 @@ def plan_methods(names: list[str], registry: Registry, ratios: list[float] | Non
         gran = plan.build()[1]  # validates parameters
         if override is not None:
             key = f"{method.name}@{gran.label()}"
+        if own == "none" and plan.needs_lora:
+            raise ConfigError(f"{method.name} prunes with LoRA ({plan.schedule.name} schedule, criterion "
+                              f"{plan.criterion.name}): it can't run with --recovery none")
         if own == "none" and method.recovery is not None:
-            if plan.needs_lora:
-                raise ConfigError(f"{method.name} prunes with LoRA ({plan.schedule.name} schedule, criterion "
-                                  f"{plan.criterion.name}): it can't run with --recovery none")
             plan.method = replace(method, recovery=None)
             key += "+none"
         elif own == "lora" and method.recovery is None:
