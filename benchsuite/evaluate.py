@@ -33,7 +33,11 @@ def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
         total_nll += float(nll)
         total_tokens += batch[:, 1:].numel()
-    mean = total_nll / max(total_tokens, 1)
+    if total_tokens == 0:
+        raise ValueError(f"{desc}: no token to score (the corpus is shorter than one window)")
+    mean = total_nll / total_tokens
+    if not math.isfinite(mean) or mean > 700:  # exp() would overflow
+        raise FloatingPointError(f"{desc}: the mean negative log-likelihood is {mean!r}, not a finite perplexity")
     return {"ppl": math.exp(mean), "nll": mean, "tokens": total_tokens, "windows": len(windows),
             "seq_len": windows.shape[1] if len(windows) else 0}
 

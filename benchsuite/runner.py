@@ -226,7 +226,14 @@ class Runner:
         # validate everything that needs no model before touching disk
         profile = with_train_steps(get_profile(request.profile), request.train_steps)
         self.profile: Profile = with_recovery_data(with_corpora(profile, request.corpora), request.recovery_data)
+        if request.ratios is not None and not request.ratios:
+            raise ConfigError("--ratios is empty: give at least one ratio, e.g. 0.2,0.5 (or leave it out)")
         check_ratios(request.ratios or [])
+        if not request.seeds:
+            raise ConfigError("--seeds is empty: give at least one seed, e.g. 0")
+        for seed in request.seeds:
+            if not 0 <= seed < 2**63:
+                raise ConfigError(f"seed {seed} is outside [0, 2**63): torch can't be seeded with it")
         if request.ratio_basis not in RATIO_BASES:
             raise ConfigError(f"--ratio-basis '{request.ratio_basis}' unknown; choose one of {', '.join(RATIO_BASES)}")
         if not request.methods:
@@ -273,11 +280,14 @@ class Runner:
             if self.profile.train_epochs is not None:
                 per_step = self.profile.train_batch * self.profile.grad_accum
                 self.train_steps = max(1, math.ceil(self.profile.train_epochs * len(windows) / per_step))
-        for corpus in self.profile.corpora:  # a missing or unreachable corpus fails before any run
+        for corpus in self.profile.corpora:  # a missing, unreachable or too short corpus fails before any run
             try:
-                self.windows(corpus)
+                windows = self.windows(corpus)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+            if len(windows) == 0:
+                raise ConfigError(f"corpus '{corpus}': its evaluation part holds fewer than {self.profile.seq_len} "
+                                  "tokens, not one perplexity window")
         if self.tasks:
             from .zeroshot import prepare_tasks
 
@@ -359,6 +369,8 @@ class Runner:
 
                 zeroshot = evaluate_zeroshot(model, self.tokenizer, self.tasks, self.limit, p.task_batch)
                 for task, result in zeroshot["tasks"].items():
+                    if not isinstance(result["value"], (int, float)) or not math.isfinite(result["value"]):
+                        raise FloatingPointError(f"zero-shot {task}: accuracy {result['value']!r} is not a number")
                     metrics[f"acc_{task}"] = result["value"]
                 metrics["acc_avg"] = zeroshot["average"]
                 errors = [r["stderr"] for r in zeroshot["tasks"].values() if r["stderr"] is not None]

@@ -10,6 +10,19 @@ from torch import nn
 from .api import Criterion, Granularity, PruneContext, PruneOutcome, Schedule
 
 
+def checked_scores(criterion: Criterion, granularity: Granularity, model: nn.Module,
+                   groups: list) -> list[torch.Tensor]:
+    """The criterion's scores for ``groups``; a NaN or infinite score is an error naming the group
+    (pruning by such scores would pick arbitrary units and still look like a normal run)."""
+    scores = granularity.score(criterion, model, groups)
+    for group, value in zip(groups, scores):
+        if not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise FloatingPointError(f"scoring: criterion '{criterion.name}' gave {bad} non-finite score(s) "
+                                     f"for {group.name}")
+    return scores
+
+
 class OneShot(Schedule):
     """Prepare the criterion (calibration if it needs it), score, select, remove."""
 
@@ -23,7 +36,7 @@ class OneShot(Schedule):
             ratio: float, layers: list[int], ctx: PruneContext) -> PruneOutcome:
         criterion.prepare(model, ctx)
         groups = granularity.units(model, layers)
-        scores = granularity.score(criterion, model, groups)
+        scores = checked_scores(criterion, granularity, model, groups)
         criterion.release()
         masks = granularity.select(groups, scores, ratio)
         model = granularity.finalize(model, groups, masks)
@@ -50,7 +63,7 @@ class Sequential(Schedule):
         masks: list[torch.Tensor] | None = None
         for layer in sorted(set(layers)):
             criterion.prepare(model, ctx)
-            scores = granularity.score(criterion, model, groups)
+            scores = checked_scores(criterion, granularity, model, groups)
             criterion.release()
             chosen = granularity.select(groups, scores, ratio, previous=masks)
             masks = [keep if g.layer <= layer else torch.ones_like(keep) for g, keep in zip(groups, chosen)]
@@ -116,7 +129,7 @@ class Iterative(Schedule):
 
         def prune_to(target: float, step: int) -> None:
             nonlocal masks
-            scores = granularity.score(criterion, model, groups)
+            scores = checked_scores(criterion, granularity, model, groups)
             masks = granularity.select(groups, scores, target, previous=masks)
             granularity.apply_masks(model, groups, masks)
             pruned = sum(int((~m).sum()) for m in masks)

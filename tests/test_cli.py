@@ -39,6 +39,11 @@ def gpt2_dir(tmp_path_factory, default_model_dir):
     (["--granularity", "unstructred"], "did you mean unstructured"),
     (["--tasks", "piqa,hellaswg"], "hellaswag"),
     (["--limit", "0"], "positive number of examples"),
+    (["--ratios", ""], "--ratios is empty"),
+    (["--seeds", ""], "--seeds is empty"),
+    (["--seeds", "99999999999999999999"], "seed 99999999999999999999 is outside"),
+    (["--methods", "loraprune+none"], "can't run with --recovery none"),
+    (["--recovery-data", "missing.jsonl", "--profile", "smoke"], "recovery data"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     result = bench("run", "--results", str(tmp_path / "r"), *args)

@@ -1,0 +1,57 @@
+"""Nothing wrong is recorded as "ok": non-finite scores and perplexities fail the run, a corpus too
+short to evaluate is rejected before any run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchsuite.api import ConfigError
+from benchsuite.evaluate import perplexity
+from benchsuite.runner import Runner, RunRequest
+from benchsuite_plugins.baselines import Magnitude
+from tests.conftest import tiny_llama
+
+
+def _request(model_dir, results, methods, **kw):
+    return RunRequest(methods=list(methods), model=str(model_dir), ratios=kw.pop("ratios", None),
+                      profile="smoke", results=results, tasks=[], ratio_basis="units", **kw)
+
+
+def test_nan_scores_fail_the_run_at_every_granularity(tiny_model_dir, tmp_path, monkeypatch):
+    original = Magnitude.element_scores
+
+    def nan_scores(self, key, module):
+        scores = original(self, key, module).clone()
+        scores[0, 0] = float("nan")
+        return scores
+
+    monkeypatch.setattr(Magnitude, "element_scores", nan_scores)
+    records = Runner(_request(tiny_model_dir, tmp_path, ["magnitude-l2", "magnitude-2:4", "magnitude"]),
+                     log=lambda _: None).run()[1:]
+    assert [r["granularity"]["label"] for r in records] == ["structured"] * 2 + ["2:4"] + ["unstructured"] * 2
+    for record in records:  # they used to be "ok", with normal-looking perplexity
+        assert record["status"] == "error", record["method"]
+        assert "non-finite score" in record["error"] and "scoring" in record["error"]
+
+
+def test_non_finite_perplexity_is_an_error():
+    model = tiny_llama()
+    windows = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert perplexity(model, windows)["tokens"] == 30
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="not a finite perplexity"):
+        perplexity(model, windows)
+    with pytest.raises(ValueError, match="no token to score"):
+        perplexity(model, windows[:0])
+
+
+@pytest.mark.parametrize("text", ["", "ten bytes.", "a few words\n\nand a few more words"])
+def test_corpus_too_short_for_one_window_is_rejected_before_any_run(tiny_model_dir, tmp_path, text):
+    corpus = tmp_path / "short.txt"
+    corpus.write_text(text)
+    results = tmp_path / "results"
+    with pytest.raises(ConfigError, match="short"):
+        Runner(_request(tiny_model_dir, results, ["random"], corpora=[str(corpus)]), log=lambda _: None).run()
+    assert not results.exists()
