@@ -7,11 +7,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .api import Criterion, Granularity, PruneContext, PruneOutcome, Schedule
+from .api import Criterion, Granularity, GroupSet, PruneContext, PruneOutcome, Schedule
 
 
 def checked_scores(criterion: Criterion, granularity: Granularity, model: nn.Module,
-                   groups: list) -> list[torch.Tensor]:
+                   groups: list[GroupSet]) -> list[torch.Tensor]:
     """The criterion's scores for ``groups``; a NaN or infinite score is an error naming the group
     (pruning by such scores would pick arbitrary units and still look like a normal run)."""
     scores = granularity.score(criterion, model, groups)
@@ -21,6 +21,15 @@ def checked_scores(criterion: Criterion, granularity: Granularity, model: nn.Mod
             raise FloatingPointError(f"scoring: criterion '{criterion.name}' gave {bad} non-finite score(s) "
                                      f"for {group.name}")
     return scores
+
+
+def finalized(model: nn.Module, granularity: Granularity, groups: list[GroupSet], masks: list[torch.Tensor],
+              **log) -> PruneOutcome:
+    """Let the granularity finalize the pruned model; the outcome with the units pruned."""
+    model = granularity.finalize(model, groups, masks)
+    pruned = sum(int((~m).sum()) for m in masks)
+    return PruneOutcome(model, groups, masks, {"units_pruned": pruned, "units_total": sum(m.numel() for m in masks),
+                                               **log})
 
 
 class OneShot(Schedule):
@@ -38,18 +47,15 @@ class OneShot(Schedule):
         groups = granularity.units(model, layers)
         scores = checked_scores(criterion, granularity, model, groups)
         criterion.release()
-        masks = granularity.select(groups, scores, ratio)
-        model = granularity.finalize(model, groups, masks)
-        pruned = sum(int((~m).sum()) for m in masks)
-        total = sum(m.numel() for m in masks)
-        return PruneOutcome(model, groups, masks, {"units_pruned": pruned, "units_total": total})
+        return finalized(model, granularity, groups, granularity.select(groups, scores, ratio))
 
 
 class Sequential(Schedule):
     """Prune one layer at a time, in order: before each layer the criterion prepares again (e.g.
     gathers activations) on the model whose earlier layers are already pruned, as Wanda's reference
-    code does. Costs one calibration pass per pruned layer. The per-layer counts are those of a
-    one-shot prune at the same ratio (the allocation does not depend on scores)."""
+    code does. Costs one calibration pass per pruned layer; only the current layer is scored again
+    (earlier layers keep their masks whatever their scores, later ones are reset). The per-layer
+    counts are those of a one-shot prune at the same ratio (the allocation does not depend on scores)."""
 
     name = "sequential"
     description = "layer by layer: each layer scored on calibration inputs through the already-pruned layers"
@@ -61,17 +67,22 @@ class Sequential(Schedule):
             ratio: float, layers: list[int], ctx: PruneContext) -> PruneOutcome:
         groups = granularity.units(model, layers)
         masks: list[torch.Tensor] | None = None
+        scores: list[torch.Tensor] = []
         for layer in sorted(set(layers)):
             criterion.prepare(model, ctx)
-            scores = checked_scores(criterion, granularity, model, groups)
+            if not scores:  # the first pass scores everything (select needs a score per group)
+                scores = checked_scores(criterion, granularity, model, groups)
+            else:
+                current = [i for i, g in enumerate(groups) if g.layer == layer]
+                fresh = checked_scores(criterion, granularity, model, [groups[i] for i in current])
+                for i, value in zip(current, fresh):
+                    scores[i] = value
             criterion.release()
             chosen = granularity.select(groups, scores, ratio, previous=masks)
             masks = [keep if g.layer <= layer else torch.ones_like(keep) for g, keep in zip(groups, chosen)]
+            del chosen
             granularity.apply_masks(model, groups, masks)
-        model = granularity.finalize(model, groups, masks)
-        pruned = sum(int((~m).sum()) for m in masks)
-        return PruneOutcome(model, groups, masks, {"units_pruned": pruned, "units_total": sum(m.numel() for m in masks),
-                                                   "calibration_passes": len(set(layers))})
+        return finalized(model, granularity, groups, masks, calibration_passes=len(set(layers)))
 
 
 def cubic_ratio(step: int, total: int, init: float, final: float, warmup: float = 0.1,
