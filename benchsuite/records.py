@@ -87,12 +87,14 @@ def versions() -> dict[str, str | None]:
 
 
 def git_commit() -> dict[str, Any] | None:
-    """The commit of the benchsuite checkout (when run from one) and whether it had changes."""
+    """The commit of the benchsuite checkout (when run from one) and whether its code had changes
+    (records and tables under ``results/`` don't count: a run writes them itself)."""
     here = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+                               cwd=here,
                                capture_output=True, text=True, timeout=10).stdout.strip() != ""
     except (OSError, subprocess.SubprocessError):
         return None
