@@ -201,11 +201,17 @@ def update_tables(path: Path, results: Path) -> tuple[str, int]:
     """``path``'s text with every marked table rendered again from the records; and how many blocks."""
     from .report import render
 
+    if not path.is_file():
+        raise ConfigError(f"--update {path}: no such file")
     text = path.read_text(encoding="utf-8")
     parser = build_parser()
 
     def fill(match: re.Match) -> str:
-        args = parser.parse_args(["report", "--results", str(results), *shlex.split(match["args"])])
+        try:
+            args = parser.parse_args(["report", "--results", str(results), *shlex.split(match["args"])])
+        except (SystemExit, ValueError):  # argparse has printed why
+            raise ConfigError(f"{path}: the marker '<!-- benchsuite report{match['args']}-->' has arguments "
+                              "`benchsuite report` does not take") from None
         body = render(select_records(args), args.format, args.view)
         return f"{match[1]}\n{body}\n\n{match[4]}"
 

@@ -138,6 +138,11 @@ def test_report_update_rewrites_marked_tables(tmp_path, tiny_model_dir):
     data["metrics"]["ppl_wiki"] += 1.0
     record.write_text(json.dumps(data))
     assert bench("report", "--results", str(results), "--update", str(doc), "--check").returncode == 1
+    missing = bench("report", "--results", str(results), "--update", str(tmp_path / "none.md"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr.splitlines()[-1]
+    doc.write_text("<!-- benchsuite report --colour red -->\n<!-- end report -->\n")
+    bad = bench("report", "--results", str(results), "--update", str(doc))
+    assert bad.returncode == 2 and "does not take" in bad.stderr.splitlines()[-1]
 
 
 def test_readme_tables_are_the_committed_records():
