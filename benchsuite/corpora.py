@@ -152,7 +152,14 @@ def _clean(docs: list[str]) -> list[str]:
 
 
 def _load_local(path: Path) -> list[str]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"corpus file {str(path)!r} is not UTF-8 text (byte {exc.start}): give a text file") from None
+    except OSError as exc:
+        raise ValueError(f"corpus file {str(path)!r} can't be read: {exc.strerror or exc}") from None
+    if "\x00" in text:
+        raise ValueError(f"corpus file {str(path)!r} holds NUL bytes: it looks binary, give a text file")
     if path.suffix == ".txt":
         return _clean(re.split(r"\n[ \t\r\f\v]*\n", text))
     docs = []
@@ -162,9 +169,10 @@ def _load_local(path: Path) -> list[str]:
         try:
             docs.append(_jsonl_text(json.loads(line)))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            why = f"no field {exc}" if isinstance(exc, KeyError) else str(exc)
             raise ValueError(
-                f"{path}:{lineno}: expected a JSON object with a 'text' field, or an instruction example "
-                f"('instruction' with 'output' or 'response', optional 'input') ({exc!r})"
+                f"{path}:{lineno}: {why}; expected a JSON object with a 'text' string, or an instruction example "
+                "('instruction' with 'output' or 'response', optional 'input', all strings)"
             ) from None
     return _clean(docs)
 
@@ -172,12 +180,21 @@ def _load_local(path: Path) -> list[str]:
 def _jsonl_text(obj: dict) -> str:
     """A JSON-lines row's text: its ``text`` field, or an instruction example (Alpaca-cleaned's
     instruction/input/output, LaMini's instruction/response) rendered in the Alpaca template."""
+    if not isinstance(obj, dict):
+        raise TypeError(f"a {type(obj).__name__}, not an object")
     if "text" in obj:
-        return obj["text"]
+        return _string(obj, "text")
     from .instruct import render
 
-    response = obj["output"] if "output" in obj else obj["response"]
-    return render(obj["instruction"], response, obj.get("input") or "")
+    response = _string(obj, "output" if "output" in obj else "response")
+    return render(_string(obj, "instruction"), response, _string(obj, "input") if obj.get("input") else "")
+
+
+def _string(obj: dict, key: str) -> str:
+    value = obj[key]
+    if not isinstance(value, str):
+        raise TypeError(f"field '{key}' is a {type(value).__name__}, not a string")
+    return value
 
 
 def _load_hub(name: str, part: Part) -> list[str]:

@@ -44,6 +44,9 @@ class LoRAConfig:
     warmup_steps: int = 0
     #: ``constant`` after the warm-up, or ``linear`` decay to 0 at the last step (HF Trainer's default)
     lr_schedule: str = "constant"
+    #: skip (and count) optimizer steps whose loss is NaN/inf instead of failing the run; off: a
+    #: non-finite loss is an error that names the stage and step
+    skip_nonfinite_steps: bool = False
 
     @classmethod
     def from_params(cls, params: dict[str, Any] | None, budget: dict[str, Any] | None = None) -> LoRAConfig:
@@ -151,6 +154,9 @@ def train_lora(model: nn.Module, batches: Iterator[torch.Tensor], steps: int, co
             total += float(loss.detach())
             log.tokens += batch.numel()
         if not math.isfinite(total):
+            if not config.skip_nonfinite_steps:
+                raise FloatingPointError(f"{desc}: the training loss is {total} at optimizer step {step + 1} of "
+                                         f"{steps}")
             log.skipped_nan += 1
             optimizer.zero_grad(set_to_none=True)
             continue

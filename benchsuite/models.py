@@ -45,9 +45,9 @@ def resolve_model(name: str, registry: Registry) -> ResolvedModel:
     """Find a model by registered name/alias, local directory or hub id; download if needed."""
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ConfigError(f"model directory '{name}' has no config.json")
-        return ResolvedModel(path.name, str(path.resolve()), path.resolve())
+        path = path.resolve()
+        check_config(path)
+        return ResolvedModel(path.name or "model", str(path), path)
     spec: ModelSpec | None = None
     try:
         spec = registry.lookup("models", name)
@@ -58,6 +58,19 @@ def resolve_model(name: str, registry: Registry) -> ResolvedModel:
         return ResolvedModel(spec.name, spec.source, Path(spec.fetch()))
     hub_id = spec.source if spec is not None else name
     return ResolvedModel(spec.name if spec else name, hub_id, _download(hub_id, name, registry))
+
+
+def check_config(path: Path) -> None:
+    """A checkpoint directory's ``config.json`` must be a JSON object naming a model type."""
+    config = path / "config.json"
+    if not config.is_file():
+        raise ConfigError(f"model directory '{path}' has no config.json")
+    try:
+        data = json.loads(config.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{config} can't be read as JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise ConfigError(f"{config} is not a transformers model config (no 'model_type')")
 
 
 def _download(hub_id: str, asked: str, registry: Registry) -> Path:

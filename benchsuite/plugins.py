@@ -45,10 +45,12 @@ class PluginInfo:
     module: str | None = None
     registers: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
+    #: what of it was set aside although it loaded (e.g. a method naming an unknown granularity)
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "distribution": self.distribution, "version": self.version,
-                "module": self.module, "registers": self.registers, "error": self.error}
+                "module": self.module, "registers": self.registers, "error": self.error, "warnings": self.warnings}
 
 
 @dataclass
@@ -61,6 +63,8 @@ class Registry:
     methods: dict[str, Method] = field(default_factory=dict)
     models: dict[str, ModelSpec] = field(default_factory=dict)
     plugins: list[PluginInfo] = field(default_factory=list)
+    #: methods whose parts no plugin registers (or whose parameters are invalid): name -> why
+    broken_methods: dict[str, str] = field(default_factory=dict)
 
     def lookup(self, kind: str, name: str) -> Any:
         """The item ``name`` of ``kind``, or a ConfigError naming close matches."""
@@ -71,6 +75,8 @@ class Registry:
                     return spec
         if name in table:
             return table[name]
+        if kind == "methods" and name in self.broken_methods:
+            raise ConfigError(f"method '{name}' can't run: {self.broken_methods[name]}")
         singular = {"criteria": "criterion", "granularities": "granularity"}.get(kind, kind[:-1])
         names = sorted(table) + ([a for s in table.values() for a in s.aliases] if kind == "models" else [])
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
@@ -149,7 +155,29 @@ def load_registry(extra_plugins: list[tuple[str, object]] | None = None,
             if strict:
                 raise PluginError(f"plugin '{info.name}' failed to load: {info.error}\n"
                                   f"{traceback.format_exc()}") from exc
+    _check_methods(registry, strict)
     return registry
+
+
+def _check_methods(registry: Registry, strict: bool) -> None:
+    """Set aside methods that name a criterion, granularity or schedule nobody registered, or give their
+    granularity parameters it rejects: they are reported (``plugins``, warnings), the rest work."""
+    for name, method in list(registry.methods.items()):
+        owner = next((p for p in registry.plugins if name in p.registers.get("methods", [])), None)
+        try:
+            for kind, part in (("criteria", method.criterion), ("granularities", method.granularity),
+                               ("schedules", method.schedule)):
+                registry.lookup(kind, part)
+            registry.granularities[method.granularity].create(method.granularity_params)
+        except Exception as exc:  # noqa: BLE001 - a plugin's bad method must not break the others
+            why = f"{exc} (method from plugin '{owner.name if owner else '?'}')"
+            del registry.methods[name]
+            registry.broken_methods[name] = why
+            if owner is not None:
+                owner.registers["methods"] = [m for m in owner.registers["methods"] if m != name]
+                owner.warnings.append(f"method '{name}' skipped: {exc}")
+            if strict:
+                raise PluginError(f"method '{name}' can't run: {why}") from exc
 
 
 _REGISTRY: Registry | None = None

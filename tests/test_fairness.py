@@ -172,5 +172,5 @@ def test_instruction_files_are_rendered_in_the_alpaca_template(tmp_path):
     assert first.endswith("### Input:\n2 and 3\n\n### Response:\n5") and "paired with an input" in first
     assert second.endswith("### Instruction:\nName a colour.\n\n### Response:\nBlue.") and third == "plain text"
     (tmp_path / "bad.jsonl").write_text(json.dumps({"instruction": "no answer"}))
-    with pytest.raises(ValueError, match="bad.jsonl:1: expected"):
+    with pytest.raises(ValueError, match="bad.jsonl:1: no field 'response'"):
         load_documents(tmp_path / "bad.jsonl")

@@ -55,3 +55,42 @@ def test_corpus_too_short_for_one_window_is_rejected_before_any_run(tiny_model_d
     with pytest.raises(ConfigError, match="short"):
         Runner(_request(tiny_model_dir, results, ["random"], corpora=[str(corpus)]), log=lambda _: None).run()
     assert not results.exists()
+
+
+def _nan_batches():
+    while True:
+        yield torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+def test_a_non_finite_training_loss_fails_the_run_naming_the_stage():
+    from benchsuite.finetune import LoRAConfig, attach_lora, train_lora
+
+    model = attach_lora(tiny_llama(), LoRAConfig())
+    with torch.no_grad():
+        model.get_input_embeddings().weight[5].fill_(float("inf"))
+    batches = _nan_batches()
+    with pytest.raises(FloatingPointError, match=r"LoRA recovery: the training loss is nan at optimizer step 1 of 3"):
+        train_lora(model, batches, 3, LoRAConfig(), desc="LoRA recovery")
+    # a recipe that skips such steps counts them
+    log = train_lora(model, batches, 3, LoRAConfig(skip_nonfinite_steps=True), desc="LoRA recovery")
+    assert log.skipped_nan == 3 and log.steps == 0
+
+
+def test_loraprune_counts_the_steps_it_skips():
+    from benchsuite.finetune import LoRAConfig, attach_lora
+    from benchsuite.granularities import Structured
+    from benchsuite_plugins.loraprune import LoRAGuided
+
+    model = attach_lora(tiny_llama(), LoRAConfig())
+    batch = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    model(input_ids=batch, labels=batch).loss.backward()
+    criterion, granularity = LoRAGuided(), Structured()
+    groups = granularity.units(model, [0, 1])
+    criterion.observe(model, granularity, groups)
+    assert criterion.stats() == {"observed_steps": 1, "skipped_nonfinite_steps": 0,
+                                 "skipped_nonfinite_group_updates": 0}
+    before = {k: v.clone() for k, v in criterion._average.items()}
+    next(p for n, p in model.named_parameters() if "lora_B" in n).grad[0, 0] = float("nan")
+    criterion.observe(model, granularity, groups)
+    assert criterion.stats()["skipped_nonfinite_steps"] == 1
+    assert all(torch.equal(before[k], v) for k, v in criterion._average.items())  # the average is untouched

@@ -148,3 +148,34 @@ def test_example_package_installs_with_pip_and_is_found(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=_env(PYTHONPATH=str(target))).stdout.split()
     assert out == ["squared-weight", "benchsuite-squared"]
+
+
+BAD_METHOD_PLUGIN = '''
+from benchsuite import Method, hookimpl
+
+@hookimpl
+def benchsuite_register_methods(register):
+    register(Method("hex-prune", "magnitude", granularity="hexagonal"))
+    register(Method("nm-bad", "magnitude", granularity="nm", granularity_params={"n": 4, "m": 2}))
+    register(Method("fine-prune", "magnitude"))
+'''
+
+
+def test_a_method_naming_an_unknown_granularity_is_set_aside(tmp_path):
+    root = make_distribution(tmp_path, "bench-badmethod", {"badmethod": "bad_method_plugin"},
+                             {"bad_method_plugin": BAD_METHOD_PLUGIN})
+    env = _env(PYTHONPATH=str(root), BENCHSUITE_STRICT_PLUGINS="0")
+    # `methods` used to crash with a KeyError
+    result = subprocess.run([sys.executable, "-m", "benchsuite", "methods"], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "fine-prune" in result.stdout and "hex-prune" not in result.stdout
+    assert "method 'hex-prune' skipped: unknown granularity 'hexagonal'" in result.stderr
+    assert "method 'nm-bad' skipped" in result.stderr
+    run = subprocess.run([sys.executable, "-m", "benchsuite", "run", "--methods", "hex-prune", "--results",
+                          str(tmp_path / "r")], capture_output=True, text=True, env=env)
+    last = run.stderr.strip().splitlines()[-1]
+    assert run.returncode == 2 and "method 'hex-prune' can't run: unknown granularity 'hexagonal'" in last
+    assert "plugin 'badmethod'" in last
+    strict = subprocess.run([sys.executable, "-m", "benchsuite", "methods"], capture_output=True, text=True,
+                            env=env | {"BENCHSUITE_STRICT_PLUGINS": "1"})
+    assert strict.returncode == 2 and "hex-prune" in strict.stderr

@@ -65,7 +65,11 @@ def test_rerun_skips_and_interrupted_run_resumes(tiny_model_dir, tmp_path, monke
     assert all(after[k] == v for k, v in finished.items()), "finished records were recomputed"
     assert sum("done before" in line for line in lines) == 2
     Runner(_request(tiny_model_dir, tmp_path, rerun=True), log=lambda _: None).run()
-    assert all(_files(tmp_path)[k] != v for k, v in after.items())
+    again = _files(tmp_path)
+    assert all(again[k] == v for k, v in after.items()), "--rerun overwrote a record"
+    assert len(again) == 6  # each run again, into a new file
+    latest = load_records(tmp_path)
+    assert len(latest) == 3 and all(r["_path"].endswith(".2.json") for r in latest)
 
 
 def test_failing_run_is_recorded_and_others_continue(tiny_model_dir, tmp_path, monkeypatch):
@@ -94,13 +98,15 @@ def test_failing_run_is_recorded_and_others_continue(tiny_model_dir, tmp_path, m
 
 def test_changed_settings_are_not_mistaken_for_finished(tiny_model_dir, tmp_path):
     Runner(_request(tiny_model_dir, tmp_path, methods=["magnitude-l2"]), log=lambda _: None).run()
-    record_file = next(tmp_path.rglob("ratio-0.5_seed-0.json"))
+    record_file = next(tmp_path.rglob("ratio-0.5_seed-0.*.json"))
     data = json.loads(record_file.read_text())
     data["config_hash"] = "stale"
     record_file.write_text(json.dumps(data))
     lines = []
     Runner(_request(tiny_model_dir, tmp_path, methods=["magnitude-l2"]), log=lines.append).run()
-    assert any("settings changed" in line for line in lines)
+    assert any("recorded with other settings" in line for line in lines)
+    assert json.loads(record_file.read_text())["config_hash"] == "stale", "the old record was overwritten"
+    assert len(list(record_file.parent.glob("ratio-0.5_seed-0.*.json"))) == 2
 
 
 @pytest.mark.parametrize("kwargs, message", [
