@@ -46,7 +46,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .cache import (  # cache_dir and sha256_file used to live here: still importable from this module
+from .cache import (  # AssetError, cache_dir and sha256_file used to live here: still importable from this module
+    AssetError,
     cache_dir,
     check,
     discard,
@@ -67,10 +68,6 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _BIG_MEMBER = 10 * 1024 * 1024  # members larger than this get a progress bar
-
-
-class AssetError(RuntimeError):
-    """A model or data asset could not be fetched, verified or converted."""
 
 
 @dataclass(frozen=True)

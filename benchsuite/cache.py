@@ -41,15 +41,26 @@ _locks: dict[Path, FileLock] = {}
 _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
+class AssetError(RuntimeError):
+    """A model or data asset could not be fetched, verified or converted."""
+
+
 def cache_dir() -> Path:
     """``$BENCHSUITE_CACHE``, else ``$XDG_CACHE_HOME/benchsuite``, else ``~/.cache/benchsuite``."""
     if os.environ.get("BENCHSUITE_CACHE"):
-        path = Path(os.environ["BENCHSUITE_CACHE"]).expanduser()
+        path, source = Path(os.environ["BENCHSUITE_CACHE"]).expanduser(), "BENCHSUITE_CACHE"
     elif os.environ.get("XDG_CACHE_HOME"):
-        path = Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "benchsuite"
+        path, source = Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "benchsuite", "XDG_CACHE_HOME"
     else:
-        path = Path.home() / ".cache" / "benchsuite"
-    path.mkdir(parents=True, exist_ok=True)
+        path, source = Path.home() / ".cache" / "benchsuite", "the home folder"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AssetError(f"the benchsuite cache {path} (from {source}) can't be created: "
+                         f"{exc.strerror or exc}; set BENCHSUITE_CACHE to a writable folder") from None
+    if not path.is_dir():
+        raise AssetError(f"the benchsuite cache {path} (from {source}) is not a folder; "
+                         "set BENCHSUITE_CACHE to a writable folder")
     return path
 
 

@@ -44,6 +44,9 @@ def _available(registry: Registry) -> str:
 def resolve_model(name: str, registry: Registry) -> ResolvedModel:
     """Find a model by registered name/alias, local directory or hub id; download if needed."""
     path = Path(name).expanduser()
+    if path.is_file():
+        raise ConfigError(f"--model {name} is a file; give a checkpoint folder (with config.json), a registered "
+                          "name (see `benchsuite models`) or a hub id")
     if path.is_dir():
         path = path.resolve()
         check_config(path)

@@ -87,6 +87,13 @@ def test_unusable_results_and_model_folders_are_one_line(tmp_path):
         result = bench("run", "--model", str(model), "--results", str(tmp_path / "r"), "--profile", "smoke")
         last = result.stderr.strip().splitlines()[-1]
         assert result.returncode == 2 and last.startswith("benchsuite: error: ") and message in last, result.stderr
+    result = bench("run", "--model", str(tmp_path / "a-file"), "--results", str(tmp_path / "r"))
+    assert result.returncode == 2 and "is a file; give a checkpoint folder" in result.stderr.strip().splitlines()[-1]
+    env = dict(os.environ, BENCHSUITE_CACHE=str(tmp_path / "a-file"))
+    result = subprocess.run([sys.executable, "-m", "benchsuite", "run", "--results", str(tmp_path / "r"),
+                             "--profile", "smoke"], capture_output=True, text=True, env=env, timeout=300)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and "the benchsuite cache" in last and "BENCHSUITE_CACHE" in last, result.stderr
     assert not (tmp_path / "r").exists()
 
 
