@@ -1,4 +1,4 @@
-"""Command line: ``benchsuite run | report | plugins | models | methods | cache``."""
+"""Command line: ``benchsuite run | report | compare | plugins | models | methods | cache``."""
 
 from __future__ import annotations
 
@@ -133,6 +133,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --update: change nothing, exit 1 if a table differs from the records")
     report.add_argument("--view", choices=["all", "ppl", "zeroshot"], default="all",
                         help="markdown columns: all, ppl (perplexity and efficiency), zeroshot (accuracies)")
+
+    compare = sub.add_parser(
+        "compare", help="paired differences between methods (or two results folders) with 95% intervals",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compare runs that share model, profile, granularity, ratio and seed: perplexity as a "
+        "relative change (paired bootstrap over the same windows), zero-shot accuracy in points (paired over the "
+        "same examples), latency as a ratio of medians, parameters and FLOPs exactly. A difference is marked "
+        "significant (*) only when its 95%% interval excludes zero.",
+        epilog="examples:\n  benchsuite compare --baseline llm-pruner --methods loraprune\n"
+        "  benchsuite compare --results old-results --against results      # e.g. two commits\n"
+        "  benchsuite compare --baseline llm-pruner --fail-if ppl_wiki:+2%% --fail-if acc_avg:-0.01")
+    compare.add_argument("--results", type=Path, default=Path("results"))
+    compare.add_argument("--baseline", help="the method (variant, e.g. magnitude-l2+lora) the others are compared with")
+    compare.add_argument("--against", type=Path, metavar="DIR",
+                         help="compare the runs in DIR with the same runs in --results (new minus old)")
+    compare.add_argument("--methods", help="only these methods (comma-separated)")
+    compare.add_argument("--metrics", help="only these metrics (default: perplexities, accuracies, params, FLOPs, "
+                         "latency)")
+    compare.add_argument("--model", help="only this model's runs")
+    compare.add_argument("--profile", help="only this profile's runs")
+    compare.add_argument("--fail-if", action="append", default=[], metavar="METRIC:LIMIT",
+                         help="exit 1 where METRIC is significantly worse by more than LIMIT: ppl_wiki:+2%% "
+                         "(relative), acc_avg:-0.01 (absolute; accuracies are fractions); may be repeated")
+    compare.add_argument("--format", choices=["markdown", "json"], default="markdown")
 
     plugins = sub.add_parser("plugins", help="list loaded plugins, their versions and what they register")
     plugins.add_argument("--json", action="store_true")
@@ -285,6 +309,55 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from tabulate import tabulate
+
+    from .compare import Gate, compare_runs, format_difference, pairs_between, pairs_within
+
+    gates = [Gate.parse(g) for g in args.fail_if]
+    if (args.baseline is None) == (args.against is None):
+        raise ConfigError("give --baseline METHOD (methods in one folder) or --against DIR (two folders)")
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+
+    def chosen(results: Path) -> list[dict]:
+        return [r for r in stored_records(results) if (not args.model or r["model"] == args.model)
+                and (not args.profile or r["profile"] == args.profile)]
+
+    if args.against is not None:
+        pairs = pairs_between(chosen(args.results), chosen(args.against), methods)
+        where = f"{args.against} against {args.results}"
+    else:
+        pairs = pairs_within(chosen(args.results), args.baseline, methods)
+        where = f"against {args.baseline} in {args.results}"
+    if not pairs:
+        raise ConfigError(f"no runs to pair {where}: pairs share model, profile, granularity, ratio, seed and "
+                          "settings (see `benchsuite report`)")
+    rows, failures, out = [], [], []
+    for a, b in pairs:
+        for d in compare_runs(a, b, metrics):
+            text, ci = format_difference(d)
+            failed = [g.text for g in gates if g.fails(d)]
+            failures += [(b, d, g) for g in failed]
+            label = b.get("variant") or b["method"]
+            rows.append([label, f"{b['ratio']:g}", b["seed"], d.metric, f"{d.a:.4g}", f"{d.b:.4g}", text, ci,
+                         "*" if d.significant else "", d.note + (f"; FAILS {', '.join(failed)}" if failed else "")])
+            out.append({"method": label, "baseline": a.get("variant") or a["method"], "ratio": b["ratio"],
+                        "seed": b["seed"], "profile": b["profile"], "metric": d.metric, "a": d.a, "b": d.b,
+                        "diff": d.diff, "lo": d.lo, "hi": d.hi, "relative": d.relative,
+                        "significant": d.significant, "note": d.note, "fails": failed})
+    if args.format == "json":
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"{len(pairs)} paired run(s), {where}; * = the 95% interval excludes zero\n")
+        print(tabulate(rows, headers=["method", "ratio", "seed", "metric", "baseline", "value", "difference",
+                                      "95% interval", "sig", "how"], tablefmt="github", disable_numparse=True))
+    for b, d, gate in failures:
+        print(f"benchsuite: {b.get('variant') or b['method']} ratio {b['ratio']:g} seed {b['seed']}: {d.metric} "
+              f"{format_difference(d)[0]} fails --fail-if {gate}", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def cmd_plugins(args) -> int:
     registry = get_registry()  # failures and warnings are listed below
     if args.json:
@@ -359,8 +432,8 @@ def cmd_cache(args) -> int:
     return 1 if damaged else 0
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "plugins": cmd_plugins, "models": cmd_models,
-            "methods": cmd_methods, "cache": cmd_cache}
+COMMANDS = {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "plugins": cmd_plugins,
+            "models": cmd_models, "methods": cmd_methods, "cache": cmd_cache}
 
 
 def main(argv: list[str] | None = None) -> int:

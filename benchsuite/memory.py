@@ -5,6 +5,13 @@ On CPU: the process's current RSS sampled in a background thread every few milli
 minus the level before the phase. Before the phase, freed heap memory is handed back to the system
 (``gc.collect`` and glibc's ``malloc_trim``), so that memory freed by an earlier phase and reused by
 this one is counted. The record says which was used.
+
+The CUDA figure is exact (``exact: true``). The CPU figure is sampled, so it can miss a short peak:
+the record keeps the number of samples and the largest gap between two, and flags the figure
+(``noisy``, with ``noise_reasons``) when it is coarse (fewer than MIN_SAMPLES samples, or a gap over
+MAX_GAP_S, e.g. a thread starved of the CPU) or when other processes pressed on memory during the
+phase (the system swapped pages out, or less than MIN_AVAILABLE of the memory was available), which
+can push this process's pages out and lower its RSS.
 """
 
 from __future__ import annotations
@@ -16,9 +23,16 @@ import threading
 import time
 from typing import Any
 
+import psutil
 import torch
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+#: a sampled peak is flagged as coarse below this many RSS samples ...
+MIN_SAMPLES = 5
+#: ... or when two samples were further apart than this
+MAX_GAP_S = 0.1
+#: memory pressure: flagged when the available system memory fell below this fraction of the total
+MIN_AVAILABLE = 0.05
 
 
 def release_free_memory() -> bool:
@@ -37,8 +51,6 @@ def current_rss() -> int:
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * _PAGE
     except OSError:
-        import psutil
-
         return psutil.Process().memory_info().rss
 
 
@@ -53,11 +65,25 @@ class PeakMemory:
         self.baseline = 0
         self.peak = 0
         self.trimmed = False
+        self.samples = 0
+        self.max_gap_s = 0.0
+        self._last = 0.0
+        self._pressure: dict[str, Any] = {}
+
+    def _read(self) -> None:
+        now = time.perf_counter()
+        self.peak = max(self.peak, current_rss())
+        if self.samples:
+            self.max_gap_s = max(self.max_gap_s, now - self._last)
+        self.samples += 1
+        self._last = now
+        if self.samples % 20 == 0:  # every ~0.1 s: /proc/meminfo is slower to read than statm
+            self._pressure["min_available"] = min(self._pressure["min_available"],
+                                                  psutil.virtual_memory().available)
 
     def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, current_rss())
-            time.sleep(self.interval_s)
+        while not self._stop.wait(self.interval_s):
+            self._read()
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
@@ -66,7 +92,11 @@ class PeakMemory:
             self.baseline = torch.cuda.memory_allocated(self.device)
         else:
             self.trimmed = release_free_memory()
-            self.baseline = self.peak = current_rss()
+            memory = psutil.virtual_memory()
+            self._pressure = {"total": memory.total, "min_available": memory.available,
+                              "swapped_out": psutil.swap_memory().sout}
+            self._read()
+            self.baseline = self.peak
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
@@ -79,14 +109,40 @@ class PeakMemory:
             self._stop.set()
             if self._thread is not None:
                 self._thread.join()
-            self.peak = max(self.peak, current_rss())
+            self._read()
+            self._pressure["min_available"] = min(self._pressure["min_available"], psutil.virtual_memory().available)
+            self._pressure["swapped_out"] = psutil.swap_memory().sout - self._pressure["swapped_out"]
+
+    def noise_reasons(self) -> list[str]:
+        """Why a sampled peak may be wrong (empty when it can be trusted, and always on CUDA)."""
+        if self.device.type == "cuda":
+            return []
+        out = []
+        if self.samples < MIN_SAMPLES:
+            out.append(f"coarse: only {self.samples} RSS samples (need {MIN_SAMPLES}); a peak between them is missed")
+        if self.max_gap_s > MAX_GAP_S:
+            out.append(f"coarse: {self.max_gap_s * 1000:.0f} ms between two RSS samples (sampler starved of the CPU)")
+        pressure = self._pressure
+        if pressure.get("swapped_out", 0) > 0:
+            out.append(f"memory pressure: the system swapped out {pressure['swapped_out'] / 2**20:.0f} MB during the "
+                       "phase; this process's RSS may have been lowered")
+        if pressure and pressure["min_available"] < MIN_AVAILABLE * pressure["total"]:
+            out.append(f"memory pressure: only {pressure['min_available'] / 2**20:.0f} MB of "
+                       f"{pressure['total'] / 2**20:.0f} MB available during the phase")
+        return out
 
     def result(self) -> dict[str, Any]:
-        how = ("cuda max_memory_allocated minus allocated before the phase" if self.device.type == "cuda"
+        """``peak_mb`` above ``baseline_mb``, how it was measured, and whether it can be trusted."""
+        exact = self.device.type == "cuda"
+        how = ("cuda max_memory_allocated minus allocated before the phase (exact)" if exact
                else f"process RSS sampled every {self.interval_s * 1000:.0f} ms, peak minus the level before"
                + (" (freed heap returned to the OS first: gc + malloc_trim)" if self.trimmed else ""))
+        reasons = self.noise_reasons()
         return {"peak_mb": round((self.peak - self.baseline) / 2**20, 1),
-                "baseline_mb": round(self.baseline / 2**20, 1), "method": how}
+                "baseline_mb": round(self.baseline / 2**20, 1), "method": how, "exact": exact,
+                "samples": None if exact else self.samples, "interval_s": None if exact else self.interval_s,
+                "max_gap_ms": None if exact else round(self.max_gap_s * 1000, 1),
+                "noisy": bool(reasons), "noise_reasons": reasons}
 
 
 def tensor_bytes(tensors) -> int:

@@ -38,6 +38,9 @@ PACKAGES = ("benchsuite", "torch", "transformers", "peft", "lm_eval", "datasets"
 #: the config keys that are the same for every record one ``benchsuite run`` invocation writes
 CONTEXT_KEYS = ("profile", "weights", "dtype", "tasks", "limit")
 _HASH_CHARS = 8
+#: a file that marks a folder as a store of its own (the committed reference results): scanning a folder
+#: above it leaves it out, so a user's ``results/`` never mixes with, or resumes from, ``results/reference/``
+REFERENCE_MARKER = "REFERENCE.md"
 
 
 def slug(text: str) -> str:
@@ -286,9 +289,12 @@ def scan(results: Path) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
     what is wrong with it. Saved models (``models/`` folders) are not records and are not looked at."""
     records, problems = [], []
     results = Path(results)
+    others = [m.parent for m in results.rglob(REFERENCE_MARKER) if m.parent != results]
     for path in sorted(results.rglob("*.json")):
         parts = path.relative_to(results).parts
         if "models" in parts[:-1] or any(part.startswith(".") for part in parts):
+            continue
+        if any(path.is_relative_to(folder) for folder in others):  # e.g. results/reference: not this store's
             continue
         try:
             record = load_record(path)

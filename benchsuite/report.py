@@ -18,11 +18,11 @@ COLUMNS: list[tuple[str, str, Any]] = [
     *[(f"acc_{task}", label, lambda v: f"{100 * v:.1f}") for task, label in (
         ("boolq", "BoolQ"), ("piqa", "PIQA"), ("hellaswag", "HellaS"), ("winogrande", "WinoG"),
         ("arc_easy", "ARC-e"), ("arc_challenge", "ARC-c"), ("openbookqa", "OBQA"), ("avg", "avg acc"))],
-    ("acc_avg_stderr", "± avg", lambda v: f"{100 * v:.1f}"),
     ("params", "params (M)", lambda v: f"{v / 1e6:.1f}"),
     ("params_ratio", "params %", lambda v: f"{100 * v:.1f}"),
     ("flops_per_token", "GFLOPs/tok", lambda v: f"{v / 1e9:.3f}"),
     ("latency_ms", "latency ms", lambda v: f"{v:.1f}"),
+    ("speedup", "speedup", lambda v: f"{v:.2f}x"),
     ("latency_sparse_ms", "2:4 kernel ms", lambda v: f"{v:.1f}"),
     ("peak_mem_prune_mb", "prune mem MB", lambda v: f"{v:.0f}"),
     ("peak_mem_recover_mb", "tune mem MB", lambda v: f"{v:.0f}"),
@@ -119,16 +119,26 @@ def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     df["_dense"] = df["method"] != "dense"
     keys = ["model", "profile", "_dense", "method", "granularity", "recovery", "ratio", "_settings", "settings"]
     ok = df[df["status"] == "ok"]
-    metric_cols = [c for c, _, _ in COLUMNS if c in df.columns] + sorted(
-        c for c in df.columns if c.startswith("ppl_") and c not in ("ppl_wiki", "ppl_c4"))
-    agg = ok.groupby(keys, sort=False)[metric_cols].mean() if not ok.empty else None
+    metric_cols = [c for c in ok.columns if c not in (*keys, *_ROW_KEYS) and pd.api.types.is_numeric_dtype(ok[c])]
     counts = df.groupby(keys, sort=False).agg(
         seeds=("seed", lambda s: ",".join(str(x) for x in sorted(set(s)))),
         runs=("status", "size"), failed=("status", lambda s: int((s != "ok").sum())))
-    out = counts.join(agg) if agg is not None else counts.reindex(columns=[*counts.columns, *metric_cols])
+    if not ok.empty:
+        grouped = ok.groupby(keys, sort=False)
+        spread = [c for c in metric_cols if not c.endswith(_INTERVAL_SUFFIXES)]
+        out = counts.join(grouped[metric_cols].mean()).join(grouped.size().rename("n"))
+        out = out.join(grouped[spread].std(ddof=1).add_suffix("_sd"))
+    else:
+        out = counts.reindex(columns=[*counts.columns, "n", *metric_cols])
+    out["n"] = out["n"].fillna(0).astype(int)
     out = out.reset_index().sort_values(
         ["model", "profile", "_dense", "granularity", "recovery", "method", "ratio", "settings"], kind="stable")
     return out.drop(columns=["_dense", "_settings"])
+
+
+_ROW_KEYS = ("seed", "status", "error")
+#: metric keys ending so are the bounds of another metric's interval (``ppl_wiki_lo``), not metrics
+_INTERVAL_SUFFIXES = ("_lo", "_hi", "_sd", "_noisy", "_iqr_ms")
 
 
 ZEROSHOT_KEYS = {key for key, _, _ in COLUMNS if key.startswith("acc_")}
@@ -138,6 +148,35 @@ VIEWS = {
     "ppl": [key for key, _, _ in COLUMNS if key not in ZEROSHOT_KEYS],
     "zeroshot": ["ppl_wiki", "ppl_c4", *[key for key, _, _ in COLUMNS if key in ZEROSHOT_KEYS], "params_ratio"],
 }
+
+
+def _number(row: Any, key: str) -> float | None:
+    value = row.get(key)
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def cell(row: Any, key: str, fmt_value: Any) -> str:
+    """A metric with its uncertainty, compactly: perplexity ``27.97 ±3%`` (half the 95% interval, relative),
+    accuracy ``38.6 ±4.2`` (points), speedup ``1.12x (1.05-1.20)``, latency ``180.2 (noisy)`` where its
+    spread or the machine's load made it untrustworthy; ``(sd X, n)`` follows where seeds were averaged."""
+    value = _number(row, key)
+    if value is None:
+        return "-"
+    text = fmt_value(value)
+    lo, hi = _number(row, f"{key}_lo"), _number(row, f"{key}_hi")
+    if lo is not None and hi is not None:
+        if key.startswith("ppl_") and value:
+            text += f" ±{50 * (hi - lo) / value:.0f}%"
+        elif key.startswith("acc_"):
+            text += f" ±{50 * (hi - lo):.1f}"
+        else:
+            text += f" ({lo:.2f}-{hi:.2f})"
+    if key.startswith("latency") and (_number(row, f"{key[:-3]}_noisy") or 0) > 0:
+        text += " (noisy)"
+    sd = _number(row, f"{key}_sd")
+    if sd is not None and row.get("n", 1) > 1 and (key.startswith(("ppl_", "acc_avg"))):
+        text += f" (sd {fmt_value(sd)})"
+    return text
 
 
 def render(records: list[dict[str, Any]], fmt: str = "markdown", view: str = "all") -> str:
@@ -153,9 +192,10 @@ def render(records: list[dict[str, Any]], fmt: str = "markdown", view: str = "al
     single = df["model"].nunique() == 1 and df["profile"].nunique() == 1
     with_settings = bool(df["settings"].astype(bool).any())
     headers = ([] if single else ["model", "profile"]) + ["method", "granularity", "recovery", "ratio"] + (
-        ["settings"] if with_settings else []) + ["seeds"]
+        ["settings"] if with_settings else []) + ["seeds", "n"]
     shown = VIEWS[view]
-    extra_ppl = [c for c in df.columns if c.startswith("ppl_") and c not in ("ppl_wiki", "ppl_c4")]
+    extra_ppl = [c for c in df.columns if c.startswith("ppl_") and c not in ("ppl_wiki", "ppl_c4")
+                 and not c.endswith(_INTERVAL_SUFFIXES)]
     columns = COLUMNS[:2] + [(c, f"PPL {c[4:]}", lambda v: f"{v:.2f}") for c in extra_ppl] + COLUMNS[2:]
     if shown is not None:
         shown = shown + extra_ppl
@@ -167,10 +207,9 @@ def render(records: list[dict[str, Any]], fmt: str = "markdown", view: str = "al
         line = ([] if single else [row["model"], row["profile"]]) + [
             row["method"], "-" if dense else row["granularity"], row["recovery"],
             "-" if dense else f"{row['ratio']:g}"] + ([row["settings"] or "-"] if with_settings else []) + [
-            row["seeds"]]
+            row["seeds"], str(row["n"])]
         for key, _, fmt_value in present:
-            value = row.get(key)
-            line.append("-" if value is None or pd.isna(value) else fmt_value(value))
+            line.append(cell(row, key, fmt_value))
         status = "ok" if not row["failed"] else f"{row['failed']}/{row['runs']} failed"
         body.append(line + [status])
     table = tabulate(body, headers=headers + [h for _, h, _ in present] + ["status"], tablefmt="github",

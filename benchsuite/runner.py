@@ -408,6 +408,8 @@ class Runner:
             for corpus in p.corpora:
                 result = perplexity(model, self.windows(corpus), p.eval_batch, desc=f"ppl {corpus}")
                 metrics[f"ppl_{corpus_label(corpus)}"] = result["ppl"]
+                metrics[f"ppl_{corpus_label(corpus)}_lo"] = result["ci_lo"]
+                metrics[f"ppl_{corpus_label(corpus)}_hi"] = result["ci_hi"]
                 how[f"ppl_{corpus_label(corpus)}"] = {k: v for k, v in result.items() if k != "ppl"} | {
                     "corpus": corpus,
                     "split": "evaluation part (disjoint from calibration)", "windows": "non-overlapping",
@@ -420,10 +422,9 @@ class Runner:
                     if not isinstance(result["value"], (int, float)) or not math.isfinite(result["value"]):
                         raise FloatingPointError(f"zero-shot {task}: accuracy {result['value']!r} is not a number")
                     metrics[f"acc_{task}"] = result["value"]
+                    metrics[f"acc_{task}_lo"], metrics[f"acc_{task}_hi"] = result["ci_lo"], result["ci_hi"]
                 metrics["acc_avg"] = zeroshot["average"]
-                errors = [r["stderr"] for r in zeroshot["tasks"].values() if r["stderr"] is not None]
-                if len(errors) == len(zeroshot["tasks"]):  # stderr of the mean of independent tasks
-                    metrics["acc_avg_stderr"] = sum(e * e for e in errors) ** 0.5 / len(errors)
+                metrics["acc_avg_lo"], metrics["acc_avg_hi"] = zeroshot["average_ci_lo"], zeroshot["average_ci_hi"]
                 how["zeroshot"] = zeroshot
         metrics["peak_mem_eval_mb"] = mem.result()["peak_mb"]
         how["peak_mem_eval_mb"] = mem.result()
@@ -433,15 +434,38 @@ class Runner:
         flops = flops_per_token(model, p.seq_len)
         metrics["flops_per_token"] = flops["flops_per_token"]
         how["flops_per_token"] = flops
-        lat = latency(model, p.latency_batch, p.latency_len, p.latency_repeats)
+        reference = self.latency_reference(model)
+        lat = latency(model, p.latency_batch, p.latency_len, p.latency_repeats, reference=reference)
+        del reference
         metrics["latency_ms"] = lat["latency_ms"]
+        metrics["latency_iqr_ms"] = lat["iqr_ms"]
+        metrics["latency_noisy"] = int(lat["noisy"])
+        if lat.get("speedup") is not None:
+            metrics.update(speedup=lat["speedup"], speedup_lo=lat["speedup_lo"], speedup_hi=lat["speedup_hi"])
         how["latency_ms"] = lat
         sparse = sparse_latency(model, p.latency_batch, p.latency_len, p.latency_repeats)
         if sparse["latency_ms"] is not None:
             metrics["latency_sparse_ms"] = sparse["latency_ms"]
+            metrics["latency_sparse_noisy"] = int(bool(sparse.get("noisy")))
         if sparse.get("reason") != "no 2:4-sparse weights":
             how["latency_sparse_ms"] = sparse
         return metrics, how
+
+    def latency_reference(self, model: nn.Module) -> nn.Module | None:
+        """A fresh dense copy to time interleaved with a pruned ``model`` (its speedup is then measured in
+        the same process, under the same load), when a second copy fits in memory; else None."""
+        if model is self.dense:
+            return None
+        size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        if self.device.type == "cuda":
+            free = torch.cuda.mem_get_info(self.device)[0]
+        else:
+            import psutil
+
+            free = psutil.virtual_memory().available
+        if 3 * size > free:  # the dense copy is larger than the pruned model: keep a wide margin
+            return None
+        return self.load_dense()
 
     # -- records ------------------------------------------------------------------------------
     def _base_record(self, method: str, ratio: float, seed: int, config: dict[str, Any]) -> dict[str, Any]:

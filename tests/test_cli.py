@@ -190,12 +190,14 @@ def test_report_update_rewrites_marked_tables(tmp_path, tiny_model_dir):
 
 
 def test_readme_tables_are_the_committed_records():
-    """Every table in the README is rendered from results/ (`benchsuite report --update README.md`)."""
+    """Every table in the README is rendered from the reference records
+    (`benchsuite report --results results/reference --update README.md`)."""
     from pathlib import Path
 
     from benchsuite.cli import update_tables
 
     root = Path(__file__).resolve().parent.parent
-    new, count = update_tables(root / "README.md", root / "results")
+    new, count = update_tables(root / "README.md", root / "results" / "reference")
     assert count >= 3
-    assert new == (root / "README.md").read_text(encoding="utf-8"), "run `benchsuite report --update README.md`"
+    fix = "run `benchsuite report --results results/reference --update README.md`"
+    assert new == (root / "README.md").read_text(encoding="utf-8"), fix

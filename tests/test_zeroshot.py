@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -237,3 +238,95 @@ def test_model_is_scored_as_given(tiny_model_dir):
     assert model.lm_head.weight is head and torch.equal(head, model.model.embed_tokens.weight * 2)
     assert "tie_weights" not in model.__dict__
     assert result["tasks"]["winogrande"]["n"] == 1
+
+
+# --- per-example correctness, intervals and paired comparisons --------------------------------
+
+LIMIT = 8
+
+
+@pytest.fixture(scope="module")
+def scored(tiny_model_dir):
+    """All seven tasks scored once on a tiny random model (its vocabulary is the real tokenizer's)."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    return evaluate_zeroshot(model, AutoTokenizer.from_pretrained(tiny_model_dir), list(TASKS), limit=LIMIT)
+
+
+def test_per_example_correctness_reproduces_the_scores(scored):
+    from benchsuite.stats import decode_bits
+
+    assert list(scored["tasks"]) == list(TASKS)
+    for name, entry in scored["tasks"].items():
+        assert entry["n"] == LIMIT and "doc_ids" not in entry  # the first LIMIT documents: 0..LIMIT-1
+        assert zeroshot.task_doc_ids(entry) == list(range(LIMIT))
+        bits = decode_bits(entry["correct"])
+        assert len(bits) == LIMIT
+        assert sum(bits) / LIMIT == pytest.approx(entry["value"], abs=1e-12)
+        assert entry["value"] == entry["metrics"][TASKS[name].metric]  # acc_norm where that is reported
+        assert entry["ci_lo"] <= entry["value"] <= entry["ci_hi"]
+        assert 0 <= entry["ci_lo"] and entry["ci_hi"] <= 1
+    assert scored["average_ci_lo"] <= scored["average"] <= scored["average_ci_hi"]
+    assert scored["average_ci_hi"] - scored["average_ci_lo"] > 0
+
+
+def test_record_stays_small(scored):
+    """About one byte per document: the seven tasks scored on every document stay in tens of KB."""
+    size = len(json.dumps(scored))
+    examples = LIMIT * len(TASKS)
+    for entry in scored["tasks"].values():
+        assert len(json.dumps(entry["correct"])) == entry["n"] + 2
+    assert size <= 700 * len(TASKS) + 600 + examples  # a bounded part per task, and the documents
+    everything = size - examples + sum(spec.rows for spec in TASKS.values())  # 20,465 documents
+    assert everything < 30_000
+
+
+def test_per_example_correctness_from_lm_eval_samples():
+    """lm-eval logs one sample per document and filter, with each metric's value (``"acc": 1.0``);
+    out of order and from a subset of the documents here."""
+    acc_norm = {7: 1.0, 2: 0.0, 3: 1.0, 4: 1.0, 10: 0.0}
+    samples = [{"doc_id": i, "filter": "none", "acc": 1 - v, "acc_norm": v} for i, v in acc_norm.items()]
+    samples.append({"doc_id": 5, "filter": "other", "acc": 1.0, "acc_norm": 1.0})  # another filter: ignored
+    entry = zeroshot._per_example("hellaswag", "acc_norm", samples, 0.6, 5)
+    assert entry["correct"] == "01110"  # doc ids 2, 3, 4, 7, 10
+    assert entry["doc_ids"] == [[2, 5], [7, 8], [10, 11]]
+    assert zeroshot.task_doc_ids({**entry, "n": 5}) == [2, 3, 4, 7, 10]
+    assert entry["ci_lo"] <= 0.6 <= entry["ci_hi"]
+    first = [{"doc_id": i, "filter": "none", "acc": 1.0} for i in (1, 0)]
+    assert "doc_ids" not in zeroshot._per_example("piqa", "acc", first, 1.0, 2)  # 0..n-1: left out
+    # what does not reproduce lm-eval's score is an error naming the task
+    for args in (("acc_norm", samples, 0.4, 5), ("acc_norm", samples, 0.6, 6), ("acc_norm", samples + samples, 0.6, 5),
+                 ("f1", samples, 0.6, 5)):
+        with pytest.raises(RuntimeError, match="zero-shot hellaswag"):
+            zeroshot._per_example("hellaswag", *args)
+
+
+def test_average_interval_is_the_bootstrap_of_the_average():
+    rng = np.random.default_rng(1)
+    tasks = [(rng.random(n) < p).astype(int) for n, p in ((30, 0.3), (50, 0.6), (12, 0.5))]
+    lo, hi = zeroshot.average_interval(tasks, resamples=20_000)
+    assert (lo, hi) == zeroshot.average_interval(tasks, resamples=20_000)  # fixed seed
+    # brute force: resample the examples of each task with replacement, independently
+    draws = np.mean([t[rng.integers(0, len(t), (20_000, len(t)))].mean(axis=1) for t in tasks], axis=0)
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(draws, [2.5, 97.5])), abs=0.01)
+    # analytic: nearly normal, with the variance of a mean of independent accuracies
+    mean = np.mean([t.mean() for t in tasks])
+    sd = np.sqrt(sum(t.mean() * (1 - t.mean()) / len(t) for t in tasks)) / len(tasks)
+    assert (lo, hi) == pytest.approx((mean - 1.96 * sd, mean + 1.96 * sd), abs=0.015)
+    assert zeroshot.average_interval([[1, 1, 1], [0, 0]]) == (0.5, 0.5)
+
+
+def test_paired_accuracy(scored):
+    from benchsuite.stats import encode_bits
+
+    entry = scored["tasks"]["arc_easy"]
+    same = zeroshot.paired_accuracy(entry, copy.deepcopy(entry))
+    assert same["diff"] == 0 and same["lo"] == same["hi"] == 0 and not same["significant"] and same["n"] == LIMIT
+    better = {**entry, "correct": encode_bits([1] * LIMIT)}
+    assert zeroshot.paired_accuracy(entry, better)["diff"] == pytest.approx(1 - entry["value"])
+    shorter = {**entry, "n": LIMIT - 1, "correct": entry["correct"][1:], "limit": LIMIT - 1}
+    moved = {**entry, "doc_ids": [[1, LIMIT + 1]]}
+    for other in (shorter, moved, scored["tasks"]["piqa"], {k: v for k, v in entry.items() if k != "correct"}):
+        with pytest.raises(ValueError):
+            zeroshot.paired_accuracy(entry, other)
