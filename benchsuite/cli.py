@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare runs that share model, profile, granularity, ratio and seed: perplexity as a "
         "relative change (paired bootstrap over the same windows), zero-shot accuracy in points (paired over the "
         "same examples), latency as a ratio of medians, parameters and FLOPs exactly. A difference is marked "
-        "significant (*) only when its 95%% interval excludes zero.",
+        "significant (*) only when its paired 95%% interval excludes zero and the two runs' own intervals do not "
+        "overlap.",
         epilog="examples:\n  benchsuite compare --baseline llm-pruner --methods loraprune\n"
         "  benchsuite compare --results old-results --against results      # e.g. two commits\n"
         "  benchsuite compare --baseline llm-pruner --fail-if ppl_wiki:+2%% --fail-if acc_avg:-0.01")
@@ -349,7 +350,8 @@ def cmd_compare(args) -> int:
     if args.format == "json":
         print(json.dumps(out, indent=2))
     else:
-        print(f"{len(pairs)} paired run(s), {where}; * = the 95% interval excludes zero\n")
+        print(f"{len(pairs)} paired run(s), {where}; * = the paired 95% interval excludes zero and the runs' own "
+              "intervals do not overlap\n")
         print(tabulate(rows, headers=["method", "ratio", "seed", "metric", "baseline", "value", "difference",
                                       "95% interval", "sig", "how"], tablefmt="github", disable_numparse=True))
     for b, d, gate in failures:

@@ -3,6 +3,9 @@ folders, e.g. two commits) with 95% intervals, marked significant only when the 
 
 - Perplexity: relative change ``ppl_b / ppl_a - 1``, paired bootstrap over the same evaluation windows
   (the records keep every window's NLL).
+- A difference is marked significant only when its paired interval excludes zero and the two runs' own
+  95% intervals do not overlap: two methods whose intervals overlap are never called different (pairing
+  is more sensitive; where it alone sees a difference the note says so).
 - Zero-shot accuracy: difference in points, paired bootstrap over the same examples (the records keep
   every example's correctness); the average resamples each task's examples.
 - Parameters, FLOPs: exact differences (no interval: they are deterministic).
@@ -103,6 +106,19 @@ def _comparable(key: str) -> bool:
 
 
 def _difference(name: str, a: dict[str, Any], b: dict[str, Any]) -> Difference:
+    """The paired difference; marked significant only where its paired interval excludes zero *and* the
+    two runs' own intervals do not overlap (a difference that pairing alone finds is noted as such)."""
+    d = _paired(name, a, b)
+    bounds = [(r["metrics"].get(f"{name}_lo"), r["metrics"].get(f"{name}_hi")) for r in (a, b)]
+    if d.significant and all(lo is not None and hi is not None for lo, hi in bounds):
+        (lo_a, hi_a), (lo_b, hi_b) = bounds
+        if lo_b <= hi_a and lo_a <= hi_b:
+            d.significant = False
+            d.note += "; paired interval excludes 0, but the runs' own intervals overlap: not marked"
+    return d
+
+
+def _paired(name: str, a: dict[str, Any], b: dict[str, Any]) -> Difference:
     va, vb = float(a["metrics"][name]), float(b["metrics"][name])
     how_a, how_b = a.get("measurement") or {}, b.get("measurement") or {}
     if name.startswith("ppl_"):

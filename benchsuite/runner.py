@@ -653,7 +653,8 @@ class Runner:
             write_new(path, record)
         if record["status"] == "ok":
             m = record["metrics"]
-            ppl = ", ".join(f"{k}={v:.2f}" for k, v in m.items() if k.startswith("ppl_"))
+            ppl = ", ".join(f"{k}={v:.2f} [{m[k + '_lo']:.2f}, {m[k + '_hi']:.2f}]" for k, v in m.items()
+                            if k.startswith("ppl_") and k + "_lo" in m)
             self.log(f"{label}: {ppl}, params {m['params'] / 1e6:.1f}M")
         return record | {"_path": str(path)}
 

@@ -78,14 +78,25 @@ def _fake_run(method, nll, bits=None, seed=0, params=100):
     return record
 
 
+def test_overlapping_intervals_are_never_marked_different():
+    rng = np.random.default_rng(3)
+    nll = list(rng.normal(30, 8, 64))
+    base, slightly = _fake_run("base", nll), _fake_run("slightly", [x * 1.01 for x in nll])
+    d = next(d for d in compare_runs(base, slightly) if d.metric == "ppl_wiki")
+    assert d.lo > 0  # every window is worse: the paired interval excludes zero ...
+    assert slightly["metrics"]["ppl_wiki_lo"] < base["metrics"]["ppl_wiki_hi"]  # ... the runs' intervals overlap
+    assert not d.significant and "overlap" in d.note
+    assert not Gate.parse("ppl_wiki:+0%").fails(d)
+
+
 def test_compare_runs_and_gates():
     rng = np.random.default_rng(2)
-    nll = list(rng.normal(30, 5, 64))
+    nll = list(rng.normal(30, 2, 64))
     base = _fake_run("base", nll, [1, 1, 0, 1] * 25)
-    worse = _fake_run("worse", [x * 1.05 for x in nll], [1, 0, 0, 1] * 25, params=90)
+    worse = _fake_run("worse", [x * 1.05 for x in nll], [1, 0, 0, 0] * 25, params=90)
     diffs = {d.metric: d for d in compare_runs(base, worse)}
     assert diffs["ppl_wiki"].significant and diffs["ppl_wiki"].diff > 0.05
-    assert diffs["acc_piqa"].significant and diffs["acc_piqa"].diff == pytest.approx(-0.25)
+    assert diffs["acc_piqa"].significant and diffs["acc_piqa"].diff == pytest.approx(-0.5)
     assert diffs["params"].diff == -10 and diffs["params"].lo is None
     assert Gate.parse("ppl_wiki:+2%").fails(diffs["ppl_wiki"])
     assert not Gate.parse("ppl_wiki:+90%").fails(diffs["ppl_wiki"])
