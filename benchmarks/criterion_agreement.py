@@ -22,10 +22,10 @@ from tabulate import tabulate
 from benchsuite.api import PruneContext
 from benchsuite.data import batches, calibration_samples
 from benchsuite.finetune import LoRAConfig, attach_lora, cycle_batches, train_lora
-from benchsuite.granularities import Structured
+from benchsuite.host import get_registry
 from benchsuite.models import load_model_dir, load_tokenizer, resolve_model
-from benchsuite.plugins import get_registry
 from benchsuite.structure import decoder_layers, parse_layers
+from benchsuite_plugins.granularities import Structured
 from benchsuite_plugins.llm_pruner import Taylor
 from benchsuite_plugins.loraprune import LoRAGuided
 

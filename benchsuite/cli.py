@@ -12,7 +12,7 @@ from pathlib import Path
 from . import __version__
 from .api import ConfigError
 from .assets import AssetError
-from .plugins import PluginError, get_registry
+from .host import PluginError, get_registry
 from .profiles import PROFILES
 
 #: the default benchmark: every criterion with the same LoRA budget and data (LoRAPrune's is during pruning)

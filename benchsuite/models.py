@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .api import ConfigError, ModelSpec
-from .plugins import Registry
+from .host import Registry
 from .structure import WIDTHS_KEY, record_widths, reshape_to_widths
 
 

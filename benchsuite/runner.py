@@ -28,9 +28,9 @@ from .corpora import corpus_identity, load_documents
 from .data import batches, calibration_samples, eval_windows, training_windows
 from .evaluate import count_params, flops_per_token, latency, perplexity, sparse_latency
 from .finetune import LoRAConfig, attach_lora, cycle_batches, frozen_parameters, merge_lora, train_lora
+from .host import Registry, get_registry
 from .memory import PeakMemory, tensor_bytes
 from .models import ResolvedModel, load_model_dir, load_tokenizer, resolve_model, save_pruned
-from .plugins import Registry, get_registry
 from .profiles import Profile, corpus_label, get_profile, with_corpora, with_recovery_data, with_train_steps
 from .records import (
     SCHEMA,

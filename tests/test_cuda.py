@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from benchsuite.evaluate import semi_structured_linears, sparse_latency
-from benchsuite.granularities import NM
 from benchsuite.memory import PeakMemory
-from benchsuite.schedules import OneShot
 from benchsuite_plugins.baselines import Magnitude
+from benchsuite_plugins.granularities import NM
+from benchsuite_plugins.schedules import OneShot
 from tests.conftest import tiny_llama
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -78,7 +78,7 @@ def test_a_non_finite_training_loss_fails_the_run_naming_the_stage():
 
 def test_loraprune_counts_the_steps_it_skips():
     from benchsuite.finetune import LoRAConfig, attach_lora
-    from benchsuite.granularities import Structured
+    from benchsuite_plugins.granularities import Structured
     from benchsuite_plugins.loraprune import LoRAGuided
 
     model = attach_lora(tiny_llama(), LoRAConfig())

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from benchsuite.api import PruneContext
-from benchsuite.granularities import Structured
 from benchsuite.structure import decoder_layers
+from benchsuite_plugins.granularities import Structured
 from benchsuite_plugins.llm_pruner import Taylor
 from tests.conftest import tiny_llama
 

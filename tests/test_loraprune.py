@@ -7,10 +7,10 @@ import torch
 
 from benchsuite.api import PruneContext, combine
 from benchsuite.finetune import LoRAConfig, attach_lora, frozen_parameters, lora_parameters, merge_lora, train_lora
-from benchsuite.granularities import Structured
-from benchsuite.schedules import Iterative, cubic_ratio
 from benchsuite.structure import decoder_layers, model_widths
+from benchsuite_plugins.granularities import Structured
 from benchsuite_plugins.loraprune import LoRAGuided, estimated_gradient, lora_factors
+from benchsuite_plugins.schedules import Iterative, cubic_ratio
 from tests.conftest import tiny_llama
 
 LORA = LoRAConfig(r=4, alpha=8, dropout=0.0, lr=1e-2)

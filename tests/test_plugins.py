@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from benchsuite import Criterion, hookimpl, hookspecs
-from benchsuite.plugins import KINDS, PluginError, load_registry
+from benchsuite.host import KINDS, PluginError, load_registry
 
-BUILTIN = {"core", "baselines", "models"}
+BUILTIN = {"granularities", "schedules", "baselines", "models"}
 
 
 def make_distribution(root: Path, name: str, entry_points: dict[str, str], modules: dict[str, str]) -> Path:
@@ -142,7 +142,7 @@ def test_example_package_installs_with_pip_and_is_found(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--no-index", "--target", str(target), str(example)], check=True, capture_output=True)
-    code = ("from benchsuite.plugins import load_registry; from benchsuite.runner import plan_methods; "
+    code = ("from benchsuite.host import load_registry; from benchsuite.runner import plan_methods; "
             "r = load_registry(strict=True); p = plan_methods(['squared-weight'], r)[0]; "
             "print(p.criterion.name, [x.distribution for x in r.plugins if x.name == 'squared'][0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -84,7 +84,7 @@ def test_failing_run_is_recorded_and_others_continue(tiny_model_dir, tmp_path, m
         return original(model, groups, masks)
 
     explode.first = True
-    monkeypatch.setattr("benchsuite.granularities.remove_units", explode)
+    monkeypatch.setattr("benchsuite_plugins.granularities.remove_units", explode)
     records = Runner(_request(tiny_model_dir, tmp_path), log=lambda _: None).run()
     assert [r["status"] for r in records] == ["ok", "error", "ok"]
     assert "boom" in records[1]["error"] and "Traceback" in records[1]["traceback"]

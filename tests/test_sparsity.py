@@ -7,13 +7,13 @@ import torch
 
 from benchsuite.api import PruneContext
 from benchsuite.finetune import LoRAConfig, attach_lora, merge_lora, train_lora
-from benchsuite.granularities import NM, Structured, Unstructured
-from benchsuite.schedules import Iterative, OneShot, Sequential
 from benchsuite.sparsity import MaskedDelta, check_nm, nm_mask, unstructured_mask
 from benchsuite.structure import PROJECTIONS, decoder_layers
 from benchsuite_plugins.baselines import Magnitude, Random
+from benchsuite_plugins.granularities import NM, Structured, Unstructured
 from benchsuite_plugins.llm_pruner import Taylor
 from benchsuite_plugins.loraprune import LoRAGuided
+from benchsuite_plugins.schedules import Iterative, OneShot, Sequential
 from benchsuite_plugins.wanda import Wanda
 from tests.conftest import tiny_llama
 

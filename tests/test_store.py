@@ -167,7 +167,7 @@ def test_a_failed_attempt_is_kept_beside_the_successful_one(tiny_model_dir, tmp_
         raise RuntimeError("boom")
 
     with monkeypatch.context() as m:
-        m.setattr("benchsuite.granularities.remove_units", explode)
+        m.setattr("benchsuite_plugins.granularities.remove_units", explode)
         failed = _run(tiny_model_dir, tmp_path)[1]
     assert failed["status"] == "error"
     assert "1/1 failed" in render(load_records(tmp_path))  # a folder where every run failed still renders

@@ -203,7 +203,7 @@ def test_remaining_tasks_score_with_limit_2(smollm):
 @pytest.mark.slow
 def test_structurally_pruned_model_scores(smollm):
     from benchsuite.evaluate import count_params
-    from benchsuite.granularities import Structured
+    from benchsuite_plugins.granularities import Structured
 
     model, tokenizer = smollm
     model = copy.deepcopy(model)

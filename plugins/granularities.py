@@ -1,4 +1,4 @@
-"""Built-in granularities: ``structured`` (whole attention heads and MLP channels), ``nm``
+"""Built-in plugin: the granularities ``structured`` (whole attention heads and MLP channels), ``nm``
 (semi-structured N:M, e.g. 2:4) and ``unstructured`` (single weights, per matrix or per row)."""
 
 from __future__ import annotations
@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .api import ConfigError, Criterion, Granularity, GroupSet
-from .sparsity import (
+from benchsuite import hookimpl
+from benchsuite.api import ConfigError, Criterion, Granularity, GroupSet
+from benchsuite.sparsity import (
     apply_element_masks,
     check_nm,
     nm_mask,
@@ -17,7 +18,7 @@ from .sparsity import (
     unstructured_mask,
     weight_groups,
 )
-from .structure import (
+from benchsuite.structure import (
     ATTENTION_MODES,
     PROJECTIONS,
     Masker,
@@ -196,3 +197,10 @@ class Unstructured(_ElementLevel):
     def select(self, groups, scores, ratio, previous=None):
         previous = previous or [None] * len(groups)
         return [unstructured_mask(s, ratio, self.per_row, p) for s, p in zip(scores, previous)]
+
+
+@hookimpl
+def benchsuite_register_granularities(register):
+    register(Structured)
+    register(NM)
+    register(Unstructured)

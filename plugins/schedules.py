@@ -1,4 +1,4 @@
-"""Built-in schedules. ``one-shot``: score once, prune once. ``sequential``: layer by layer, each
+"""Built-in plugin: the schedules. ``one-shot``: score once, prune once. ``sequential``: layer by layer, each
 layer scored on inputs that went through the already-pruned layers before it (Wanda's and
 SparseGPT's loop). ``iterative``: prune a little more every few steps while LoRA fine-tunes."""
 
@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .api import Criterion, Granularity, GroupSet, PruneContext, PruneOutcome, Schedule
+from benchsuite import hookimpl
+from benchsuite.api import Criterion, Granularity, GroupSet, PruneContext, PruneOutcome, Schedule
 
 
 def checked_scores(criterion: Criterion, granularity: Granularity, model: nn.Module,
@@ -164,3 +165,10 @@ class Iterative(Schedule):
         log = {"units_pruned": history[-1]["units_pruned"], "units_total": sum(g.size for g in groups),
                "prune_freq": freq, "prune_events": history, "train": train}
         return PruneOutcome(model, groups, masks, log)
+
+
+@hookimpl
+def benchsuite_register_schedules(register):
+    register(OneShot)
+    register(Sequential)
+    register(Iterative)
