@@ -19,6 +19,7 @@ import statistics
 import torch
 from tabulate import tabulate
 
+from benchsuite import RunningScores
 from benchsuite.api import PruneContext
 from benchsuite.data import batches, calibration_samples
 from benchsuite.finetune import LoRAConfig, attach_lora, cycle_batches, train_lora
@@ -96,18 +97,16 @@ def main() -> None:
     lora_layers = decoder_layers(model)
 
     def lora_elements():
-        lora._instant = True
-        try:
-            return {k: lora.element_scores(k, lora_layers[int(k.split(".")[1])].get_submodule(k.split(".", 2)[2]))
-                    for k in keys}
-        finally:
-            lora._instant = False
+        return {k: lora.element_scores(k, lora_layers[int(k.split(".")[1])].get_submodule(k.split(".", 2)[2]))
+                for k in keys}
 
     elements_at_init = lora_elements()
     model.zero_grad(set_to_none=True)
     data = cycle_batches(tokenizer, "wiki,c4", 128, 2, seed=0)
-    train_lora(model, data, args.steps, LoRAConfig(), before_step=lambda s, m: lora.observe(m, gran, groups))
-    averaged = gran.score(lora, model, groups)
+    lora.release()  # the calibration gradients: from here on the live training gradients count
+    running = RunningScores(lora, gran, groups)  # what the iterative schedule keeps
+    train_lora(model, data, args.steps, LoRAConfig(), before_step=lambda s, m: running.observe(m))
+    averaged = running.scores(model)
     magnitude = gran.score(get_registry().criteria["magnitude"](p=2), model, groups)
     lora.prepare(model, ctx)  # calibration gradients again, now with trained A and B
     elements_trained = lora_elements()

@@ -1,11 +1,12 @@
 """benchsuite: a plugin-based benchmark suite for pruning large language models.
 
-The plugin API (``Criterion``, ``Granularity``, ``Method`` ...) is imported on first use, so that the
-command line starts, and answers Ctrl-C, before torch is loaded.
+Everything a plugin needs is importable from here (see docs/plugins.md). The names are imported on
+first use, so that the command line starts, and answers Ctrl-C, before torch is loaded.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -15,16 +16,30 @@ __version__ = "0.1.0"
 #: Decorate plugin functions with this: ``@hookimpl def benchsuite_register_criteria(register): ...``
 hookimpl = pluggy.HookimplMarker("benchsuite")
 
-_API = ("ConfigError", "Coupling", "Criterion", "Granularity", "GroupSet", "Method", "ModelSpec",
-        "PruneContext", "PruneOutcome", "Schedule")
+#: public name -> the module that defines it
+_LAZY: dict[str, str] = {
+    **dict.fromkeys((
+        "API_VERSION", "NEEDS", "REDUCTIONS", "ConfigError", "Coupling", "Criterion", "Granularity", "GroupSet",
+        "Method", "ModelSpec", "Parametrized", "PruneContext", "PruneOutcome", "Reduction", "Schedule", "combine",
+        "module_key", "unit_sums"), "benchsuite.api"),
+    **dict.fromkeys(("PROJECTIONS", "base_linear", "decoder_layers", "linear_modules"), "benchsuite.structure"),
+    "calibrate": "benchsuite.calibration",
+    "RunningScores": "benchsuite.scoring",
+    "tensor_bytes": "benchsuite.memory",
+}
 
 __all__ = [
-    "ConfigError", "Coupling", "Criterion", "Granularity", "GroupSet", "Method", "ModelSpec",
-    "PruneContext", "PruneOutcome", "Schedule", "hookimpl", "__version__",
+    "API_VERSION", "NEEDS", "PROJECTIONS", "REDUCTIONS", "ConfigError", "Coupling", "Criterion", "Granularity",
+    "GroupSet", "Method", "ModelSpec", "Parametrized", "PruneContext", "PruneOutcome", "Reduction", "RunningScores",
+    "Schedule", "__version__", "base_linear", "calibrate", "combine", "decoder_layers", "hookimpl", "linear_modules",
+    "module_key", "tensor_bytes", "unit_sums",
 ]
 
 if TYPE_CHECKING:
     from .api import (
+        API_VERSION,
+        NEEDS,
+        REDUCTIONS,
         ConfigError,
         Coupling,
         Criterion,
@@ -32,15 +47,22 @@ if TYPE_CHECKING:
         GroupSet,
         Method,
         ModelSpec,
+        Parametrized,
         PruneContext,
         PruneOutcome,
+        Reduction,
         Schedule,
+        combine,
+        module_key,
+        unit_sums,
     )
+    from .calibration import calibrate
+    from .memory import tensor_bytes
+    from .scoring import RunningScores
+    from .structure import PROJECTIONS, base_linear, decoder_layers, linear_modules
 
 
 def __getattr__(name: str) -> Any:
-    if name in _API:
-        from . import api
-
-        return getattr(api, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'benchsuite' has no attribute '{name}'")

@@ -8,16 +8,22 @@ model (physical removal for structured pruning).
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
 import inspect
+import types
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, Union
 
 import torch
 from torch import nn
 
 REDUCTIONS = ("sum", "mean", "max", "prod")
+#: How per-module unit scores combine across coupled modules (a parameter type for criteria).
+Reduction = Literal["sum", "mean", "max", "prod"]
 
 
 class ConfigError(ValueError):
@@ -43,17 +49,73 @@ class PruneContext:
     train_steps: int = 0
 
 
+#: The plugin API this benchsuite provides. A plugin module declares the version it targets with a
+#: module attribute ``BENCHSUITE_API = "2.0"``; the host refuses a plugin needing a newer major or
+#: minor version, and loads a plugin without the attribute as API 1 (with a deprecation warning).
+API_VERSION = "2.0"
+
+#: What a criterion may declare in ``needs``, and what the host does for each (see docs/plugins.md).
+NEEDS: dict[str, str] = {
+    "calibration": "calibration batches are drawn for it (ctx.calibration_batches) and recorded as used",
+    "activations": "it reads layer inputs in calibration passes (calibrate(..., inputs=...))",
+    "weight_grad": "it takes gradients of the pretrained weights (calibrate(..., grad='weights')); "
+                   "their bytes are measured",
+    "lora_grad": "the host attaches LoRA adapters before pruning (the method gets LoRA settings), "
+                 "and the criterion reads the adapters' gradients",
+}
+
+
 class Parametrized:
-    """Shared constructor behaviour: keyword parameters, validated against ``__init__``."""
+    """Shared behaviour of criteria, granularities and schedules: declared, typed parameters.
+
+    A component declares its parameters as annotated class attributes, dataclass style::
+
+        class Magnitude(Criterion):
+            name = "magnitude"
+            p: Literal[1, 2] = 2
+            reduction: Reduction = "sum"
+
+    Each subclass becomes a keyword-only dataclass. Values are checked against the annotations when
+    the component is constructed (before any model loads: ``bool``, ``int``, ``float``, ``str``,
+    ``Literal``, unions, ``tuple``/``list``), then :meth:`validate` checks what types can't say, then
+    :meth:`setup` creates runtime state. Runtime state (statistics, counters) is not a parameter:
+    give it a leading underscore or create it in :meth:`setup`; :meth:`params` returns only the
+    declared parameters, and those are recorded with every result.
+
+    API 1 components (parameters as ``__init__`` keyword arguments) still work, with a deprecation
+    warning: their parameters are read from ``__init__``'s signature and their public attributes.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    #: True for API 1 components that define ``__init__`` themselves (set by the host, not by you).
+    _api1: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__ and not getattr(cls, "__dataclass_params__", None) \
+                or any(base.__dict__.get("_api1") for base in cls.__mro__[1:]):
+            cls._api1 = True
+            return
+        dataclasses.dataclass(cls, eq=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        check_parameters(self)
+        self.validate()
+        self.setup()
+
+    def validate(self) -> None:
+        """Check parameter values beyond their types; raise ``ValueError`` with the reason. Default: nothing."""
+
+    def setup(self) -> None:
+        """Create runtime state (statistics, counters, generators): not parameters. Default: nothing."""
 
     @classmethod
     def create(cls, params: Mapping[str, Any] | None = None):
+        """Build from ``params`` (a method's ``criterion_params`` ...); a bad name, type or value is a
+        :class:`ConfigError` that names the component, the parameter and what it accepts."""
         params = dict(params or {})
-        signature = inspect.signature(cls.__init__)
-        accepted = [p for p in signature.parameters if p != "self"]
+        accepted = parameter_names(cls)
         unknown = sorted(set(params) - set(accepted))
         if unknown:
             raise ConfigError(
@@ -70,8 +132,77 @@ class Parametrized:
         return "component"
 
     def params(self) -> dict[str, Any]:
-        """The parameters this instance was built with (recorded with every result)."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        """The declared parameters of this instance, defaults included (recorded with every result)."""
+        if self._api1:
+            return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def parameter_names(cls: type) -> list[str]:
+    """The parameters a component class accepts."""
+    if getattr(cls, "_api1", False):
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    return [f.name for f in dataclasses.fields(cls) if f.init]
+
+
+def parameter_types(cls: type) -> dict[str, Any]:
+    """Declared parameter types of a component class (annotations resolved; unresolvable ones: Any)."""
+    if getattr(cls, "_api1", False):
+        return {}
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - an annotation naming something not importable: not checked
+        hints = {}
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+
+
+def check_parameters(component: Any) -> None:
+    """Raise ``TypeError`` naming the first parameter whose value does not match its annotation."""
+    for name, expected in parameter_types(type(component)).items():
+        value = getattr(component, name)
+        if not _matches(value, expected):
+            raise TypeError(f"parameter {name} must be {_describe(expected)}, not {value!r}")
+
+
+def _matches(value: Any, expected: Any) -> bool:
+    if expected is Any or isinstance(expected, typing.TypeVar):
+        return True
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if expected is type(None) or expected is None:
+        return value is None
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin in (tuple, list, collections.abc.Sequence):
+        if not isinstance(value, (tuple, list)):
+            return False
+        item = args[0] if args else Any
+        return all(_matches(v, item) for v in value)
+    if origin in (dict, collections.abc.Mapping):
+        return isinstance(value, Mapping)
+    if isinstance(expected, type):
+        return isinstance(value, expected)
+    return True
+
+
+def _describe(expected: Any) -> str:
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin in (tuple, list, collections.abc.Sequence):
+        return f"a list of {_describe(args[0]) if args else 'values'}"
+    if expected is type(None):
+        return "None"
+    return getattr(expected, "__name__", str(expected))
 
 
 @dataclass(frozen=True)
@@ -104,42 +235,56 @@ class Criterion(Parametrized, ABC):
     """Importance criterion (Torch-Pruning style): higher score = more important.
 
     Implement :meth:`element_scores` (usable by every granularity), or override
-    :meth:`group_scores` for criteria defined only on whole groups. ``needs`` documents what the
-    criterion must gather in :meth:`prepare`: ``"calibration"`` (forward passes), ``"weight_grad"``
-    (gradients of pretrained weights), ``"lora_grad"``, ``"activations"``.
+    :meth:`group_scores` for criteria defined only on whole groups. ``needs`` declares what the
+    criterion uses, and the host acts on it (see :data:`NEEDS`): ``"lora_grad"`` makes the host
+    attach LoRA adapters before pruning; ``"calibration"`` draws calibration batches for it.
     """
 
     needs: ClassVar[frozenset[str]] = frozenset()
     #: The criterion's own calibration recipe ``(corpus, samples, tokens per sample)``, used by
     #: profiles that reproduce the papers (``criterion_calibration``); ``None``: the profile's.
     calibration: ClassVar[tuple[str, int, int] | None] = None
-    #: True for criteria that learn from training steps (through :meth:`observe`) rather than
-    #: from :meth:`prepare`; training-time schedules then call ``observe`` after every backward.
+    #: True for criteria that learn from training steps rather than from :meth:`prepare`:
+    #: training-time schedules score every group after each backward (while the LoRA gradients are
+    #: present), fold the scores into a running score with :meth:`accumulate`, and prune by it.
     observes_training: ClassVar[bool] = False
-    #: How per-module unit scores combine across coupled modules; ``normalize`` divides each
-    #: module's vector by its L2 norm first.
-    reduction: str = "sum"
-    normalize: bool = False
+    #: How per-module unit scores combine across coupled modules, and whether each module's vector
+    #: is divided by its L2 norm first. Declare them as parameters to make them settable.
+    reduction: ClassVar[str] = "sum"
+    normalize: ClassVar[bool] = False
 
     @classmethod
     def kind(cls) -> str:
         return "criterion"
 
     def prepare(self, model: nn.Module, ctx: PruneContext) -> None:  # noqa: B027 - optional hook
-        """Gather statistics before scoring. Default: nothing."""
+        """Gather statistics before scoring (use :func:`benchsuite.calibrate`). Default: nothing."""
+
+    def usable_step(self, model: nn.Module) -> bool:
+        """Training-time schedules: whether this step's gradients may enter the running score (e.g.
+        LoRAPrune skips steps with non-finite LoRA gradients). Default: True."""
+        return True
+
+    def accumulate(self, previous: torch.Tensor | None, current: torch.Tensor) -> torch.Tensor:
+        """Training-time schedules: fold one step's scores of a group into its running score
+        (``previous`` is None at the first step; ``current`` may be modified in place). Default:
+        the latest step's scores."""
+        return current
 
     def observe(self, model: nn.Module, granularity: Granularity, groups: list[GroupSet]) -> None:  # noqa: B027
-        """Called by training-time schedules after each optimizer step's backward. Default: nothing."""
+        """Deprecated (API 1): training-time schedules now keep the running score themselves, through
+        :meth:`usable_step` and :meth:`accumulate`. A criterion that still overrides this is called as before."""
 
     def release(self) -> None:  # noqa: B027 - optional hook
         """Drop gathered statistics (gradients, activations) once scoring is done. Default: nothing."""
 
     def stats(self) -> dict[str, Any]:
-        """Counts to record with the run (e.g. steps whose non-finite gradients were skipped). Default: none."""
+        """Counts to record with the run (e.g. samples it could not use). Default: none."""
         return {}
 
     def element_scores(self, key: str, module: nn.Module) -> torch.Tensor:
-        """Per-element importance of ``module.weight`` (same shape). ``key`` is ``layers.<i>.<path>``."""
+        """Per-element importance of ``module.weight`` (same shape). ``key`` is ``layers.<i>.<path>``
+        (see :func:`module_key`); ``module`` may be a peft LoRA wrapper (see :func:`base_linear`)."""
         raise NotImplementedError(f"criterion '{self.name}' has no element scores")
 
     def group_scores(self, group: GroupSet, layer: nn.Module) -> torch.Tensor:
@@ -151,9 +296,15 @@ class Criterion(Parametrized, ABC):
         vectors = []
         for member in group.members:
             module = layer.get_submodule(member.module)
-            scores = self.element_scores(f"layers.{group.layer}.{member.module}", module).float()
+            scores = self.element_scores(module_key(group.layer, member.module), module).float()
             vectors.append(unit_sums(scores, member))
         return combine(vectors, self.reduction, self.normalize)
+
+
+def module_key(layer: int, path: str) -> str:
+    """The key a criterion's :meth:`~Criterion.element_scores` receives: ``layers.<layer>.<path>``
+    (e.g. ``layers.3.self_attn.q_proj``)."""
+    return f"layers.{layer}.{path}"
 
 
 def unit_sums(element_scores: torch.Tensor, member: Coupling) -> torch.Tensor:
@@ -187,8 +338,8 @@ def combine(vectors: list[torch.Tensor], reduction: str = "sum", normalize: bool
 class Granularity(Parametrized, ABC):
     """What gets removed: whole heads/channels (structured), N:M blocks, single weights."""
 
-    #: Set by granularities that fix the sparsity (N:M); ``None`` means the ratio is free.
-    fixed_ratio: float | None = None
+    #: Set by granularities that fix the sparsity (N:M, as a property); ``None``: the ratio is free.
+    fixed_ratio: ClassVar[float | None] = None
 
     @classmethod
     def kind(cls) -> str:

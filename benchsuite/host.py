@@ -18,7 +18,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .api import ConfigError, Criterion, Granularity, Method, ModelSpec, Schedule
+from .api import API_VERSION, NEEDS, ConfigError, Criterion, Granularity, Method, ModelSpec, Parametrized, Schedule
 
 ENTRY_POINT_GROUP = "benchsuite"
 STRICT_ENV = "BENCHSUITE_STRICT_PLUGINS"
@@ -92,6 +92,50 @@ def _item_name(item: Any) -> str:
     return item.name
 
 
+def _check_component(item: Any) -> list[str]:
+    """Raise TypeError for what can't work; return deprecation warnings for what still works (API 1)."""
+    if not (isinstance(item, type) and issubclass(item, Parametrized)):
+        return []
+    if issubclass(item, Criterion):
+        needs = item.needs
+        if isinstance(needs, str) or not all(isinstance(n, str) for n in needs):
+            raise TypeError(f"criterion '{item.name}': needs must be a set of names, not {needs!r}")
+        unknown = sorted(set(needs) - set(NEEDS))
+        if unknown:
+            raise TypeError(f"criterion '{item.name}': needs {unknown} unknown; choose from {', '.join(NEEDS)}")
+    warnings = []
+    if item._api1:
+        warnings.append("parameters as __init__ arguments are deprecated (API 1): declare them as annotated "
+                        "class attributes and create runtime state in setup() (docs/plugins.md, Parameters)")
+    if issubclass(item, Criterion) and item.observe is not Criterion.observe:
+        warnings.append("observe(model, granularity, groups) is deprecated (API 1): implement usable_step() and "
+                        "accumulate(previous, current); the schedule keeps the running score")
+    return warnings
+
+
+def check_api_version(plugin: object) -> str | None:
+    """The plugin's ``BENCHSUITE_API``: a refusal (ValueError naming what to change) if this benchsuite
+    can't serve it; a deprecation warning (returned) if it targets API 1; None when it fits."""
+    declared = getattr(plugin, "BENCHSUITE_API", None)
+    if declared is None:
+        return (f"declares no BENCHSUITE_API: loaded as API 1 (deprecated); add BENCHSUITE_API = "
+                f"\"{API_VERSION}\" to the plugin module once it follows docs/plugins.md")
+    try:
+        major, minor = (int(x) for x in str(declared).split(".")) if "." in str(declared) else (int(declared), 0)
+    except ValueError:
+        raise ValueError(f"BENCHSUITE_API = {declared!r} is not a version like \"{API_VERSION}\"") from None
+    have_major, have_minor = (int(x) for x in API_VERSION.split("."))
+    if major > have_major or (major == have_major and minor > have_minor):
+        raise ValueError(f"targets plugin API {declared}, but this benchsuite provides {API_VERSION}: "
+                         "upgrade benchsuite (pip install -U benchsuite)")
+    if major < 1:
+        raise ValueError(f"BENCHSUITE_API = {declared!r}: no such plugin API; this benchsuite provides {API_VERSION}")
+    if major < have_major:
+        return (f"targets plugin API {declared} (deprecated): it still loads; see docs/plugins.md, "
+                f"'Moving from API 1', to target {API_VERSION}")
+    return None
+
+
 def _collect(pm: pluggy.PluginManager, plugin: object, info: PluginInfo, registry: Registry) -> None:
     """Call each registration hook of one plugin; record what it registered."""
     staged: dict[str, dict[str, Any]] = {}
@@ -107,6 +151,8 @@ def _collect(pm: pluggy.PluginManager, plugin: object, info: PluginInfo, registr
                 name = _item_name(item)
                 if not isinstance(name, str) or not name:
                     raise TypeError(f"{_kind}: {item!r} has no name")
+                for problem in _check_component(item):
+                    info.warnings.append(f"{_kind[:-1] if _kind != 'criteria' else 'criterion'} '{name}': {problem}")
                 if name in getattr(registry, _kind) or name in staged.get(_kind, {}):
                     owner = next((p.name for p in registry.plugins if name in p.registers.get(_kind, [])), "?")
                     raise ValueError(f"{_kind} '{name}' is already registered by plugin '{owner}'")
@@ -144,6 +190,9 @@ def load_registry(extra_plugins: list[tuple[str, object]] | None = None,
         plugin = None
         try:
             plugin = load()
+            warning = check_api_version(plugin)
+            if warning:
+                info.warnings.append(warning)
             pm.register(plugin, name=info.name)
             pm.check_pending()
             _collect(pm, plugin, info, registry)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,15 @@ class LayerWidths:
     num_kv_heads: int
     head_dim: int
     intermediate_size: int
+
+
+def linear_modules(model: nn.Module, paths: tuple[str, ...] | list[str] = PROJECTIONS,
+                   ) -> Iterator[tuple[str, nn.Linear]]:
+    """``(key, pretrained Linear)`` for every projection of every decoder layer, in order; ``key`` is
+    ``layers.<i>.<path>`` as criteria receive it (LoRA wrappers are looked through)."""
+    for i, layer in enumerate(decoder_layers(model)):
+        for path in paths:
+            yield f"layers.{i}.{path}", base_linear(layer.get_submodule(path))
 
 
 def layer_widths(layer: nn.Module) -> LayerWidths:

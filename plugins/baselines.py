@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
-from benchsuite import Criterion, GroupSet, Method, PruneContext, hookimpl
-from benchsuite.structure import base_linear
+from benchsuite import Criterion, GroupSet, Method, PruneContext, Reduction, base_linear, hookimpl
+
+BENCHSUITE_API = "2.0"
 
 
 class Magnitude(Criterion):
@@ -16,11 +19,8 @@ class Magnitude(Criterion):
     name = "magnitude"
     description = "weight magnitude |w|^p (p=1: L1, p=2: L2), no data needed"
 
-    def __init__(self, p: int = 2, reduction: str = "sum") -> None:
-        if p not in (1, 2):
-            raise ValueError(f"p must be 1 or 2, not {p}")
-        self.p = p
-        self.reduction = reduction
+    p: Literal[1, 2] = 2
+    reduction: Reduction = "sum"
 
     def element_scores(self, key: str, module: nn.Module) -> torch.Tensor:
         weight = base_linear(module).weight.detach()
@@ -33,7 +33,7 @@ class Random(Criterion):
     name = "random"
     description = "uniform random scores (seeded): the floor any criterion must beat"
 
-    def __init__(self) -> None:
+    def setup(self) -> None:
         self._generator = torch.Generator().manual_seed(0)
 
     def prepare(self, model: nn.Module, ctx: PruneContext) -> None:

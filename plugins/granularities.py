@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -19,7 +21,6 @@ from benchsuite.sparsity import (
     weight_groups,
 )
 from benchsuite.structure import (
-    ATTENTION_MODES,
     PROJECTIONS,
     Masker,
     attention_group,
@@ -32,6 +33,8 @@ from benchsuite.structure import (
     select_units,
 )
 
+BENCHSUITE_API = "2.0"
+
 
 class Structured(Granularity):
     """Coupled attention heads (GQA-aware) and MLP channels; physically removed at the end."""
@@ -39,13 +42,15 @@ class Structured(Granularity):
     name = "structured"
     description = "attention heads (GQA-aware) and MLP channels, removed physically"
 
-    def __init__(self, attention: str = "heads", mlp: bool = True) -> None:
-        if attention not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, not '{attention}'")
-        if attention == "none" and not mlp:
+    #: query heads (kv heads stay whole under GQA), key/value groups with their query heads, or none
+    attention: Literal["heads", "kv-groups", "none"] = "heads"
+    mlp: bool = True
+
+    def validate(self) -> None:
+        if self.attention == "none" and not self.mlp:
             raise ValueError("nothing to prune: attention='none' and mlp=False")
-        self.attention = attention
-        self.mlp = mlp
+
+    def setup(self) -> None:
         self._masker = Masker()
 
     def check_model(self, model: nn.Module) -> None:
@@ -98,12 +103,14 @@ class Structured(Granularity):
 class _ElementLevel(Granularity):
     """Shared parts of the element-level granularities: masks on the weights, exact through LoRA."""
 
-    def __init__(self, modules: tuple[str, ...] | list[str] = PROJECTIONS) -> None:
-        modules = tuple(modules)
-        unknown = [m for m in modules if m not in PROJECTIONS]
+    #: the projections to sparsify (paths inside a decoder layer)
+    modules: tuple[str, ...] = PROJECTIONS
+
+    def validate(self) -> None:
+        unknown = [m for m in self.modules if m not in PROJECTIONS]
         if unknown:
             raise ValueError(f"modules {unknown} unknown; choose from {', '.join(PROJECTIONS)}")
-        self.modules = modules
+        self.modules = tuple(self.modules)
 
     def check_model(self, model):
         decoder_layers(model)
@@ -150,11 +157,13 @@ class NM(_ElementLevel):
     name = "nm"
     description = "semi-structured N:M (default 2:4): keep N of every M consecutive weights per row"
 
-    def __init__(self, n: int = 2, m: int = 4, modules: tuple[str, ...] | list[str] = PROJECTIONS) -> None:
-        if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
-            raise ValueError(f"N:M needs integers 0 < N < M, not {n}:{m}")
-        super().__init__(modules)
-        self.n, self.m = n, m
+    n: int = 2
+    m: int = 4
+
+    def validate(self) -> None:
+        if not 0 < self.n < self.m:
+            raise ValueError(f"N:M needs integers 0 < N < M, not {self.n}:{self.m}")
+        super().validate()
 
     @property
     def fixed_ratio(self) -> float:
@@ -187,9 +196,8 @@ class Unstructured(_ElementLevel):
     name = "unstructured"
     description = "single weights, lowest fraction per matrix (per_row: per output row, as Wanda)"
 
-    def __init__(self, per_row: bool = False, modules: tuple[str, ...] | list[str] = PROJECTIONS) -> None:
-        super().__init__(modules)
-        self.per_row = per_row
+    #: compare weights within each output row (Wanda) instead of within the whole matrix
+    per_row: bool = False
 
     def label(self) -> str:
         return "unstructured" + ("/row" if self.per_row else "")

@@ -16,16 +16,27 @@ two more accumulators): that is its memory cost, and it is measured, not hidden.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from benchsuite import Criterion, GroupSet, Method, PruneContext, hookimpl
-from benchsuite.api import combine
-from benchsuite.memory import tensor_bytes
-from benchsuite.structure import PROJECTIONS, base_linear, decoder_layers
+from benchsuite import (
+    Criterion,
+    GroupSet,
+    Method,
+    PruneContext,
+    Reduction,
+    base_linear,
+    calibrate,
+    combine,
+    hookimpl,
+    linear_modules,
+    module_key,
+    tensor_bytes,
+)
 
-ORDERS = ("element1", "element2", "vector")
+BENCHSUITE_API = "2.0"
 
 
 class Taylor(Criterion):
@@ -37,51 +48,37 @@ class Taylor(Criterion):
     #: LLM-Pruner: 10 samples of 64 tokens (from bookcorpus, which can't be had offline: wiki's calibration part)
     calibration = ("wiki", 10, 64)
 
-    def __init__(self, order: str = "element1", reduction: str = "sum") -> None:
-        if order not in ORDERS:
-            raise ValueError(f"order must be one of {', '.join(ORDERS)}, not '{order}'")
-        self.order = order
-        self.reduction = reduction
+    order: Literal["element1", "element2", "vector"] = "element1"
+    reduction: Reduction = "sum"
+
+    def setup(self) -> None:
         self._grad: dict[str, torch.Tensor] = {}
         self._fisher: dict[str, torch.Tensor] = {}
 
     def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
         """Backward over the calibration samples with every pretrained weight requiring grad."""
-        params = list(model.parameters())
-        previous = [p.requires_grad for p in params]
-        device = next(model.parameters()).device
-        targets = {f"layers.{i}.{path}": base_linear(layer.get_submodule(path)).weight
-                   for i, layer in enumerate(decoder_layers(model)) for path in PROJECTIONS}
-        batches = list(ctx.calibration_batches())
-        n = sum(len(b) for b in batches)
-        was_training = model.training
-        model.eval()  # no dropout: the gradient of the model as it is
-        try:
-            for p in params:
-                p.requires_grad_(True)
-                p.grad = None
-            if self.order == "element2":  # per-sample gradients for the Fisher diagonal
-                for sample in tqdm(torch.cat(batches), desc="Taylor: per-sample gradients", leave=False):
-                    batch = sample[None].to(device)
-                    model(input_ids=batch, labels=batch).loss.backward()
-                    for key, w in targets.items():
-                        g = w.grad.detach().float()  # this sample's gradient
-                        self._fisher[key] = self._fisher.get(key, 0) + g.square() / n
-                        self._grad[key] = self._grad.get(key, 0) + g / n
-                    model.zero_grad(set_to_none=False)
-            else:  # gradients of the mean loss, accumulated batch by batch
-                for batch in tqdm(batches, desc="Taylor: gradients", leave=False):
-                    batch = batch.to(device)
-                    (model(input_ids=batch, labels=batch).loss * len(batch) / n).backward()
-                self._grad = {key: w.grad.detach().float() for key, w in targets.items()}
+        self.release()
+        targets = dict(linear_modules(model))
+        samples = sum(len(b) for b in ctx.calibration_batches())
+
+        def per_sample() -> None:  # this sample's gradient: mean and mean square over the samples
+            for key, linear in targets.items():
+                g = linear.weight.grad.detach().float()
+                self._fisher[key] = self._fisher.get(key, 0) + g.square() / samples
+                self._grad[key] = self._grad.get(key, 0) + g / samples
+
+        def collect() -> None:
+            if self.order != "element2":
+                self._grad = {key: linear.weight.grad.detach().float() for key, linear in targets.items()}
             ctx.notes["weight_grad_bytes"] = (
-                tensor_bytes(p.grad for p in params) + tensor_bytes(self._fisher.values())
+                tensor_bytes(p.grad for p in model.parameters()) + tensor_bytes(self._fisher.values())
                 + (tensor_bytes(self._grad.values()) if self.order == "element2" else 0))
-        finally:
-            for p, flag in zip(params, previous):
-                p.grad = None
-                p.requires_grad_(flag)
-            model.train(was_training)
+
+        if self.order == "element2":  # per-sample gradients for the Fisher diagonal
+            calibrate(model, ctx, desc="Taylor: per-sample gradients", grad="weights", per_sample=True,
+                      after_backward=per_sample, collect=collect)
+        else:  # gradients of the mean loss, accumulated batch by batch
+            calibrate(model, ctx, desc="Taylor: gradients", grad="weights", collect=collect)
 
     def _gradient(self, key: str) -> torch.Tensor:
         if key not in self._grad:
@@ -103,7 +100,7 @@ class Taylor(Criterion):
             return super().group_scores(group, layer)
         vectors = []
         for member in group.members:
-            key = f"layers.{group.layer}.{member.module}"
+            key = module_key(group.layer, member.module)
             product = base_linear(layer.get_submodule(member.module)).weight.detach().float() * self._gradient(key)
             product = product if member.dim == 0 else product.t()
             per_row = product.sum(1).abs()  # |sum W*g| of each row (or column) of the module, as the reference

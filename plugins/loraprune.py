@@ -20,10 +20,21 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from benchsuite import Criterion, Granularity, GroupSet, Method, PruneContext, hookimpl
-from benchsuite.structure import base_linear
+from benchsuite import (
+    PROJECTIONS,
+    Criterion,
+    Method,
+    PruneContext,
+    Reduction,
+    base_linear,
+    calibrate,
+    decoder_layers,
+    hookimpl,
+    module_key,
+)
+
+BENCHSUITE_API = "2.0"
 
 
 def lora_factors(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, float, str]:
@@ -51,80 +62,56 @@ class LoRAGuided(Criterion):
     description = "LoRAPrune: |G_est * (W0 + sBA)| from LoRA gradients only, L2-normalised, EMA over steps"
     needs = frozenset({"lora_grad"})
     observes_training = True
-    normalize = True
-    reduction = "sum"
 
-    def __init__(self, beta: float = 0.9, normalize: bool = True, reduction: str = "sum") -> None:
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"beta must be in [0, 1), not {beta}")
-        self.beta = beta
-        self.normalize = normalize
-        self.reduction = reduction
-        self._average: dict[str, torch.Tensor] = {}
-        self._instant = False
-        self.observed_steps = 0
-        self.skipped_steps = 0
-        self.skipped_groups = 0
+    beta: float = 0.9
+    normalize: bool = True
+    reduction: Reduction = "sum"
 
-    # -- element scores from the current LoRA gradients ------------------------------------------
+    def validate(self) -> None:
+        if not 0.0 <= self.beta < 1.0:
+            raise ValueError(f"beta must be in [0, 1), not {self.beta}")
+
+    def setup(self) -> None:
+        #: one-shot use: the LoRA gradients (dA, dB) accumulated over calibration batches, by module key
+        self._grads: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+
+    # -- element scores from LoRA gradients ------------------------------------------------------
     def element_scores(self, key: str, module: nn.Module) -> torch.Tensor:
-        if not self._instant and key in self._average:  # element-level granularities: the average
-            return self._average[key]
         a, b, scaling, _ = lora_factors(module)
-        importance = estimated_gradient(a, b, a.grad, b.grad)
+        da, db = self._grads.get(key, (a.grad, b.grad))  # calibration's, or the live training step's
+        importance = estimated_gradient(a, b, da, db)
         weight = torch.addmm(base_linear(module).weight.detach().float(), b.detach().float(), a.detach().float(),
                              alpha=scaling)  # W0 + s B A
         return importance.mul_(weight).abs_()
 
-    def group_scores(self, group: GroupSet, layer: nn.Module) -> torch.Tensor:
-        if not self._instant and group.name in self._average:
-            return self._average[group.name]
-        return super().group_scores(group, layer)
+    # -- training-time use: moving average over optimizer steps (kept by the schedule) -----------
+    def usable_step(self, model: nn.Module) -> bool:
+        """A step whose LoRA gradients hold a NaN/inf is skipped, as in the reference."""
+        return all(bool(torch.isfinite(p.grad).all())
+                   for n, p in model.named_parameters() if "lora_" in n and p.grad is not None)
+
+    def accumulate(self, previous: torch.Tensor | None, current: torch.Tensor) -> torch.Tensor:
+        """``I_bar = beta * I_bar + (1 - beta) * I_now`` (the first step: ``(1 - beta) * I_now``)."""
+        if previous is None:
+            return current.mul_(1.0 - self.beta)
+        return previous.mul_(self.beta).add_(current, alpha=1.0 - self.beta)
 
     # -- one-shot use: gradients accumulated over calibration batches ----------------------------
     def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
         """Accumulate LoRA gradients over the calibration batches (pretrained weights stay frozen)."""
-        self._average.clear()
-        model.zero_grad(set_to_none=True)
-        device = next(model.parameters()).device
-        batches = list(ctx.calibration_batches())
-        total = sum(len(b) for b in batches)
-        was_training = model.training
-        model.train()
-        for batch in tqdm(batches, desc="LoRA gradients", leave=False):
-            batch = batch.to(device)
-            loss = model(input_ids=batch, labels=batch).loss * (len(batch) / total)
-            loss.backward()
-        model.train(was_training)
+        self._grads.clear()
+        wrappers = {module_key(i, path): layer.get_submodule(path)
+                    for i, layer in enumerate(decoder_layers(model)) for path in PROJECTIONS}
 
-    # -- training-time use: moving average at every optimizer step --------------------------------
-    def observe(self, model: nn.Module, granularity: Granularity, groups: list[GroupSet]) -> None:
-        """Update the moving average from the current LoRA gradients: a step with a NaN/inf gradient is
-        skipped, a group whose importance overflows keeps its average; both are counted (:meth:`stats`).
+        def collect() -> None:
+            for key, module in wrappers.items():
+                a, b, _, _ = lora_factors(module)
+                self._grads[key] = (a.grad, b.grad)
 
-        Scores are computed one group at a time, so the transient memory is one module's worth."""
-        grads = [p.grad for n, p in model.named_parameters() if "lora_" in n and p.grad is not None]
-        if any(not torch.isfinite(g).all() for g in grads):
-            self.skipped_steps += 1
-            return
-        self._instant = True
-        try:
-            for group in groups:  # one group at a time: the transient memory is one module's worth
-                value = granularity.score(self, model, [group])[0]
-                if not torch.isfinite(value).all():  # overflow in the product: this group keeps its average
-                    self.skipped_groups += 1
-                    continue
-                previous = self._average.get(group.name)
-                self._average[group.name] = (value.mul_(1.0 - self.beta) if previous is None
-                                             else previous.mul_(self.beta).add_(value, alpha=1.0 - self.beta))
-        finally:
-            self._instant = False
-        self.observed_steps += 1
+        calibrate(model, ctx, desc="LoRA gradients", grad="lora", train_mode=True, collect=collect)
 
-    def stats(self) -> dict[str, int]:
-        """Optimizer steps whose importance entered the moving average, and those skipped as non-finite."""
-        return {"observed_steps": self.observed_steps, "skipped_nonfinite_steps": self.skipped_steps,
-                "skipped_nonfinite_group_updates": self.skipped_groups}
+    def release(self) -> None:
+        self._grads.clear()
 
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "lr": 1e-4}

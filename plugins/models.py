@@ -2,6 +2,8 @@
 
 from benchsuite import ModelSpec, hookimpl
 
+BENCHSUITE_API = "2.0"
+
 
 def _smollm2():
     from benchsuite.assets import default_model_dir

@@ -4,24 +4,16 @@ SparseGPT's loop). ``iterative``: prune a little more every few steps while LoRA
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
 from benchsuite import hookimpl
 from benchsuite.api import Criterion, Granularity, GroupSet, PruneContext, PruneOutcome, Schedule
+from benchsuite.scoring import RunningScores, checked_scores
 
-
-def checked_scores(criterion: Criterion, granularity: Granularity, model: nn.Module,
-                   groups: list[GroupSet]) -> list[torch.Tensor]:
-    """The criterion's scores for ``groups``; a NaN or infinite score is an error naming the group
-    (pruning by such scores would pick arbitrary units and still look like a normal run)."""
-    scores = granularity.score(criterion, model, groups)
-    for group, value in zip(groups, scores):
-        if not bool(torch.isfinite(value).all()):
-            bad = int((~torch.isfinite(value)).sum())
-            raise FloatingPointError(f"scoring: criterion '{criterion.name}' gave {bad} non-finite score(s) "
-                                     f"for {group.name}")
-    return scores
+BENCHSUITE_API = "2.0"
 
 
 def finalized(model: nn.Module, granularity: Granularity, groups: list[GroupSet], masks: list[torch.Tensor],
@@ -38,9 +30,6 @@ class OneShot(Schedule):
 
     name = "one-shot"
     description = "score once on the unpruned model, prune to the target ratio, finalize"
-
-    def __init__(self) -> None:
-        pass
 
     def run(self, model: nn.Module, criterion: Criterion, granularity: Granularity,
             ratio: float, layers: list[int], ctx: PruneContext) -> PruneOutcome:
@@ -60,9 +49,6 @@ class Sequential(Schedule):
 
     name = "sequential"
     description = "layer by layer: each layer scored on calibration inputs through the already-pruned layers"
-
-    def __init__(self) -> None:
-        pass
 
     def run(self, model: nn.Module, criterion: Criterion, granularity: Granularity,
             ratio: float, layers: list[int], ctx: PruneContext) -> PruneOutcome:
@@ -110,16 +96,16 @@ class Iterative(Schedule):
     description = "cubic ratio schedule, pruning every prune_freq steps while LoRA fine-tunes"
     trains = True
 
-    def __init__(self, init_ratio: float = 0.0, prune_freq: int | str = "auto", warmup: float = 0.1,
-                 cooldown: float = 0.1) -> None:
-        if prune_freq != "auto" and (not isinstance(prune_freq, int) or prune_freq < 1):
-            raise ValueError(f"prune_freq must be a positive integer or 'auto', not {prune_freq!r}")
-        if not (0 <= warmup < 1 and 0 <= cooldown < 1 and warmup + cooldown < 1):
+    init_ratio: float = 0.0
+    prune_freq: int | Literal["auto"] = "auto"
+    warmup: float = 0.1
+    cooldown: float = 0.1
+
+    def validate(self) -> None:
+        if self.prune_freq != "auto" and self.prune_freq < 1:
+            raise ValueError(f"prune_freq must be a positive integer or 'auto', not {self.prune_freq!r}")
+        if not (0 <= self.warmup < 1 and 0 <= self.cooldown < 1 and self.warmup + self.cooldown < 1):
             raise ValueError("warmup and cooldown are fractions of the steps and must leave room between them")
-        self.init_ratio = init_ratio
-        self.prune_freq = prune_freq
-        self.warmup = warmup
-        self.cooldown = cooldown
 
     def frequency(self, total: int) -> int:
         """``auto``: the reference's 10 steps, fewer on short budgets (about 20 pruning events)."""
@@ -136,19 +122,24 @@ class Iterative(Schedule):
         groups = granularity.units(model, layers)
         masks: list[torch.Tensor] | None = None  # nothing pruned yet
         history: list[dict] = []
+        legacy = type(criterion).observe is not Criterion.observe  # API 1: the criterion averages itself
+        running = RunningScores(criterion, granularity, groups) if criterion.observes_training and not legacy else None
         if not criterion.observes_training:
             criterion.prepare(model, ctx)
 
         def prune_to(target: float, step: int) -> None:
             nonlocal masks
-            scores = checked_scores(criterion, granularity, model, groups)
+            scores = running.scores(model) if running else checked_scores(criterion, granularity, model, groups)
             masks = granularity.select(groups, scores, target, previous=masks)
             granularity.apply_masks(model, groups, masks)
             pruned = sum(int((~m).sum()) for m in masks)
             history.append({"step": step, "ratio": round(target, 4), "units_pruned": pruned})
 
         def before_step(step: int, model: nn.Module) -> None:
-            criterion.observe(model, granularity, groups)
+            if running is not None:
+                running.observe(model)
+            elif legacy:
+                criterion.observe(model, granularity, groups)
 
         def after_step(step: int, model: nn.Module) -> None:
             done = step + 1
@@ -164,6 +155,8 @@ class Iterative(Schedule):
         model = granularity.finalize(model, groups, masks)
         log = {"units_pruned": history[-1]["units_pruned"], "units_total": sum(g.size for g in groups),
                "prune_freq": freq, "prune_events": history, "train": train}
+        if running is not None:
+            log["training_scores"] = running.stats()
         return PruneOutcome(model, groups, masks, log)
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from benchsuite import Criterion, Method, PruneContext, hookimpl
-from benchsuite.structure import PROJECTIONS, base_linear, decoder_layers
+from benchsuite import Criterion, Method, PruneContext, Reduction, base_linear, calibrate, hookimpl, linear_modules
+
+BENCHSUITE_API = "2.0"
 
 
 class Wanda(Criterion):
@@ -25,37 +25,18 @@ class Wanda(Criterion):
     #: Wanda: 128 samples of 2,048 tokens from C4
     calibration = ("c4", 128, 2048)
 
-    def __init__(self, reduction: str = "sum") -> None:
-        self.reduction = reduction
+    reduction: Reduction = "sum"
+
+    def setup(self) -> None:
         self._sq_norms: dict[str, torch.Tensor] = {}
-        self.tokens = 0
 
     def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
         self._sq_norms.clear()
-        self.tokens = 0
-        handles = []
-        for i, layer in enumerate(decoder_layers(model)):
-            for path in PROJECTIONS:
-                handles.append(base_linear(layer.get_submodule(path)).register_forward_pre_hook(
-                    self._hook(f"layers.{i}.{path}")))
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                for batch in tqdm(list(ctx.calibration_batches()), desc="Wanda: activations", leave=False):
-                    model(batch.to(device))
-                    self.tokens += batch.numel()
-        finally:
-            for handle in handles:
-                handle.remove()
-            model.train(was_training)
+        calibrate(model, ctx, desc="Wanda: activations", inputs={key: self._add for key, _ in linear_modules(model)})
 
-    def _hook(self, key: str):
-        def hook(_module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            self._sq_norms[key] = self._sq_norms.get(key, 0) + x.square().sum(0)
-        return hook
+    def _add(self, key: str, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        self._sq_norms[key] = self._sq_norms.get(key, 0) + x.square().sum(0)
 
     def element_scores(self, key: str, module: nn.Module) -> torch.Tensor:
         if key not in self._sq_norms:

@@ -20,7 +20,7 @@ def two_four_model(device="cpu", dtype=torch.float32):
     from benchsuite.api import PruneContext
 
     ctx = PruneContext(seed=0, device=torch.device(device), profile={}, calibration_batches=lambda: iter([]))
-    return OneShot().run(model, Magnitude(p=1), NM(2, 4), 0.5, [0, 1, 2, 3], ctx).model
+    return OneShot().run(model, Magnitude(p=1), NM(n=2, m=4), 0.5, [0, 1, 2, 3], ctx).model
 
 
 def test_cpu_reports_why_no_sparse_kernels_ran():

@@ -76,21 +76,30 @@ def test_a_non_finite_training_loss_fails_the_run_naming_the_stage():
     assert log.skipped_nan == 3 and log.steps == 0
 
 
-def test_loraprune_counts_the_steps_it_skips():
+def test_a_group_whose_scores_overflow_keeps_its_running_score():
+    from benchsuite import RunningScores
     from benchsuite.finetune import LoRAConfig, attach_lora
     from benchsuite_plugins.granularities import Structured
     from benchsuite_plugins.loraprune import LoRAGuided
 
+    overflow = []
+
+    class Overflowing(LoRAGuided):
+        def element_scores(self, key, module):
+            scores = super().element_scores(key, module)
+            return scores.fill_(float("inf")) if key in overflow else scores
+
     model = attach_lora(tiny_llama(), LoRAConfig())
     batch = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
     model(input_ids=batch, labels=batch).loss.backward()
-    criterion, granularity = LoRAGuided(), Structured()
+    granularity = Structured()
     groups = granularity.units(model, [0, 1])
-    criterion.observe(model, granularity, groups)
-    assert criterion.stats() == {"observed_steps": 1, "skipped_nonfinite_steps": 0,
-                                 "skipped_nonfinite_group_updates": 0}
-    before = {k: v.clone() for k, v in criterion._average.items()}
-    next(p for n, p in model.named_parameters() if "lora_B" in n).grad[0, 0] = float("nan")
-    criterion.observe(model, granularity, groups)
-    assert criterion.stats()["skipped_nonfinite_steps"] == 1
-    assert all(torch.equal(before[k], v) for k, v in criterion._average.items())  # the average is untouched
+    running = RunningScores(Overflowing(), granularity, groups)
+    running.observe(model)
+    before = [s.clone() for s in running.scores(model)]
+    overflow.append("layers.1.mlp.down_proj")
+    running.observe(model)
+    assert running.stats() == {"observed_steps": 2, "skipped_nonfinite_steps": 0, "skipped_nonfinite_group_updates": 1}
+    after = running.scores(model)
+    changed = [not torch.equal(b, a) for b, a in zip(before, after)]
+    assert changed == [g.name != "layers.1.mlp" for g in groups], [g.name for g in groups]

@@ -63,7 +63,7 @@ def test_element1_equals_reference():
     model = tiny_llama(6, 2)
     grads = reference_grads(model)
     heads, channels = slow_unit_scores(model, 1, lambda n, w: (w * grads[n]).abs())
-    got = scores_of(model, Taylor("element1"))
+    got = scores_of(model, Taylor(order="element1"))
     assert torch.allclose(got[0], heads, rtol=1e-4) and torch.allclose(got[1], channels, rtol=1e-4)
 
 
@@ -72,7 +72,7 @@ def test_element2_adds_the_fisher_term():
     mean, per_sample = reference_grads(model, per_sample=True)
     fisher = {n: sum(g[n] ** 2 for g in per_sample) / len(per_sample) for n in mean}
     heads, channels = slow_unit_scores(model, 1, lambda n, w: (w * mean[n] - 0.5 * w * fisher[n] * w).abs())
-    got = scores_of(model, Taylor("element2"))
+    got = scores_of(model, Taylor(order="element2"))
     assert torch.allclose(got[0], heads, rtol=1e-4) and torch.allclose(got[1], channels, rtol=1e-4)
 
 
@@ -90,7 +90,7 @@ def test_vector_wise():
         return float(rows.sum(1).abs().sum())
 
     expected = torch.tensor([sum(head(p, h) for p in wg) for h in range(4)])
-    got = scores_of(model, Taylor("vector"))
+    got = scores_of(model, Taylor(order="vector"))
     assert torch.allclose(got[0], expected, rtol=1e-4)
     block = torch.tensor([sum(float((wg[p][h * hd:(h + 1) * hd] if p != "self_attn.o_proj"
                                      else wg[p][:, h * hd:(h + 1) * hd]).sum().abs()) for p in wg) for h in range(4)])
@@ -117,7 +117,7 @@ def test_reductions(reduction):
     stacked = torch.stack(per_module)
     expected = {"sum": stacked.sum(0), "mean": stacked.mean(0), "max": stacked.max(0).values,
                 "prod": stacked.prod(0)}[reduction]
-    got = scores_of(model, Taylor("element1", reduction=reduction))[1]
+    got = scores_of(model, Taylor(order="element1", reduction=reduction))[1]
     assert torch.allclose(got, expected, rtol=1e-4)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchsuite import RunningScores
 from benchsuite.api import PruneContext, combine
 from benchsuite.finetune import LoRAConfig, attach_lora, frozen_parameters, lora_parameters, merge_lora, train_lora
 from benchsuite.structure import decoder_layers, model_widths
@@ -90,25 +91,26 @@ def test_group_scores_equal_slow_reference(tokens, heads, kv):
 
 
 def test_moving_average_and_nan_skip(tokens):
+    """The running score the iterative schedule keeps is LoRAPrune's EMA of the instant scores; a step
+    with a non-finite LoRA gradient leaves it untouched and is counted."""
     model = lora_model()
     gran = Structured()
     groups = gran.units(model, [1])
     crit = LoRAGuided(beta=0.9)
+    running = RunningScores(crit, gran, groups)
     expected = [torch.zeros(g.size) for g in groups]
     for step in range(3):
         backward(model, tokens[:, : 10 + 5 * step])
-        crit._instant = True
-        now = gran.score(crit, model, groups)
-        crit._instant = False
-        crit.observe(model, gran, groups)
+        now = gran.score(crit, model, groups)  # the instant scores: the criterion keeps no average itself
+        running.observe(model)
         expected = [0.9 * e + 0.1 * n for e, n in zip(expected, now)]
-    for got, want in zip(gran.score(crit, model, groups), expected):
+    for got, want in zip(running.scores(model), expected):
         assert torch.allclose(got, want, atol=1e-6)
     a, _, _, _ = lora_factors(decoder_layers(model)[1].self_attn.q_proj)
     a.grad[0, 0] = float("nan")
-    crit.observe(model, gran, groups)
-    assert crit.skipped_steps == 1 and crit.observed_steps == 3
-    for got, want in zip(gran.score(crit, model, groups), expected):
+    running.observe(model)
+    assert running.stats() == {"observed_steps": 3, "skipped_nonfinite_steps": 1, "skipped_nonfinite_group_updates": 0}
+    for got, want in zip(running.scores(model), expected):
         assert torch.allclose(got, want, atol=1e-6)
 
 
@@ -163,15 +165,16 @@ def test_iterative_prunes_without_pretrained_gradients(init_ratio):
     seen = []
 
     class Watch(LoRAGuided):
-        def observe(self, model, granularity, groups):
+        def usable_step(self, model):  # asked at every step, with the step's gradients present
             seen.append(sum(p.grad is not None for p in frozen_parameters(model)))
             seen.append(-sum(p.grad is None for p in lora_parameters(model)))
-            super().observe(model, granularity, groups)
+            return super().usable_step(model)
 
     ctx = _ctx(20)
     schedule = Iterative(init_ratio=init_ratio, prune_freq=5)
     outcome = schedule.run(model, Watch(), Structured(), 0.5, [1, 2], ctx)
-    assert seen and all(v == 0 for v in seen), "a pretrained weight got a gradient, or a LoRA one none"
+    assert len(seen) == 2 * 20 and all(v == 0 for v in seen), "a pretrained weight got a gradient, or a LoRA one none"
+    assert outcome.log["training_scores"]["observed_steps"] == 20
     events = outcome.log["prune_events"]
     assert events[-1]["ratio"] == 0.5 and len(events) >= 2
     if init_ratio == 0.5:  # the reference code never prunes in this setting

@@ -57,15 +57,15 @@ def test_unstructured_per_row_and_per_matrix():
     assert int((~keep).sum()) == 40 and scores[~keep].max() <= scores[keep].min()
 
 
-@pytest.mark.parametrize("make", [lambda: Magnitude(p=1), Random, lambda: Taylor("element1"),
-                                  lambda: Taylor("element2"), Wanda], ids=["magnitude", "random", "taylor1",
+@pytest.mark.parametrize("make", [lambda: Magnitude(p=1), Random, lambda: Taylor(order="element1"),
+                                  lambda: Taylor(order="element2"), Wanda], ids=["magnitude", "random", "taylor1",
                                                                           "taylor2", "wanda"])
 def test_every_criterion_feeds_the_same_selection(make):
     model = tiny_llama(6, 2)
     crit = make()
-    outcome = OneShot().run(model, crit, NM(2, 4), 0.5, [0, 1, 2, 3], ctx())
+    outcome = OneShot().run(model, crit, NM(n=2, m=4), 0.5, [0, 1, 2, 3], ctx())
     assert all(check_nm(w, 2, 4) for w in weights(outcome.model))
-    checks = NM(2, 4).after_merge(outcome.model, outcome.groups, outcome.masks)
+    checks = NM(n=2, m=4).after_merge(outcome.model, outcome.groups, outcome.masks)
     assert checks["sparsity"] == pytest.approx(0.5) and "nm_verified" in checks
 
 
@@ -107,7 +107,7 @@ def test_masked_delta_matches_autograd():
         assert torch.allclose(got, t.grad, atol=1e-4)
 
 
-@pytest.mark.parametrize("granularity", [NM(2, 4), Unstructured(per_row=True)], ids=["2:4", "unstructured"])
+@pytest.mark.parametrize("granularity", [NM(n=2, m=4), Unstructured(per_row=True)], ids=["2:4", "unstructured"])
 def test_lora_fine_tuned_and_merged_model_stays_sparse(granularity):
     model = attach_lora(tiny_llama(6, 2), LORA)
     outcome = Iterative(prune_freq=2).run(model, LoRAGuided(), granularity, 0.5, [0, 1, 2, 3], ctx(steps=8))
@@ -127,7 +127,7 @@ def test_sequential_scores_each_layer_through_the_pruned_layers_before_it():
     """Wanda's reference loop: layer 0 sees the dense inputs, later layers inputs through pruned layers."""
     ctx = PruneContext(seed=0, device=torch.device("cpu"), profile={},
                        calibration_batches=lambda: iter(DATA[:8].split(4)))
-    gran = NM(2, 4)
+    gran = NM(n=2, m=4)
     layers = [0, 1, 2, 3]
     once = OneShot().run(tiny_llama(6, 2), Wanda(), gran, 0.5, layers, ctx)
     seq = Sequential().run(tiny_llama(6, 2), Wanda(), gran, 0.5, layers, ctx)

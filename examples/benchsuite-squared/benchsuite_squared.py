@@ -2,8 +2,9 @@
 
 import torch
 
-from benchsuite import Criterion, Method, hookimpl
-from benchsuite.structure import base_linear
+from benchsuite import Criterion, Method, Reduction, base_linear, hookimpl
+
+BENCHSUITE_API = "2.0"  # the plugin API this module is written for
 
 
 class SquaredWeight(Criterion):
@@ -12,8 +13,7 @@ class SquaredWeight(Criterion):
     name = "squared-weight"
     description = "w^2 per element (example plugin)"
 
-    def __init__(self, reduction: str = "sum") -> None:
-        self.reduction = reduction  # how coupled modules combine: sum, mean, max, prod
+    reduction: Reduction = "sum"  # a parameter: how coupled modules combine (sum, mean, max, prod)
 
     def element_scores(self, key: str, module: torch.nn.Module) -> torch.Tensor:
         return base_linear(module).weight.detach().float() ** 2
