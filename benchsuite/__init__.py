@@ -25,6 +25,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("PROJECTIONS", "base_linear", "decoder_layers", "linear_modules"), "benchsuite.structure"),
     "calibrate": "benchsuite.calibration",
     "RunningScores": "benchsuite.scoring",
+    "checked_scores": "benchsuite.scoring",
     "tensor_bytes": "benchsuite.memory",
 }
 
@@ -32,7 +33,7 @@ __all__ = [
     "API_VERSION", "NEEDS", "PROJECTIONS", "REDUCTIONS", "ConfigError", "Coupling", "Criterion", "Granularity",
     "GroupSet", "Method", "ModelSpec", "Parametrized", "PruneContext", "PruneOutcome", "Reduction", "RunningScores",
     "Schedule", "__version__", "base_linear", "calibrate", "combine", "decoder_layers", "hookimpl", "linear_modules",
-    "module_key", "tensor_bytes", "unit_sums",
+    "module_key", "tensor_bytes", "unit_sums", "checked_scores",
 ]
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     )
     from .calibration import calibrate
     from .memory import tensor_bytes
-    from .scoring import RunningScores
+    from .scoring import RunningScores, checked_scores
     from .structure import PROJECTIONS, base_linear, decoder_layers, linear_modules
 
 

@@ -93,8 +93,7 @@ class Parametrized:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "__init__" in cls.__dict__ and not getattr(cls, "__dataclass_params__", None) \
-                or any(base.__dict__.get("_api1") for base in cls.__mro__[1:]):
+        if "__init__" in cls.__dict__ or any(base.__dict__.get("_api1") for base in cls.__mro__[1:]):
             cls._api1 = True
             return
         dataclasses.dataclass(cls, eq=False, kw_only=True)
@@ -146,14 +145,38 @@ def parameter_names(cls: type) -> list[str]:
 
 
 def parameter_types(cls: type) -> dict[str, Any]:
-    """Declared parameter types of a component class (annotations resolved; unresolvable ones: Any)."""
+    """Declared parameter types of a component class, annotations resolved (in the class's module,
+    with ``typing``'s names and :data:`Reduction` at hand); one that can't be resolved: ``Any``."""
     if getattr(cls, "_api1", False):
         return {}
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception:  # noqa: BLE001 - an annotation naming something not importable: not checked
-        hints = {}
-    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+    return {name: resolved for name, (resolved, _) in _resolve(cls).items()}
+
+
+def unresolved_parameters(cls: type) -> dict[str, str]:
+    """Parameters whose annotation can't be resolved (and so is not checked): name -> annotation."""
+    if getattr(cls, "_api1", False):
+        return {}
+    return {name: text for name, (resolved, text) in _resolve(cls).items() if text is not None}
+
+
+def _resolve(cls: type) -> dict[str, tuple[Any, str | None]]:
+    import sys
+
+    out: dict[str, tuple[Any, str | None]] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        annotation = f.type
+        if not isinstance(annotation, str):
+            out[f.name] = (annotation, None)
+            continue
+        owner = next((c for c in cls.__mro__ if f.name in c.__dict__.get("__annotations__", {})), cls)
+        namespace = {**vars(typing), "Reduction": Reduction, **vars(sys.modules.get(owner.__module__, typing))}
+        try:
+            out[f.name] = (eval(annotation, namespace), None)  # noqa: S307 - a class's own annotation
+        except Exception:  # noqa: BLE001 - e.g. a name imported only inside a function
+            out[f.name] = (Any, annotation)
+    return out
 
 
 def check_parameters(component: Any) -> None:

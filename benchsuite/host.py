@@ -18,7 +18,18 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .api import API_VERSION, NEEDS, ConfigError, Criterion, Granularity, Method, ModelSpec, Parametrized, Schedule
+from .api import (
+    API_VERSION,
+    NEEDS,
+    ConfigError,
+    Criterion,
+    Granularity,
+    Method,
+    ModelSpec,
+    Parametrized,
+    Schedule,
+    unresolved_parameters,
+)
 
 ENTRY_POINT_GROUP = "benchsuite"
 STRICT_ENV = "BENCHSUITE_STRICT_PLUGINS"
@@ -103,7 +114,8 @@ def _check_component(item: Any) -> list[str]:
         unknown = sorted(set(needs) - set(NEEDS))
         if unknown:
             raise TypeError(f"criterion '{item.name}': needs {unknown} unknown; choose from {', '.join(NEEDS)}")
-    warnings = []
+    warnings = [f"parameter {name}: annotation {text!r} can't be resolved, so its values are not checked"
+                for name, text in unresolved_parameters(item).items()]
     if item._api1:
         warnings.append("parameters as __init__ arguments are deprecated (API 1): declare them as annotated "
                         "class attributes and create runtime state in setup() (docs/plugins.md, Parameters)")

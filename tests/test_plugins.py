@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -179,3 +180,212 @@ def test_a_method_naming_an_unknown_granularity_is_set_aside(tmp_path):
     strict = subprocess.run([sys.executable, "-m", "benchsuite", "methods"], capture_output=True, text=True,
                             env=env | {"BENCHSUITE_STRICT_PLUGINS": "1"})
     assert strict.returncode == 2 and "hex-prune" in strict.stderr
+
+
+ALL_HOOKS_PLUGIN = '''
+"""A third-party plugin implementing every hook (tests/test_plugins.py installs it with pip)."""
+from typing import Literal
+
+import torch
+
+from benchsuite import Criterion, Method, ModelSpec, Schedule, checked_scores, hookimpl
+from benchsuite_plugins.granularities import Structured
+
+BENCHSUITE_API = "2.0"
+
+
+class Shifted(Criterion):
+    name = "shifted"
+    needs = frozenset({"calibration"})
+    shift: float = 1.0
+    power: Literal[1, 2] = 1
+
+    def setup(self):
+        self._seen = 0
+
+    def prepare(self, model, ctx):
+        self._seen = sum(len(b) for b in ctx.calibration_batches())
+
+    def element_scores(self, key, module):
+        from benchsuite import base_linear
+        return base_linear(module).weight.detach().float().abs() ** self.power + self.shift
+
+    def stats(self):
+        return {"calibration_samples": self._seen}
+
+
+class MlpOnly(Structured):
+    name = "mlp-only"
+    attention: Literal["heads", "kv-groups", "none"] = "none"
+
+
+class Twice(Schedule):
+    """Prune half the target, then the rest: scored twice."""
+    name = "twice"
+
+    def run(self, model, criterion, granularity, ratio, layers, ctx):
+        from benchsuite import PruneOutcome
+        criterion.prepare(model, ctx)
+        groups = granularity.units(model, layers)
+        masks = granularity.select(groups, checked_scores(criterion, granularity, model, groups), ratio / 2)
+        granularity.apply_masks(model, groups, masks)
+        masks = granularity.select(groups, checked_scores(criterion, granularity, model, groups), ratio, masks)
+        criterion.release()
+        return PruneOutcome(granularity.finalize(model, groups, masks), groups, masks, {"passes": 2})
+
+
+@hookimpl
+def benchsuite_register_criteria(register):
+    register(Shifted)
+
+
+@hookimpl
+def benchsuite_register_granularities(register):
+    register(MlpOnly)
+
+
+@hookimpl
+def benchsuite_register_schedules(register):
+    register(Twice)
+
+
+@hookimpl
+def benchsuite_register_methods(register):
+    register(Method("shifted-twice", "shifted", granularity="mlp-only", schedule="twice",
+                    criterion_params={"shift": 0.5}, layers="all"))
+
+
+@hookimpl
+def benchsuite_register_models(register):
+    register(ModelSpec("tiny-local", "/nonexistent/tiny", "a local folder", aliases=("tiny",)))
+'''
+
+
+def pip_install(tmp_path: Path, name: str, modules: dict[str, str]) -> Path:
+    """Build and pip-install a distribution whose modules are entry points of the ``benchsuite`` group."""
+    src = tmp_path / f"{name}-src"
+    src.mkdir()
+    for module, code in modules.items():
+        (src / f"{module}.py").write_text(code)
+    eps = "\n".join(f'{m.replace("_", "-")} = "{m}"' for m in modules)
+    (src / "pyproject.toml").write_text(
+        f'[build-system]\nrequires = ["setuptools>=69"]\nbuild-backend = "setuptools.build_meta"\n\n'
+        f'[project]\nname = "{name}"\nversion = "0.3.0"\n\n[project.entry-points.benchsuite]\n{eps}\n\n'
+        f'[tool.setuptools]\npy-modules = {json.dumps(list(modules))}\n')
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(target), str(src)], check=True, capture_output=True)
+    return target
+
+
+def test_every_hook_registers_through_an_installed_distribution(tmp_path, monkeypatch):
+    import torch
+
+    from benchsuite import PruneContext
+    from benchsuite.runner import plan_methods
+    from tests.conftest import tiny_llama
+
+    monkeypatch.syspath_prepend(str(pip_install(tmp_path, "bench-allhooks", {"allhooks_plugin": ALL_HOOKS_PLUGIN})))
+    registry = load_registry(strict=True)
+    info = next(p for p in registry.plugins if p.name == "allhooks-plugin")
+    assert info.distribution == "bench-allhooks" and info.version == "0.3.0" and not info.warnings
+    import allhooks_plugin
+
+    implemented = {n for n in vars(allhooks_plugin) if n.startswith("benchsuite_register_")}
+    assert implemented == set(KINDS), f"hooks without an installed-distribution test: {set(KINDS) - implemented}"
+    assert {KINDS[h][0]: sorted(v) for h in KINDS for v in [info.registers.get(KINDS[h][0], [])]} == {
+        "criteria": ["shifted"], "granularities": ["mlp-only"], "schedules": ["twice"],
+        "methods": ["shifted-twice"], "models": ["tiny-local"]}
+    assert registry.lookup("models", "tiny").name == "tiny-local"
+    plan = plan_methods(["shifted-twice"], registry, ratios=[0.5])[0]
+    criterion, granularity, schedule = plan.build()
+    assert criterion.params() == {"shift": 0.5, "power": 1} and granularity.params() == {"attention": "none", "mlp": True}
+    model = tiny_llama(6, 2)
+    ctx = PruneContext(seed=0, device=torch.device("cpu"), profile={},
+                       calibration_batches=lambda: iter([torch.zeros(3, 8, dtype=torch.long)]))
+    outcome = schedule.run(model, criterion, granularity, 0.5, list(range(4)), ctx)
+    assert outcome.log == {"passes": 2} and criterion.stats() == {"calibration_samples": 3}
+    assert [g.kind for g in outcome.groups] == ["mlp"] * 4
+    assert all(int((~m).sum()) == 64 for m in outcome.masks)  # half of 128 channels in every layer
+
+
+API1_PLUGIN = '''
+import torch
+from benchsuite import Criterion, Method, hookimpl
+from benchsuite.structure import base_linear
+
+
+class OldStyle(Criterion):
+    name = "old-style"
+    def __init__(self, p: int = 2, reduction: str = "sum"):
+        if p not in (1, 2):
+            raise ValueError("p must be 1 or 2")
+        self.p = p
+        self.reduction = reduction
+        self.calls = 0
+
+    def element_scores(self, key, module):
+        self.calls += 1
+        return base_linear(module).weight.detach().float().abs() ** self.p
+
+
+@hookimpl
+def benchsuite_register_criteria(register):
+    register(OldStyle)
+
+
+@hookimpl
+def benchsuite_register_methods(register):
+    register(Method("old-style", "old-style", criterion_params={"p": 1}))
+'''
+
+
+def test_api1_plugins_keep_working_with_a_deprecation_warning(tmp_path, monkeypatch):
+    from benchsuite import ConfigError
+    from benchsuite.runner import plan_methods
+
+    root = make_distribution(tmp_path, "bench-old", {"old": "old_plugin"}, {"old_plugin": API1_PLUGIN})
+    monkeypatch.syspath_prepend(str(root))
+    registry = load_registry(strict=True)  # deprecated is not broken
+    info = next(p for p in registry.plugins if p.name == "old")
+    assert info.error is None and info.registers == {"criteria": ["old-style"], "methods": ["old-style"]}
+    assert any("declares no BENCHSUITE_API" in w for w in info.warnings)
+    assert any("criterion 'old-style'" in w and "__init__" in w and "setup()" in w for w in info.warnings)
+    criterion = plan_methods(["old-style"], registry)[0].build()[0]
+    assert criterion.params() == {"p": 1, "reduction": "sum", "calls": 0}  # API 1: public attributes, as before
+    with pytest.raises(ConfigError, match="has no parameter 'q'; it accepts: p, reduction"):
+        registry.criteria["old-style"].create({"q": 1})
+
+
+@pytest.mark.parametrize("declared, message", [
+    ('"3.0"', "targets plugin API 3.0, but this benchsuite provides 2.0: upgrade benchsuite"),
+    ('"2.7"', "targets plugin API 2.7, but this benchsuite provides 2.0"),
+    ('"two"', "is not a version like"),
+])
+def test_a_plugin_for_another_api_is_refused_with_what_to_do(tmp_path, monkeypatch, declared, message):
+    code = f"from benchsuite import hookimpl\nBENCHSUITE_API = {declared}\n"
+    module = f"future_plugin_{abs(hash(declared))}"  # a fresh module per case (sys.modules caches imports)
+    root = make_distribution(tmp_path, "bench-future", {"future": module}, {module: code})
+    monkeypatch.syspath_prepend(str(root))
+    registry = load_registry(strict=False)
+    info = next(p for p in registry.plugins if p.name == "future")
+    assert info.error and message in info.error
+    with pytest.raises(PluginError, match=re.escape(message)):
+        load_registry(strict=True)
+
+
+def test_unknown_needs_fail_registration():
+    class Needy(Criterion):
+        name = "needy"
+        needs = frozenset({"lora_grads"})
+
+    class Plugin:
+        BENCHSUITE_API = "2.0"
+
+        @hookimpl
+        def benchsuite_register_criteria(self, register):
+            register(Needy)
+
+    registry = load_registry(extra_plugins=[("needy", Plugin())], strict=False)
+    info = next(p for p in registry.plugins if p.name == "needy")
+    assert "needs ['lora_grads'] unknown; choose from calibration" in info.error
