@@ -299,7 +299,8 @@ def test_every_hook_registers_through_an_installed_distribution(tmp_path, monkey
     assert registry.lookup("models", "tiny").name == "tiny-local"
     plan = plan_methods(["shifted-twice"], registry, ratios=[0.5])[0]
     criterion, granularity, schedule = plan.build()
-    assert criterion.params() == {"shift": 0.5, "power": 1} and granularity.params() == {"attention": "none", "mlp": True}
+    assert criterion.params() == {"shift": 0.5, "power": 1}
+    assert granularity.params() == {"attention": "none", "mlp": True}
     model = tiny_llama(6, 2)
     ctx = PruneContext(seed=0, device=torch.device("cpu"), profile={},
                        calibration_batches=lambda: iter([torch.zeros(3, 8, dtype=torch.long)]))
