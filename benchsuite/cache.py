@@ -24,13 +24,14 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
+
+from .atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def _editing_manifest() -> Iterator[dict[str, dict[str, Any]]]:
         entries = load_manifest()
         yield entries
         try:
-            write_atomic(path, json.dumps(entries, indent=1, sort_keys=True) + "\n", recorded=False)
+            store(path, json.dumps(entries, indent=1, sort_keys=True) + "\n", recorded=False)
         except OSError as exc:  # a read-only cache: checks stay correct, only slower
             log.debug("could not update %s: %s", path, exc)
 
@@ -209,19 +210,10 @@ def discard(path: Path) -> None:
     forget(path)
 
 
-def write_atomic(path: Path, data: str | bytes, recorded: bool = True) -> None:
-    """Write ``data`` (text as UTF-8) to a temp file next to ``path``, rename it into place and, if
-    ``recorded``, record its digest."""
+def store(path: Path, data: str | bytes, recorded: bool = True) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` atomically and, if ``recorded``, record its digest."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        publish(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, raw)
     if recorded:
         record(path, hashlib.sha256(raw).hexdigest())
 

@@ -13,6 +13,7 @@ from . import __version__
 from .api import ConfigError
 from .assets import AssetError
 from .host import PluginError, get_registry
+from .names import split_names
 from .profiles import PROFILES
 
 #: the default benchmark: every criterion with the same LoRA budget and data (LoRAPrune's is during pruning)
@@ -32,14 +33,14 @@ EPILOG = """examples:
 
 def _floats(text: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        return split_names(text, float)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
 
 
 def _ints(text: str) -> list[int]:
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        return split_names(text, int)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
 
@@ -49,7 +50,7 @@ def _tasks(text: str | None) -> list[str] | None:
         return None
     if text.strip().lower() in ("", "none"):
         return []
-    return [t.strip() for t in text.split(",") if t.strip()]
+    return split_names(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,17 +192,18 @@ def _report_plugin_failures(registry) -> None:
 
 
 def cmd_run(args) -> int:
-    from .records import context_hash, latest_attempts, problems_message, scan, slug, write_text_atomic
+    from .atomic import write_atomic
+    from .records import context_hash, latest_attempts, problems_message, scan, slug
     from .report import render
     from .runner import Runner, RunRequest
 
-    request = RunRequest(methods=[m.strip() for m in args.methods.split(",") if m.strip()], model=args.model,
+    request = RunRequest(methods=split_names(args.methods), model=args.model,
                          ratios=args.ratios, seeds=args.seeds, profile=args.profile, results=args.results,
                          rerun=args.rerun, save_models=args.save_models, device=args.device, dtype=args.dtype,
                          granularity=args.granularity, tasks=_tasks(args.tasks), limit=args.limit,
                          train_steps=args.train_steps, recovery=args.recovery, recovery_data=args.recovery_data,
                          ratio_basis=args.ratio_basis,
-                         corpora=[c.strip() for c in args.corpora.split(",") if c.strip()] if args.corpora else None)
+                         corpora=split_names(args.corpora) if args.corpora else None)
     registry = get_registry()
     _report_plugin_failures(registry)
     runner = Runner(request, registry, log=lambda line: print(line, file=sys.stderr, flush=True))
@@ -218,7 +220,7 @@ def cmd_run(args) -> int:
                                and r["profile"] == runner.profile.name and context_hash(r["config"]) == context])
     table = render(records, "markdown")
     out = args.results / slug(runner.model_info.name) / slug(runner.profile.name) / "table.md"
-    write_text_atomic(out, table + "\n")
+    write_atomic(out, table + "\n")
     print(table)
     print(f"\nrecords and table: {out.parent}", file=sys.stderr)
     return 0
@@ -245,7 +247,7 @@ def select_records(args, records: list[dict] | None = None) -> list[dict]:
 
     if records is None:
         records = stored_records(args.results)
-    methods = {m.strip() for m in args.methods.split(",")} if args.methods else None
+    methods = set(split_names(args.methods)) if args.methods else None
     kept = [r for r in records
             if (not args.model or r.get("model") == args.model)
             and (not args.profile or r.get("profile") == args.profile)
@@ -287,7 +289,7 @@ def update_tables(path: Path, results: Path) -> tuple[str, int]:
 
 
 def cmd_report(args) -> int:
-    from .records import write_text_atomic
+    from .atomic import write_atomic
     from .report import render
 
     if args.update is not None:
@@ -303,7 +305,7 @@ def cmd_report(args) -> int:
             print(f"{args.update}: {count} tables match the records", file=sys.stderr)
             return 0
         if changed:
-            write_text_atomic(args.update, new)
+            write_atomic(args.update, new)
         print(f"{args.update}: {count} tables {'rewritten' if changed else 'already up to date'}", file=sys.stderr)
         return 0
     print(render(select_records(args), args.format, args.view))
@@ -318,8 +320,8 @@ def cmd_compare(args) -> int:
     gates = [Gate.parse(g) for g in args.fail_if]
     if (args.baseline is None) == (args.against is None):
         raise ConfigError("give --baseline METHOD (methods in one folder) or --against DIR (two folders)")
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    methods = split_names(args.methods) or None
+    metrics = split_names(args.metrics) or None
 
     def chosen(results: Path) -> list[dict]:
         return [r for r in stored_records(results) if (not args.model or r["model"] == args.model)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -28,14 +29,19 @@ LR_SCHEDULES = ("constant", "linear")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+#: The LoRA recovery both papers use (LoRAPrune and LLM-Pruner: r 8, alpha 16, dropout 0.05, lr 1e-4): a
+#: method's ``recovery=PAPER_LORA``; also :class:`LoRAConfig`'s defaults.
+PAPER_LORA: Mapping[str, Any] = MappingProxyType({"r": 8, "alpha": 16, "dropout": 0.05, "lr": 1e-4})
+
+
 @dataclass(frozen=True)
 class LoRAConfig:
-    """LoRA hyper-parameters (reference defaults: r 8, alpha 16, dropout 0.05, lr 1e-4)."""
+    """LoRA hyper-parameters (defaults: :data:`PAPER_LORA`) and the profile's budget shape."""
 
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    lr: float = 1e-4
+    r: int = PAPER_LORA["r"]
+    alpha: int = PAPER_LORA["alpha"]
+    dropout: float = PAPER_LORA["dropout"]
+    lr: float = PAPER_LORA["lr"]
     targets: tuple[str, ...] = DEFAULT_TARGETS
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0

@@ -7,7 +7,6 @@ and error) and skipped; ``BENCHSUITE_STRICT_PLUGINS=1`` turns such failures into
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata
 import os
 import traceback
@@ -30,6 +29,7 @@ from .api import (
     Schedule,
     unresolved_parameters,
 )
+from .names import did_you_mean
 
 ENTRY_POINT_GROUP = "benchsuite"
 STRICT_ENV = "BENCHSUITE_STRICT_PLUGINS"
@@ -90,9 +90,8 @@ class Registry:
             raise ConfigError(f"method '{name}' can't run: {self.broken_methods[name]}")
         singular = {"criteria": "criterion", "granularities": "granularity"}.get(kind, kind[:-1])
         names = sorted(table) + ([a for s in table.values() for a in s.aliases] if kind == "models" else [])
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown {singular} '{name}'{hint} (available: {', '.join(sorted(table))})")
+        raise ConfigError(f"unknown {singular} '{name}'{did_you_mean(name, names)} "
+                          f"(available: {', '.join(sorted(table))})")
 
     @property
     def failures(self) -> list[PluginInfo]:

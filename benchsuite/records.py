@@ -22,15 +22,16 @@ import os
 import platform
 import re
 import secrets
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from . import atomic
+from .atomic import clean_stale_temps  # noqa: F401 - part of the store's interface
 
 SCHEMA = 1
 PACKAGES = ("benchsuite", "torch", "transformers", "peft", "lm_eval", "datasets", "pluggy", "gguf",
@@ -142,33 +143,9 @@ def record_path(results: Path, model: str, profile: str, method: str, ratio: flo
 
 # -- writing ------------------------------------------------------------------------------------
 
-_TMP = re.compile(r"\.(?P<target>.+)\.(?P<host>[^.]+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write so that a reader sees the old file or the complete new one, never a part.
-
-    The temporary file is named ``.<name>.<host>.<pid>.<random>.tmp`` (so a later run can tell it was
-    left by a killed process, see :func:`clean_stale_temps`) and created with the usual permissions."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    host = slug(socket.gethostname()).replace(".", "_")
-    tmp = path.parent / f".{path.name}.{host}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write one JSON record atomically."""
-    write_text_atomic(path, json.dumps(data, indent=2, default=str))
+    atomic.write_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def write_new(path: Path, data: dict[str, Any]) -> None:
@@ -176,38 +153,6 @@ def write_new(path: Path, data: dict[str, Any]) -> None:
     if Path(path).exists():
         raise FileExistsError(f"{path} exists; records are never overwritten")
     write_atomic(path, data)
-
-
-def clean_stale_temps(results: Path, max_age_s: float = 3600.0) -> list[Path]:
-    """Remove the temporary files of record writes that a killed process left under ``results``: those
-    of a process of this host that is gone, or (another host's) older than ``max_age_s``."""
-    removed = []
-    host = slug(socket.gethostname()).replace(".", "_")
-    for tmp in Path(results).rglob(".*.tmp"):
-        match = _TMP.fullmatch(tmp.name)
-        if match is None or not tmp.is_file():
-            continue
-        try:
-            stale = (not _alive(int(match["pid"])) if match["host"] == host
-                     else time.time() - tmp.stat().st_mtime > max_age_s)
-            if stale:
-                tmp.unlink()
-                removed.append(tmp)
-        except OSError:
-            continue
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -- reading ------------------------------------------------------------------------------------

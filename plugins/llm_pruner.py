@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from benchsuite import (
+    PAPER_LORA,
     Criterion,
     GroupSet,
     Method,
@@ -112,7 +113,7 @@ class Taylor(Criterion):
         self._fisher.clear()
 
 
-LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "lr": 1e-4}
+LORA = PAPER_LORA  # the papers' LoRA recovery settings
 
 
 @hookimpl

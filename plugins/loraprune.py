@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from benchsuite import (
+    PAPER_LORA,
     PROJECTIONS,
     Criterion,
     Method,
@@ -114,7 +115,7 @@ class LoRAGuided(Criterion):
         self._grads.clear()
 
 
-LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "lr": 1e-4}
+LORA = PAPER_LORA  # the papers' LoRA recovery settings
 
 
 @hookimpl
