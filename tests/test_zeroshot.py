@@ -45,7 +45,7 @@ def test_unknown_task_lists_available_ones():
     assert "'helaswag'" in message and "did you mean hellaswag?" in message
     for name in TASKS:
         assert name in message
-    with pytest.raises(ConfigError, match="Available tasks: boolq, piqa"):
+    with pytest.raises(ConfigError, match="available tasks: boolq, piqa"):
         resolve_tasks(["mmlu"])
 
 
