@@ -369,7 +369,8 @@ def cmd_plugins(args) -> int:
         return 0
     for info in registry.plugins:
         where = f"{info.distribution} {info.version}" if info.distribution else "(not from a distribution)"
-        print(f"{info.name}  [{where}]  {info.module}")
+        api = f"  (plugin API {info.api})" if info.api else ""
+        print(f"{info.name}  [{where}]  {info.module}{api}")
         if info.error:
             print(f"    FAILED, skipped: {info.error}")
         for warning in info.warnings:

@@ -29,6 +29,8 @@ from .api import (
     Schedule,
     unresolved_parameters,
 )
+from .corpora import Corpus
+from .metrics import Metric
 from .names import did_you_mean
 
 ENTRY_POINT_GROUP = "benchsuite"
@@ -41,6 +43,8 @@ KINDS: dict[str, tuple[str, Any]] = {
     "benchsuite_register_schedules": ("schedules", Schedule),
     "benchsuite_register_methods": ("methods", Method),
     "benchsuite_register_models": ("models", ModelSpec),
+    "benchsuite_register_metrics": ("metrics", Metric),
+    "benchsuite_register_corpora": ("corpora", Corpus),
 }
 
 
@@ -54,6 +58,8 @@ class PluginInfo:
     distribution: str | None = None
     version: str | None = None
     module: str | None = None
+    #: the plugin API it targets (its ``BENCHSUITE_API``; "1" when it declares none)
+    api: str | None = None
     registers: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
     #: what of it was set aside although it loaded (e.g. a method naming an unknown granularity)
@@ -61,7 +67,7 @@ class PluginInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "distribution": self.distribution, "version": self.version,
-                "module": self.module, "registers": self.registers, "error": self.error, "warnings": self.warnings}
+                "module": self.module, "api": self.api, "registers": self.registers, "error": self.error, "warnings": self.warnings}
 
 
 @dataclass
@@ -73,6 +79,8 @@ class Registry:
     schedules: dict[str, type[Schedule]] = field(default_factory=dict)
     methods: dict[str, Method] = field(default_factory=dict)
     models: dict[str, ModelSpec] = field(default_factory=dict)
+    metrics: dict[str, type[Metric]] = field(default_factory=dict)
+    corpora: dict[str, Corpus] = field(default_factory=dict)
     plugins: list[PluginInfo] = field(default_factory=list)
     #: methods whose parts no plugin registers (or whose parameters are invalid): name -> why
     broken_methods: dict[str, str] = field(default_factory=dict)
@@ -88,7 +96,7 @@ class Registry:
             return table[name]
         if kind == "methods" and name in self.broken_methods:
             raise ConfigError(f"method '{name}' can't run: {self.broken_methods[name]}")
-        singular = {"criteria": "criterion", "granularities": "granularity"}.get(kind, kind[:-1])
+        singular = {"criteria": "criterion", "granularities": "granularity", "corpora": "corpus"}.get(kind, kind[:-1])
         names = sorted(table) + ([a for s in table.values() for a in s.aliases] if kind == "models" else [])
         raise ConfigError(f"unknown {singular} '{name}'{did_you_mean(name, names)} "
                           f"(available: {', '.join(sorted(table))})")
@@ -201,6 +209,7 @@ def load_registry(extra_plugins: list[tuple[str, object]] | None = None,
         plugin = None
         try:
             plugin = load()
+            info.api = str(getattr(plugin, "BENCHSUITE_API", "1"))
             warning = check_api_version(plugin)
             if warning:
                 info.warnings.append(warning)

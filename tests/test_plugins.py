@@ -288,7 +288,7 @@ def test_every_hook_registers_through_an_installed_distribution(tmp_path, monkey
     monkeypatch.syspath_prepend(str(pip_install(tmp_path, "bench-allhooks", {"allhooks_plugin": ALL_HOOKS_PLUGIN})))
     registry = load_registry(strict=True)
     info = next(p for p in registry.plugins if p.name == "allhooks-plugin")
-    assert info.distribution == "bench-allhooks" and info.version == "0.3.0" and not info.warnings
+    assert info.distribution == "bench-allhooks" and info.version == "0.3.0" and info.api == "2.0" and not info.warnings
     import allhooks_plugin
 
     implemented = {n for n in vars(allhooks_plugin) if n.startswith("benchsuite_register_")}
@@ -350,7 +350,7 @@ def test_api1_plugins_keep_working_with_a_deprecation_warning(tmp_path, monkeypa
     registry = load_registry(strict=True)  # deprecated is not broken
     info = next(p for p in registry.plugins if p.name == "old")
     assert info.error is None and info.registers == {"criteria": ["old-style"], "methods": ["old-style"]}
-    assert any("declares no BENCHSUITE_API" in w for w in info.warnings)
+    assert info.api == "1" and any("declares no BENCHSUITE_API" in w for w in info.warnings)
     assert any("criterion 'old-style'" in w and "__init__" in w and "setup()" in w for w in info.warnings)
     criterion = plan_methods(["old-style"], registry)[0].build()[0]
     assert criterion.params() == {"p": 1, "reduction": "sum", "calls": 0}  # API 1: public attributes, as before
