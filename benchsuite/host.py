@@ -67,7 +67,8 @@ class PluginInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "distribution": self.distribution, "version": self.version,
-                "module": self.module, "api": self.api, "registers": self.registers, "error": self.error, "warnings": self.warnings}
+                "module": self.module, "api": self.api,
+                "registers": self.registers, "error": self.error, "warnings": self.warnings}
 
 
 @dataclass
