@@ -381,3 +381,26 @@ def test_unknown_needs_fail_registration():
     registry = load_registry(extra_plugins=[("needy", Plugin())], strict=False)
     info = next(p for p in registry.plugins if p.name == "needy")
     assert "needs ['lora_grads'] unknown; choose from calibration" in info.error
+
+
+def test_an_optional_hook_from_a_newer_api_does_not_break_loading():
+    class Newer:
+        BENCHSUITE_API = "2.0"
+
+        @hookimpl(optionalhook=True)
+        def benchsuite_register_something_later(self, register):
+            raise AssertionError("never called: no such hook here")
+
+        @hookimpl
+        def benchsuite_register_criteria(self, register):
+            class Flat(Criterion):
+                name = "flat-optional"
+
+                def element_scores(self, key, module):
+                    return module.weight.detach().abs()
+
+            register(Flat)
+
+    registry = load_registry(extra_plugins=[("newer", Newer())], strict=True)
+    info = next(p for p in registry.plugins if p.name == "newer")
+    assert info.error is None and info.registers == {"criteria": ["flat-optional"]}
