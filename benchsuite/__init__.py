@@ -28,6 +28,9 @@ _LAZY: dict[str, str] = {
     "checked_scores": "benchsuite.scoring",
     "tensor_bytes": "benchsuite.memory",
     "PAPER_LORA": "benchsuite.finetune",
+    **dict.fromkeys(("Metric", "MetricResult", "MeasureContext"), "benchsuite.metrics"),
+    "Column": "benchsuite.columns",
+    **dict.fromkeys(("Corpus", "FileCorpus", "HubCorpus"), "benchsuite.corpora"),
 }
 
 __all__ = [
@@ -35,6 +38,7 @@ __all__ = [
     "Granularity", "GroupSet", "Method", "ModelSpec", "Parametrized", "PruneContext", "PruneOutcome",
     "Reduction", "RunningScores", "Schedule", "__version__", "base_linear", "calibrate", "combine",
     "decoder_layers", "hookimpl", "linear_modules", "module_key", "tensor_bytes", "unit_sums", "checked_scores",
+    "Metric", "MetricResult", "MeasureContext", "Column", "Corpus", "FileCorpus", "HubCorpus",
 ]
 
 if TYPE_CHECKING:
@@ -59,8 +63,11 @@ if TYPE_CHECKING:
         unit_sums,
     )
     from .calibration import calibrate
+    from .columns import Column
+    from .corpora import Corpus, FileCorpus, HubCorpus
     from .finetune import PAPER_LORA
     from .memory import tensor_bytes
+    from .metrics import MeasureContext, Metric, MetricResult
     from .scoring import RunningScores, checked_scores
     from .structure import PROJECTIONS, base_linear, decoder_layers, linear_modules
 

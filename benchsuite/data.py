@@ -1,15 +1,25 @@
-"""Token streams for evaluation (non-overlapping windows) and calibration (random spans)."""
+"""Token streams for evaluation (non-overlapping windows) and calibration (random spans).
+
+A corpus is given by name (resolved through the loaded plugins, see :func:`benchsuite.corpora.resolve_corpus`)
+or as a :class:`~benchsuite.corpora.Corpus`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
-from .corpora import corpus_split
+from .corpora import Corpus, corpus_split, resolve_corpus
+
+CorpusLike = str | Corpus
 
 
-def eval_windows(tokenizer, corpus: str, seq_len: int, max_windows: int | None) -> torch.Tensor:
+def _name(corpus: CorpusLike) -> str:
+    return corpus.name if isinstance(corpus, Corpus) else str(corpus)
+
+
+def eval_windows(tokenizer, corpus: CorpusLike, seq_len: int, max_windows: int | None) -> torch.Tensor:
     """Non-overlapping windows of ``seq_len`` tokens over the corpus' evaluation part (documents
     joined by blank lines, no special tokens), the first ``max_windows`` of them (all if None)."""
     docs = corpus_split(corpus, "evaluation")
@@ -25,7 +35,7 @@ def eval_windows(tokenizer, corpus: str, seq_len: int, max_windows: int | None) 
     return torch.tensor(ids[: n * seq_len], dtype=torch.long).reshape(n, seq_len)
 
 
-def calibration_samples(tokenizer, corpus: str, n_samples: int, length: int, seed: int) -> torch.Tensor:
+def calibration_samples(tokenizer, corpus: CorpusLike, n_samples: int, length: int, seed: int) -> torch.Tensor:
     """``n_samples`` random spans of ``length`` tokens from distinct calibration documents long
     enough to hold them (LLM-Pruner's and Wanda's sampling), reproducible from ``seed``. Where too few
     documents are that long (e.g. 2,048-token samples from the shipped c4 part), the remaining spans
@@ -45,7 +55,7 @@ def calibration_samples(tokenizer, corpus: str, n_samples: int, length: int, see
     if len(samples) < n_samples:
         stream = corpus_tokens(tokenizer, corpus)
         if len(stream) <= length:
-            raise ValueError(f"corpus '{corpus}' has fewer than {length} tokens of calibration text")
+            raise ValueError(f"corpus '{_name(corpus)}' has fewer than {length} tokens of calibration text")
         starts = torch.randint(0, len(stream) - length, (n_samples - len(samples),), generator=generator)
         samples.extend(stream[int(s):int(s) + length].tolist() for s in starts)
     return torch.tensor(samples, dtype=torch.long)
@@ -59,25 +69,38 @@ def batches(samples: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
 _TOKENS: dict[tuple, torch.Tensor] = {}
 
 
-def corpus_tokens(tokenizer, corpora: str) -> torch.Tensor:
-    """Token ids of the calibration parts of ``corpora`` (all of a recovery corpus), documents joined
-    by blank lines; tokenized once per tokenizer and corpus in a process."""
-    key = (getattr(tokenizer, "name_or_path", None) or id(tokenizer), len(tokenizer), corpora)
+def _corpus_list(corpora: CorpusLike | Sequence[Corpus]) -> list[Corpus]:
+    """Comma-separated names, one corpus, or a list of them -> the corpora."""
+    if isinstance(corpora, str):
+        return [resolve_corpus(name.strip()) for name in corpora.split(",")]
+    if isinstance(corpora, Corpus):
+        return [corpora]
+    return [resolve_corpus(c) for c in corpora]
+
+
+def corpus_tokens(tokenizer, corpora: CorpusLike | Sequence[Corpus]) -> torch.Tensor:
+    """Token ids of the calibration parts of ``corpora`` (comma-separated names, a corpus or a list; all of a
+    recovery corpus), documents joined by blank lines; tokenized once per tokenizer and corpus names in a process."""
+    corpora = _corpus_list(corpora)
+    key = (getattr(tokenizer, "name_or_path", None) or id(tokenizer), len(tokenizer),
+           ",".join(c.name for c in corpora))
     if key not in _TOKENS:
         ids: list[int] = []
-        for corpus in corpora.split(","):
-            for doc in corpus_split(corpus.strip(), "calibration"):
+        for corpus in corpora:
+            for doc in corpus_split(corpus, "calibration"):
                 ids.extend(tokenizer(doc + "\n\n", add_special_tokens=False)["input_ids"])
         _TOKENS[key] = torch.tensor(ids, dtype=torch.long)
     return _TOKENS[key]
 
 
-def training_windows(tokenizer, corpora: str, length: int) -> torch.Tensor:
+def training_windows(tokenizer, corpora: CorpusLike | Sequence[Corpus], length: int) -> torch.Tensor:
     """Non-overlapping ``length``-token windows over the calibration parts of ``corpora``
     (comma-separated names or .txt/.jsonl paths; all of a recovery corpus such as ``instruct``),
     documents joined by blank lines: examples are packed, none is padded."""
+    corpora = _corpus_list(corpora)
     ids = corpus_tokens(tokenizer, corpora)
     n = len(ids) // length
     if n == 0:
-        raise ValueError(f"corpus '{corpora}' has fewer than {length} tokens of calibration text")
+        raise ValueError(f"corpus '{','.join(c.name for c in corpora)}' has fewer than {length} tokens of "
+                         "calibration text")
     return ids[: n * length].reshape(n, length)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 import pluggy
 
 from .api import Criterion, Granularity, Method, ModelSpec, Schedule
+from .corpora import Corpus
+from .metrics import Metric
 
 hookspec = pluggy.HookspecMarker("benchsuite")
 
@@ -37,3 +39,13 @@ def benchsuite_register_methods(register: Callable[[Method], None]) -> None:
 @hookspec
 def benchsuite_register_models(register: Callable[[ModelSpec], None]) -> None:
     """Register model names and aliases: ``register(ModelSpec(name, source, ...))``."""
+
+
+@hookspec
+def benchsuite_register_metrics(register: Callable[[type[Metric]], None]) -> None:
+    """Register metrics (evaluations recorded with every run, shown as table columns): ``register(MetricSubclass)``."""
+
+
+@hookspec
+def benchsuite_register_corpora(register: Callable[[Corpus], None]) -> None:
+    """Register corpora for perplexity, calibration and recovery: call ``register(Corpus instance)`` for each."""

@@ -9,26 +9,12 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
+from .columns import STANDARD_COLUMNS, Column, perplexity_column
 from .records import settings_hash
 
-#: (metric key, column header, formatter)
-COLUMNS: list[tuple[str, str, Any]] = [
-    ("ppl_wiki", "PPL wiki", lambda v: f"{v:.2f}"),
-    ("ppl_c4", "PPL c4", lambda v: f"{v:.2f}"),
-    *[(f"acc_{task}", label, lambda v: f"{100 * v:.1f}") for task, label in (
-        ("boolq", "BoolQ"), ("piqa", "PIQA"), ("hellaswag", "HellaS"), ("winogrande", "WinoG"),
-        ("arc_easy", "ARC-e"), ("arc_challenge", "ARC-c"), ("openbookqa", "OBQA"), ("avg", "avg acc"))],
-    ("params", "params (M)", lambda v: f"{v / 1e6:.1f}"),
-    ("params_ratio", "params %", lambda v: f"{100 * v:.1f}"),
-    ("flops_per_token", "GFLOPs/tok", lambda v: f"{v / 1e9:.3f}"),
-    ("latency_ms", "latency ms", lambda v: f"{v:.1f}"),
-    ("speedup", "speedup", lambda v: f"{v:.2f}x"),
-    ("latency_sparse_ms", "2:4 kernel ms", lambda v: f"{v:.1f}"),
-    ("peak_mem_prune_mb", "prune mem MB", lambda v: f"{v:.0f}"),
-    ("peak_mem_recover_mb", "tune mem MB", lambda v: f"{v:.0f}"),
-    ("weight_grad_mb", "W-grad MB", lambda v: f"{v:.0f}"),
-    ("total_time_s", "prune+tune s", lambda v: f"{v:.1f}"),
-]
+#: the built-in layout (see :mod:`benchsuite.columns`); a record's ``metric_columns`` add the columns of
+#: plugin metrics after these
+COLUMNS: list[Column] = list(STANDARD_COLUMNS)
 
 
 def flat(record: dict[str, Any]) -> dict[str, Any]:
@@ -141,13 +127,8 @@ _ROW_KEYS = ("seed", "status", "error")
 _INTERVAL_SUFFIXES = ("_lo", "_hi", "_sd", "_noisy", "_iqr_ms")
 
 
-ZEROSHOT_KEYS = {key for key, _, _ in COLUMNS if key.startswith("acc_")}
 #: which metric columns each view shows (``all``: every column that has a value)
-VIEWS = {
-    "all": None,
-    "ppl": [key for key, _, _ in COLUMNS if key not in ZEROSHOT_KEYS],
-    "zeroshot": ["ppl_wiki", "ppl_c4", *[key for key, _, _ in COLUMNS if key in ZEROSHOT_KEYS], "params_ratio"],
-}
+VIEWS = {"all": None, **{view: [c.key for c in COLUMNS if view in c.views] for view in ("ppl", "zeroshot")}}
 
 
 def _number(row: Any, key: str) -> float | None:
@@ -155,28 +136,44 @@ def _number(row: Any, key: str) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-def cell(row: Any, key: str, fmt_value: Any) -> str:
+def cell(row: Any, column: Column) -> str:
     """A metric with its uncertainty, compactly: perplexity ``27.97 ±3%`` (half the 95% interval, relative),
     accuracy ``38.6 ±4.2`` (points), speedup ``1.12x (1.05-1.20)``, latency ``180.2 (noisy)`` where its
-    spread or the machine's load made it untrustworthy; ``(sd X, n)`` follows where seeds were averaged."""
+    spread or the machine's load made it untrustworthy; ``(sd X, n)`` follows where seeds were averaged.
+    How each part is shown is the column's declaration (:class:`benchsuite.columns.Column`)."""
+    key = column.key
     value = _number(row, key)
     if value is None:
         return "-"
-    text = fmt_value(value)
+    text = column.text(value)
     lo, hi = _number(row, f"{key}_lo"), _number(row, f"{key}_hi")
     if lo is not None and hi is not None:
-        if key.startswith("ppl_") and value:
+        if column.interval == "relative" and value:
             text += f" ±{50 * (hi - lo) / value:.0f}%"
-        elif key.startswith("acc_"):
-            text += f" ±{50 * (hi - lo):.1f}"
+        elif column.interval == "points":
+            text += f" ±{column.number((hi - lo) / 2)}"
         else:
-            text += f" ({lo:.2f}-{hi:.2f})"
-    if key.startswith("latency") and (_number(row, f"{key[:-3]}_noisy") or 0) > 0:
+            text += f" ({column.number(lo)}-{column.number(hi)})"
+    if column.noisy and (_number(row, column.noisy) or 0) > 0:
         text += " (noisy)"
     sd = _number(row, f"{key}_sd")
-    if sd is not None and row.get("n", 1) > 1 and (key.startswith(("ppl_", "acc_avg"))):
-        text += f" (sd {fmt_value(sd)})"
+    if sd is not None and row.get("n", 1) > 1 and column.sd:
+        text += f" (sd {column.text(sd)})"
     return text
+
+
+def declared_columns(records: list[dict[str, Any]]) -> list[Column]:
+    """The columns the records' metrics declared (``metric_columns``), first declaration of a key wins;
+    a malformed declaration (from another version, say) is left out."""
+    out: dict[str, Column] = {}
+    for record in records:
+        for data in record.get("metric_columns") or []:
+            try:
+                column = Column.from_dict(data)
+            except (TypeError, ValueError, AttributeError):
+                continue
+            out.setdefault(column.key, column)
+    return list(out.values())
 
 
 def render(records: list[dict[str, Any]], fmt: str = "markdown", view: str = "all") -> str:
@@ -196,11 +193,14 @@ def render(records: list[dict[str, Any]], fmt: str = "markdown", view: str = "al
     shown = VIEWS[view]
     extra_ppl = [c for c in df.columns if c.startswith("ppl_") and c not in ("ppl_wiki", "ppl_c4")
                  and not c.endswith(_INTERVAL_SUFFIXES)]
-    columns = COLUMNS[:2] + [(c, f"PPL {c[4:]}", lambda v: f"{v:.2f}") for c in extra_ppl] + COLUMNS[2:]
+    columns = COLUMNS[:2] + [perplexity_column(c[4:]) for c in extra_ppl] + COLUMNS[2:]
+    known = {c.key for c in columns}
+    declared = [c for c in declared_columns(records) if c.key not in known]  # plugin metrics
+    columns += declared
     if shown is not None:
-        shown = shown + extra_ppl
-    present = [c for c in columns if c[0] in df.columns and df[c[0]].notna().any()
-               and (shown is None or c[0] in shown)]
+        shown = shown + extra_ppl + [c.key for c in declared if view in c.views]
+    present = [c for c in columns if c.key in df.columns and df[c.key].notna().any()
+               and (shown is None or c.key in shown)]
     body = []
     for _, row in df.iterrows():
         dense = row["method"] == "dense"
@@ -208,11 +208,11 @@ def render(records: list[dict[str, Any]], fmt: str = "markdown", view: str = "al
             row["method"], "-" if dense else row["granularity"], row["recovery"],
             "-" if dense else f"{row['ratio']:g}"] + ([row["settings"] or "-"] if with_settings else []) + [
             row["seeds"], str(row["n"])]
-        for key, _, fmt_value in present:
-            line.append(cell(row, key, fmt_value))
+        for column in present:
+            line.append(cell(row, column))
         status = "ok" if not row["failed"] else f"{row['failed']}/{row['runs']} failed"
         body.append(line + [status])
-    table = tabulate(body, headers=headers + [h for _, h, _ in present] + ["status"], tablefmt="github",
+    table = tabulate(body, headers=headers + [c.header for c in present] + ["status"], tablefmt="github",
                      disable_numparse=True)
     if single:
         table = f"model: {df['model'].iloc[0]} · profile: {df['profile'].iloc[0]}\n\n{table}"

@@ -1,0 +1,187 @@
+"""Built-in plugin: the metrics every run measures (perplexity, zero-shot accuracy, parameters, FLOPs,
+latency with the dense model timed interleaved, and latency with 2:4 sparse kernels). Peak memory and
+times of the pruning, recovery and evaluation phases are measured by the runner around the phases
+themselves (``peak_mem_*_mb``, ``*_time_s``)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from benchsuite import ConfigError, hookimpl
+from benchsuite.columns import STANDARD, accuracy_column, perplexity_column
+from benchsuite.metrics import MeasureContext, Metric, MetricResult
+from benchsuite.profiles import corpus_label
+
+BENCHSUITE_API = "2.0"
+
+
+class Perplexity(Metric):
+    """Token perplexity over non-overlapping windows of each corpus' evaluation part, with a bootstrap
+    interval over the windows (:func:`benchsuite.evaluate.perplexity`)."""
+
+    name = "perplexity"
+    description = "token perplexity on the evaluation part of each corpus (--corpora), 95% interval over windows"
+    default = True
+
+    def setup(self) -> None:
+        self._windows: dict[str, torch.Tensor] = {}
+
+    def windows(self, corpus, ctx: MeasureContext) -> torch.Tensor:
+        """The corpus' evaluation windows (tokenized once per ``benchsuite run``)."""
+        if corpus.name not in self._windows:
+            from benchsuite.data import eval_windows
+
+            p = ctx.profile
+            self._windows[corpus.name] = eval_windows(ctx.tokenizer, corpus, p.seq_len, p.eval_windows)
+        return self._windows[corpus.name]
+
+    def columns(self, ctx: MeasureContext) -> list:
+        return [perplexity_column(corpus_label(corpus.name)) for corpus in ctx.corpora]
+
+    def prepare(self, ctx: MeasureContext) -> None:
+        for corpus in ctx.corpora:  # a missing, unreachable or too short corpus fails before any run
+            try:
+                windows = self.windows(corpus, ctx)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            if len(windows) == 0:
+                raise ConfigError(f"corpus '{corpus.name}': its evaluation part holds fewer than "
+                                  f"{ctx.profile.seq_len} tokens, not one perplexity window")
+
+    def measure(self, model: nn.Module, ctx: MeasureContext) -> MetricResult:
+        from benchsuite.evaluate import perplexity
+
+        values, details = {}, {}
+        for corpus in ctx.corpora:
+            key = f"ppl_{corpus_label(corpus.name)}"
+            result = perplexity(model, self.windows(corpus, ctx), ctx.profile.eval_batch, desc=f"ppl {corpus.name}")
+            values[key], values[f"{key}_lo"], values[f"{key}_hi"] = result["ppl"], result["ci_lo"], result["ci_hi"]
+            details[key] = {k: v for k, v in result.items() if k != "ppl"} | {
+                "corpus": corpus.name, "split": "evaluation part (disjoint from calibration)",
+                "windows": "non-overlapping", "bos": "none prepended"}
+        return MetricResult(values, details)
+
+
+class ZeroShot(Metric):
+    """Zero-shot accuracy through lm-eval on the profile's tasks (or ``--tasks``), with intervals over
+    the examples; nothing when no task is asked for."""
+
+    name = "zeroshot"
+    description = "zero-shot accuracy through lm-eval (--tasks, --limit), 95% interval over examples"
+    default = True
+
+    def columns(self, ctx: MeasureContext) -> list:
+        return [accuracy_column(task) for task in (*ctx.tasks, "avg")] if ctx.tasks else []
+
+    def prepare(self, ctx: MeasureContext) -> None:
+        if ctx.tasks:
+            from benchsuite.zeroshot import prepare_tasks
+
+            prepare_tasks(ctx.tasks)  # fetch task data now: a missing download fails before any run
+
+    def measure(self, model: nn.Module, ctx: MeasureContext) -> MetricResult:
+        if not ctx.tasks:
+            return MetricResult({})
+        from benchsuite.zeroshot import evaluate_zeroshot
+
+        zeroshot = evaluate_zeroshot(model, ctx.tokenizer, ctx.tasks, ctx.task_limit, ctx.profile.task_batch)
+        values = {}
+        for task, result in zeroshot["tasks"].items():
+            if not isinstance(result["value"], (int, float)) or not math.isfinite(result["value"]):
+                raise FloatingPointError(f"zero-shot {task}: accuracy {result['value']!r} is not a number")
+            values[f"acc_{task}"] = result["value"]
+            values[f"acc_{task}_lo"], values[f"acc_{task}_hi"] = result["ci_lo"], result["ci_hi"]
+        values["acc_avg"] = zeroshot["average"]
+        values["acc_avg_lo"], values["acc_avg_hi"] = zeroshot["average_ci_lo"], zeroshot["average_ci_hi"]
+        return MetricResult(values, {"zeroshot": zeroshot})
+
+
+class Params(Metric):
+    name = "params"
+    description = "unique parameters (tied embeddings once), and their fraction of the dense model's"
+    default = True
+    phase = "efficiency"
+
+    def columns(self, ctx: MeasureContext) -> list:
+        return [STANDARD["params"], STANDARD["params_ratio"]]
+
+    def measure(self, model: nn.Module, ctx: MeasureContext) -> MetricResult:
+        from benchsuite.evaluate import count_params
+
+        params = count_params(model)
+        return MetricResult({"params": params, "params_ratio": params / ctx.dense_params},
+                            {"params": "unique parameters (tied embeddings once), embeddings included"})
+
+
+class Flops(Metric):
+    name = "flops"
+    description = "FLOPs per token of one forward over seq_len tokens (torch FlopCounterMode, eager attention)"
+    default = True
+    phase = "efficiency"
+
+    def columns(self, ctx: MeasureContext) -> list:
+        return [STANDARD["flops_per_token"]]
+
+    def measure(self, model: nn.Module, ctx: MeasureContext) -> MetricResult:
+        from benchsuite.evaluate import flops_per_token
+
+        flops = flops_per_token(model, ctx.profile.seq_len)
+        return MetricResult({"flops_per_token": flops["flops_per_token"]}, {"flops_per_token": flops})
+
+
+class Latency(Metric):
+    """Median forward latency; a pruned model is timed interleaved with a fresh dense copy, which gives
+    its speedup with an interval (see :func:`benchsuite.evaluate.latency`)."""
+
+    name = "latency"
+    description = "median forward latency (dense kernels), speedup over the dense model timed interleaved"
+    default = True
+    phase = "efficiency"
+
+    def columns(self, ctx: MeasureContext) -> list:
+        return [STANDARD["latency_ms"], STANDARD["speedup"]]
+
+    def measure(self, model: nn.Module, ctx: MeasureContext) -> MetricResult:
+        from benchsuite.evaluate import latency
+
+        p = ctx.profile
+        reference = ctx.reference()
+        lat = latency(model, p.latency_batch, p.latency_len, p.latency_repeats, reference=reference)
+        del reference
+        values = {"latency_ms": lat["latency_ms"], "latency_iqr_ms": lat["iqr_ms"], "latency_noisy": int(lat["noisy"])}
+        if lat.get("speedup") is not None:
+            values |= {"speedup": lat["speedup"], "speedup_lo": lat["speedup_lo"], "speedup_hi": lat["speedup_hi"]}
+        return MetricResult(values, {"latency_ms": lat})
+
+
+class SparseLatency(Metric):
+    """Latency with 2:4-sparse weights run by torch's semi-structured kernels (CUDA); where that can't run
+    the reason is recorded (nothing for a model without 2:4-sparse weights)."""
+
+    name = "sparse-latency"
+    description = "median forward latency with 2:4-sparse weights on torch's semi-structured kernels (CUDA)"
+    default = True
+    phase = "efficiency"
+
+    def columns(self, ctx: MeasureContext) -> list:
+        return [STANDARD["latency_sparse_ms"]]
+
+    def measure(self, model: nn.Module, ctx: MeasureContext) -> MetricResult:
+        from benchsuite.evaluate import sparse_latency
+
+        p = ctx.profile
+        sparse = sparse_latency(model, p.latency_batch, p.latency_len, p.latency_repeats)
+        values = {}
+        if sparse["latency_ms"] is not None:
+            values = {"latency_sparse_ms": sparse["latency_ms"], "latency_sparse_noisy": int(bool(sparse.get("noisy")))}
+        details = {"latency_sparse_ms": sparse} if sparse.get("reason") != "no 2:4-sparse weights" else {}
+        return MetricResult(values, details)
+
+
+@hookimpl
+def benchsuite_register_metrics(register):
+    for metric in (Perplexity, ZeroShot, Params, Flops, Latency, SparseLatency):
+        register(metric)
