@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--recovery-data", default=None,
                      help="text LoRA trains on: instruct (question-answer examples in the Alpaca template, "
                      "outside the evaluation corpora and tasks; the default), a corpus name, or a .txt/.jsonl file")
+    run.add_argument("--calibration-data", default=None,
+                     help="calibration corpus of every criterion: a corpus name or a .txt/.jsonl file (default: the "
+                     "profile's: wiki; in the paper-* profiles each criterion's own)")
+    run.add_argument("--metrics", default=None,
+                     help="metrics to measure, comma-separated (see `benchsuite plugins`); 'default' stands for the "
+                     "built-in ones, e.g. default,energy (default: default)")
     run.add_argument("--granularity", default=None,
                      help="run every method at this granularity instead of its own: structured, unstructured, "
                      "or N:M such as 2:4 (element-level granularities sparsify the seven projections of every "
@@ -203,7 +209,9 @@ def cmd_run(args) -> int:
                          granularity=args.granularity, tasks=_tasks(args.tasks), limit=args.limit,
                          train_steps=args.train_steps, recovery=args.recovery, recovery_data=args.recovery_data,
                          ratio_basis=args.ratio_basis,
-                         corpora=split_names(args.corpora) if args.corpora else None)
+                         corpora=split_names(args.corpora) if args.corpora else None,
+                         calibration_data=args.calibration_data,
+                         metrics=split_names(args.metrics) if args.metrics is not None else None)
     registry = get_registry()
     _report_plugin_failures(registry)
     runner = Runner(request, registry, log=lambda line: print(line, file=sys.stderr, flush=True))

@@ -102,6 +102,15 @@ def with_recovery_data(profile: Profile, data: str | None) -> Profile:
                    description=f"{profile.description}, LoRA on {data}")
 
 
+def with_calibration_data(profile: Profile, data: str | None) -> Profile:
+    """The profile with another calibration corpus (for every criterion, also in the paper profiles, whose
+    criteria otherwise bring their own); its name says so."""
+    if not data or (data == profile.calib_corpus and not profile.criterion_calibration):
+        return profile
+    return replace(profile, name=f"{profile.name}-cal-{corpus_label(data)}", calib_corpus=data,
+                   criterion_calibration=False, description=f"{profile.description}, calibration on {data}")
+
+
 def corpus_label(corpus: str) -> str:
     """Metric-friendly name of a corpus: its name, or a local file's stem."""
     return Path(corpus).stem if ("/" in corpus or corpus.endswith((".txt", ".jsonl"))) else corpus

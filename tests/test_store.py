@@ -178,7 +178,7 @@ def test_a_failed_attempt_is_kept_beside_the_successful_one(tiny_model_dir, tmp_
 
 
 def test_only_failed_runs_render(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr("benchsuite.runner.Runner.evaluate", lambda self, model: (_ for _ in ()).throw(
+    monkeypatch.setattr("benchsuite.runner.Runner.evaluate", lambda self, *args: (_ for _ in ()).throw(
         RuntimeError("eval broke")))
     records = _run(tiny_model_dir, tmp_path)
     assert {r["status"] for r in records} == {"error"}
