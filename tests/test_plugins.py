@@ -179,7 +179,7 @@ from typing import Literal
 
 import torch
 
-from benchsuite import Criterion, Method, ModelSpec, Schedule, checked_scores, hookimpl
+from benchsuite import Corpus, Criterion, Method, Metric, MetricResult, ModelSpec, Schedule, checked_scores, hookimpl
 from benchsuite_plugins.granularities import Structured
 
 BENCHSUITE_API = "2.0"
@@ -249,6 +249,31 @@ def benchsuite_register_methods(register):
 @hookimpl
 def benchsuite_register_models(register):
     register(ModelSpec("tiny-local", "/nonexistent/tiny", "a local folder", aliases=("tiny",)))
+
+
+class Zeros(Metric):
+    name = "zeros"
+    phase = "efficiency"
+
+    def measure(self, model, ctx):
+        return MetricResult({"zeros": sum(int((p == 0).sum()) for p in model.parameters())})
+
+
+class Numbers(Corpus):
+    name = "numbers"
+
+    def documents(self):
+        return [f"document {i}" for i in range(50)]
+
+
+@hookimpl
+def benchsuite_register_metrics(register):
+    register(Zeros)
+
+
+@hookimpl
+def benchsuite_register_corpora(register):
+    register(Numbers())
 '''
 
 
@@ -286,7 +311,7 @@ def test_every_hook_registers_through_an_installed_distribution(tmp_path, monkey
     assert implemented == set(KINDS), f"hooks without an installed-distribution test: {set(KINDS) - implemented}"
     assert {KINDS[h][0]: sorted(v) for h in KINDS for v in [info.registers.get(KINDS[h][0], [])]} == {
         "criteria": ["shifted"], "granularities": ["mlp-only"], "schedules": ["twice"],
-        "methods": ["shifted-twice"], "models": ["tiny-local"]}
+        "methods": ["shifted-twice"], "models": ["tiny-local"], "metrics": ["zeros"], "corpora": ["numbers"]}
     assert registry.lookup("models", "tiny").name == "tiny-local"
     plan = plan_methods(["shifted-twice"], registry, ratios=[0.5])[0]
     criterion, granularity, schedule = plan.build()
