@@ -1,35 +1,31 @@
-"""Shared fixtures: tiny random LLaMA models (with and without GQA)."""
+"""Shared fixtures, built on :mod:`benchsuite.testing`: tiny random LLaMA models (with and without GQA), a
+checkpoint folder with the offline tokenizer, small offline corpora. None of them needs the network;
+``default_model_dir`` (the real default model) is for tests marked ``slow``."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
 import os
+from dataclasses import dataclass
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+
+from benchsuite import testing
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-def tiny_llama(num_heads: int = 4, num_kv_heads: int = 2, layers: int = 4, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=128, hidden_size=96, intermediate_size=128, num_hidden_layers=layers,
-        num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, head_dim=96 // num_heads,
-        max_position_embeddings=256, tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config).eval()
-    # random init is small: widen the weights so that pruning visibly changes the logits
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-    return model
+def tiny_llama(num_heads: int = 4, num_kv_heads: int = 2, layers: int = 8, seed: int = 0):
+    """:func:`benchsuite.testing.tiny_llama` with this suite's defaults (GQA: 4 query heads over 2 kv heads)."""
+    return testing.tiny_llama(num_heads, num_kv_heads, layers, seed)
 
 
 @pytest.fixture(params=[(4, 4), (6, 2)], ids=["mha", "gqa"])
-def tiny(request) -> LlamaForCausalLM:
+def tiny(request):
     heads, kv = request.param
     return tiny_llama(heads, kv)
 
@@ -41,25 +37,89 @@ def tokens() -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def default_model_dir():
-    """The real default model (SmolLM2-135M), fetched and converted once into the cache."""
+    """The real default model (SmolLM2-135M), fetched and converted once into the cache (tests marked slow)."""
     from benchsuite.assets import default_model_dir as fetch
 
     return fetch()
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, default_model_dir):
-    """A tiny random GQA LLaMA saved as a checkpoint directory, with the real tokenizer."""
-    from transformers import AutoTokenizer
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random GQA LLaMA (6 query heads over 2 kv heads, 8 layers) saved as a checkpoint folder,
+    with the offline byte-level tokenizer."""
+    return testing.save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), heads=6, kv_heads=2, layers=8)
 
-    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=96, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=6, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+
+@pytest.fixture(scope="session")
+def text_corpus(tmp_path_factory):
+    """A small offline ``.txt`` corpus (perplexity corpus and LoRA recovery data for smoke runs)."""
+    return testing.write_corpus(tmp_path_factory.mktemp("corpus") / "text.txt")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _frozen_imports():
+    """The runner collects garbage before every measured phase (``benchsuite.memory``); with torch, transformers
+    and peft loaded a full collection takes about 0.2 s. What exists once they are imported is frozen (never
+    collected, ``gc.freeze``), so that a collection takes microseconds."""
+    import peft  # noqa: F401
+    import transformers.models.llama.modeling_llama  # noqa: F401
+
+    import benchsuite.runner  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(request):
+    """Tiny models run fastest on one torch thread, and two threads on a 2-core machine shared with other work
+    stall at every barrier (tens of times slower); tests marked ``slow`` (the real model) keep torch's default."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@dataclass
+class CliResult:
+    """What ``benchsuite ...`` returned and printed (the shape of ``subprocess.CompletedProcess``)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def bench(*args: str, cwd: str | os.PathLike | None = None) -> CliResult:
+    """Run ``benchsuite ARGS`` in this process through :func:`benchsuite.cli.main`, capturing its output."""
+    from benchsuite.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:  # argparse: --help, or a usage error
+                code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    finally:
+        os.chdir(here)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def offline(text_corpus, monkeypatch) -> dict:
+    """``RunRequest`` fields for a smoke run that needs no download: perplexity, calibration and LoRA recovery on
+    the offline text corpus, no zero-shot tasks. The latency's machine-load window is shortened from 0.5 s (the
+    tests using this fixture don't check latency; tests/test_latency.py does, with the real window)."""
+    from benchsuite.evaluate import MachineLoad
+
+    monkeypatch.setattr(MachineLoad, "MIN_WINDOW_S", 0.02)
+    text = str(text_corpus)
+    return {"corpora": [text], "recovery_data": text, "calibration_data": text, "tasks": []}

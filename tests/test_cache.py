@@ -230,6 +230,7 @@ def test_concurrent_first_model_conversions_convert_once(wheel, tmp_cache):
 # --- the default model and weights_sha256 ------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["zeros", "truncated"])
 def test_damaged_default_model_is_converted_again(default_model_dir, tmp_cache, monkeypatch, caplog, damage):
     target = tmp_cache / "models" / "smollm2-135m"

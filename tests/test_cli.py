@@ -1,27 +1,23 @@
-"""The command line as a user runs it: one-line errors with exit code 2 and nothing written."""
+"""The command line as a user runs it (through ``benchsuite.cli.main`` in this process): one-line errors
+with exit code 2 and nothing written."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-
-def bench(*args, cwd=None):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", BENCHSUITE_STRICT_PLUGINS="0")
-    return subprocess.run([sys.executable, "-m", "benchsuite.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
+from tests.conftest import bench
 
 
 @pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory, default_model_dir):
+def gpt2_dir(tmp_path_factory):
     """A model without the LLaMA layout."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    tok = AutoTokenizer.from_pretrained(default_model_dir)
+    from benchsuite.testing import offline_tokenizer
+
+    tok = offline_tokenizer()
     path = tmp_path_factory.mktemp("gpt2")
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(tok))).save_pretrained(path)
     tok.save_pretrained(path)
@@ -75,7 +71,7 @@ def test_bad_corpus_files_fail_before_the_model_loads(tmp_path, name, content, m
     assert message in last and name in last
 
 
-def test_unusable_results_and_model_folders_are_one_line(tmp_path):
+def test_unusable_results_and_model_folders_are_one_line(tmp_path, monkeypatch):
     (tmp_path / "a-file").write_text("x")
     result = bench("run", "--results", str(tmp_path / "a-file"))
     assert result.returncode == 2 and "a-file is not a directory" in result.stderr.strip().splitlines()[-1]
@@ -89,9 +85,8 @@ def test_unusable_results_and_model_folders_are_one_line(tmp_path):
         assert result.returncode == 2 and last.startswith("benchsuite: error: ") and message in last, result.stderr
     result = bench("run", "--model", str(tmp_path / "a-file"), "--results", str(tmp_path / "r"))
     assert result.returncode == 2 and "is a file; give a checkpoint folder" in result.stderr.strip().splitlines()[-1]
-    env = dict(os.environ, BENCHSUITE_CACHE=str(tmp_path / "a-file"))
-    result = subprocess.run([sys.executable, "-m", "benchsuite", "run", "--results", str(tmp_path / "r"),
-                             "--profile", "smoke"], capture_output=True, text=True, env=env, timeout=300)
+    monkeypatch.setenv("BENCHSUITE_CACHE", str(tmp_path / "a-file"))
+    result = bench("run", "--results", str(tmp_path / "r"), "--profile", "smoke")
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 1 and "the benchsuite cache" in last and "BENCHSUITE_CACHE" in last, result.stderr
     assert not (tmp_path / "r").exists()
@@ -110,10 +105,16 @@ def test_unsupported_layout(tmp_path, gpt2_dir):
     assert not (tmp_path / "r").exists()
 
 
-def test_run_report_and_reload(tmp_path, tiny_model_dir):
+def smoke(offline: dict) -> list[str]:
+    """The options of a smoke run that needs no download (the ``offline`` fixture's fields)."""
+    return ["--profile", "smoke", "--tasks", "none", "--corpora", ",".join(offline["corpora"]),
+            "--recovery-data", offline["recovery_data"], "--calibration-data", offline["calibration_data"]]
+
+
+def test_run_report_and_reload(tmp_path, tiny_model_dir, offline):
     results = tmp_path / "results"
     result = bench("run", "--model", str(tiny_model_dir), "--methods", "magnitude-l2", "--ratios", "0.5",
-                   "--profile", "smoke", "--results", str(results), "--save-models", "--tasks", "none")
+                   "--results", str(results), "--save-models", *smoke(offline))
     assert result.returncode == 0, result.stderr
     assert "| dense" in result.stdout and "magnitude-l2" in result.stdout
     assert list(results.rglob("table.md"))
@@ -121,12 +122,10 @@ def test_run_report_and_reload(tmp_path, tiny_model_dir):
     pruned = next(r for r in rows if r["method"] == "magnitude-l2")
     csv = bench("report", "--results", str(results), "--format", "csv").stdout
     assert csv.splitlines()[0].startswith("model,profile,method")
-    # the saved pruned model reloads in a fresh process with the recorded parameter count
-    code = ("import sys; from benchsuite.models import load_model_dir; "
-            "print(sum(p.numel() for p in load_model_dir(sys.argv[1]).parameters()))")
-    out = subprocess.run([sys.executable, "-c", code, pruned["model_path"]], capture_output=True, text=True,
-                         check=True).stdout
-    assert int(out) == pruned["metrics"]["params"]
+    # the saved pruned model reloads with the recorded parameter count
+    from benchsuite.models import load_model_dir
+
+    assert sum(p.numel() for p in load_model_dir(pruned["model_path"]).parameters()) == pruned["metrics"]["params"]
 
 
 def test_listing_commands():
@@ -138,37 +137,37 @@ def test_listing_commands():
         assert option in help_text
 
 
-def test_report_filters_and_views(tmp_path, tiny_model_dir):
+def test_report_filters_and_views(tmp_path, tiny_model_dir, offline):
     results = tmp_path / "results"
-    bench("run", "--model", str(tiny_model_dir), "--methods", "random,magnitude-2:4", "--ratios", "0.5",
-          "--profile", "smoke", "--results", str(results), "--tasks", "none")
+    assert bench("run", "--model", str(tiny_model_dir), "--methods", "random,magnitude-2:4", "--ratios", "0.5",
+                 "--results", str(results), *smoke(offline)).returncode == 0
     ppl = bench("report", "--results", str(results), "--granularity", "2:4", "--view", "ppl").stdout
     assert "magnitude-2:4" in ppl and "| random" not in ppl and "| dense" in ppl and "PIQA" not in ppl
     only_random = bench("report", "--results", str(results), "--methods", "random", "--ratios", "0.5").stdout
     assert "| random" in only_random and "magnitude-2:4" not in only_random
 
 
-def test_own_corpus_file_and_unknown_corpus(tmp_path, tiny_model_dir):
+def test_own_corpus_files_and_unknown_corpus(tmp_path, tiny_model_dir, offline):
     text = tmp_path / "mytext.txt"
     text.write_text("\n\n".join(f"Document {i}: the quick brown fox jumps over the lazy dog. " * 20
                                 for i in range(30)))
     results = tmp_path / "results"
-    result = bench("run", "--model", str(tiny_model_dir), "--methods", "random", "--ratios", "0.5", "--profile",
-                   "smoke", "--results", str(results), "--tasks", "none", "--corpora", f"wiki,{text}")
+    result = bench("run", "--model", str(tiny_model_dir), "--methods", "random", "--ratios", "0.5", "--results",
+                   str(results), *smoke(offline | {"corpora": [*offline["corpora"], str(text)]}))
     assert result.returncode == 0, result.stderr
-    assert "PPL mytext" in result.stdout and "PPL c4" not in result.stdout
+    assert "PPL mytext" in result.stdout and "PPL text" in result.stdout and "PPL c4" not in result.stdout
     rows = json.loads(bench("report", "--results", str(results), "--format", "json").stdout)
-    assert all("ppl_mytext" in r["metrics"] for r in rows) and rows[0]["profile"] == "smoke-wiki-mytext"
+    assert all("ppl_mytext" in r["metrics"] for r in rows) and rows[0]["profile"].startswith("smoke-text-mytext-")
     bad = bench("run", "--model", str(tiny_model_dir), "--methods", "random", "--profile", "smoke",
                 "--results", str(tmp_path / "r2"), "--tasks", "none", "--corpora", "wikk")
     assert bad.returncode == 2 and "wiki" in bad.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "r2").exists()
 
 
-def test_report_update_rewrites_marked_tables(tmp_path, tiny_model_dir):
+def test_report_update_rewrites_marked_tables(tmp_path, tiny_model_dir, offline):
     results = tmp_path / "results"
     assert bench("run", "--model", str(tiny_model_dir), "--methods", "random,magnitude-l2+lora", "--ratios", "0.3",
-                 "--profile", "smoke", "--results", str(results), "--tasks", "none").returncode == 0
+                 "--results", str(results), *smoke(offline)).returncode == 0
     doc = tmp_path / "doc.md"
     doc.write_text("intro\n<!-- benchsuite report --methods random --view ppl -->\nstale\n<!-- end report -->\nend\n")
     check = bench("report", "--results", str(results), "--update", str(doc), "--check")
@@ -179,7 +178,7 @@ def test_report_update_rewrites_marked_tables(tmp_path, tiny_model_dir):
     assert bench("report", "--results", str(results), "--update", str(doc), "--check").returncode == 0
     record = next(results.rglob("random/ratio-*.json"))
     data = json.loads(record.read_text())
-    data["metrics"]["ppl_wiki"] += 1.0
+    data["metrics"]["ppl_text"] += 1.0
     record.write_text(json.dumps(data))
     assert bench("report", "--results", str(results), "--update", str(doc), "--check").returncode == 1
     missing = bench("report", "--results", str(results), "--update", str(tmp_path / "none.md"))

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,7 +17,6 @@ from benchsuite.finetune import LoRAConfig, attach_lora
 from benchsuite.profiles import get_profile
 from benchsuite.runner import Runner, RunRequest, seed_everything
 from tests.conftest import tiny_llama
-from tests.test_cli import bench
 
 #: metrics that are measurements of the machine, not of the pruned model
 VOLATILE = ("latency", "speedup", "peak_mem", "time_s")
@@ -22,7 +24,7 @@ VOLATILE = ("latency", "speedup", "peak_mem", "time_s")
 
 def _request(model_dir, results, methods, **kw):
     return RunRequest(methods=list(methods), model=str(model_dir), ratios=kw.pop("ratios", [0.5]),
-                      profile=kw.pop("profile", "smoke"), results=results, tasks=kw.pop("tasks", []),
+                      profile=kw.pop("profile", "smoke"), results=results,
                       ratio_basis=kw.pop("ratio_basis", "units"), **kw)
 
 
@@ -44,16 +46,21 @@ def test_lora_initialisation_follows_the_run_seed():
     assert not torch.equal(_lora_a(1), first)
 
 
-def test_same_seed_same_result_in_one_process_and_in_another(tiny_model_dir, tmp_path):
-    """peft draws lora_A from the global RNG: without seeding, the second run differed."""
+def test_same_seed_same_result_in_one_process_and_in_another(tiny_model_dir, offline, tmp_path):
+    """peft draws lora_A from the global RNG: without seeding, the second run differed. The other process is
+    `python -m benchsuite run` as a user starts it (the suite's one smoke test of the installed command)."""
     methods = ["loraprune", "random+lora"]
-    first = Runner(_request(tiny_model_dir, tmp_path / "a", methods), log=lambda _: None).run()[1:]
+    first = Runner(_request(tiny_model_dir, tmp_path / "a", methods, **offline), log=lambda _: None).run()[1:]
     torch.rand(1000)
-    second = Runner(_request(tiny_model_dir, tmp_path / "b", methods), log=lambda _: None).run()[1:]
-    result = bench("run", "--model", str(tiny_model_dir), "--methods", ",".join(methods), "--ratios", "0.5",
-                   "--ratio-basis", "units", "--profile", "smoke", "--results", str(tmp_path / "c"),
-                   "--tasks", "none")
+    second = Runner(_request(tiny_model_dir, tmp_path / "b", methods, **offline), log=lambda _: None).run()[1:]
+    data = [f"--{key.replace('_', '-')}={','.join(v) if isinstance(v, list) else v}" for key, v in offline.items()
+            if key != "tasks"]
+    result = subprocess.run([sys.executable, "-m", "benchsuite", "run", "--model", str(tiny_model_dir), "--methods",
+                             ",".join(methods), "--ratios", "0.5", "--ratio-basis", "units", "--profile", "smoke",
+                             "--results", str(tmp_path / "c"), "--tasks", "none", *data],
+                            capture_output=True, text=True, timeout=600, env=os.environ | {"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
+    assert "| loraprune" in result.stdout and "records and table" in result.stderr
     third = [json.loads(p.read_text()) for p in sorted((tmp_path / "c").rglob("ratio-*.json"))]
     third.sort(key=lambda r: [m.split("+")[0] for m in methods].index(r["method"]))
     for a, b, c in zip(first, second, third):
@@ -63,16 +70,16 @@ def test_same_seed_same_result_in_one_process_and_in_another(tiny_model_dir, tmp
         assert a["recovery_setup"]["tokens"] == c["recovery_setup"]["tokens"] > 0
 
 
-def test_equal_recovery_for_every_criterion(tiny_model_dir, tmp_path):
+def test_equal_recovery_for_every_criterion(tiny_model_dir, offline, tmp_path):
     methods = ["loraprune", "llm-pruner", "magnitude-l2+lora", "random+lora", "random"]
-    records = Runner(_request(tiny_model_dir, tmp_path, methods), log=lambda _: None).run()[1:]
+    records = Runner(_request(tiny_model_dir, tmp_path, methods, **offline), log=lambda _: None).run()[1:]
     assert all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
     setups = [r["recovery_setup"] for r in records]
     assert [s["label"] for s in setups] == ["LoRA, during", "LoRA", "LoRA", "LoRA", "none"]
     budget = {(s["steps"], s["tokens"], s["micro_batch"], s["length"], s["lr"], s["data"]["sha256"])
               for s in setups[:4]}
     assert len(budget) == 1, budget  # same steps, tokens, data and LoRA settings for the four criteria
-    assert setups[0]["data"]["name"] == "instruct" and setups[0]["tokens"] == 4 * 2 * 64
+    assert setups[0]["data"]["name"] == offline["recovery_data"] and setups[0]["tokens"] == 4 * 2 * 64
     assert [r["variant"] for r in records] == ["loraprune", "llm-pruner", "magnitude-l2+lora", "random+lora",
                                                "random"]
     assert records[3]["lora"] == records[1]["lora"]
@@ -82,30 +89,32 @@ def test_equal_recovery_for_every_criterion(tiny_model_dir, tmp_path):
     assert "| LoRA, during" in table and "| none" in table
 
 
-def test_recovery_none_and_unknown(tiny_model_dir, tmp_path):
+def test_recovery_none_and_unknown(tiny_model_dir, offline, tmp_path):
     with pytest.raises(ConfigError, match="can't run with --recovery none"):
-        Runner(_request(tiny_model_dir, tmp_path, ["loraprune+none"]))
+        Runner(_request(tiny_model_dir, tmp_path, ["loraprune+none"], **offline))
     with pytest.raises(ConfigError, match="--recovery 'sometimes' unknown"):
-        Runner(_request(tiny_model_dir, tmp_path, ["random"], recovery="sometimes"))
-    runner = Runner(_request(tiny_model_dir, tmp_path, ["llm-pruner", "random"], recovery="none"))
+        Runner(_request(tiny_model_dir, tmp_path, ["random"], recovery="sometimes", **offline))
+    runner = Runner(_request(tiny_model_dir, tmp_path, ["llm-pruner", "random"], recovery="none", **offline))
     assert [p.key for p in runner.plans] == ["llm-pruner+none", "random"]
     assert runner.plans[0].lora() == (None, None)
 
 
-def test_recovery_data_is_not_evaluation_text(tiny_model_dir, tmp_path):
+def test_recovery_data_is_not_evaluation_text(tiny_model_dir, offline, tmp_path):
     from benchsuite.corpora import corpus_split
 
     with pytest.raises(ValueError, match="no evaluation part"):
         corpus_split("instruct", "evaluation")
     with pytest.raises(ConfigError, match="recovery data"):
-        Runner(_request(tiny_model_dir, tmp_path, ["llm-pruner"], recovery_data=str(tmp_path / "no.txt"))).run()
+        missing = offline | {"recovery_data": str(tmp_path / "no.txt")}
+        Runner(_request(tiny_model_dir, tmp_path, ["llm-pruner"], **missing)).run()
     assert not (tmp_path / "smoke").exists()
 
 
-def test_matched_parameter_counts_across_layer_ranges(tiny_model_dir, tmp_path):
-    """LoRAPrune prunes more layers than LLM-Pruner; at the same params ratio both end at the same size."""
+def test_matched_parameter_counts_across_layer_ranges(tiny_model_dir, offline, tmp_path):
+    """LoRAPrune prunes other layers than LLM-Pruner (0..6 and 1..7 of 8 here); at the same params ratio both end
+    at the same size, each removing the share of its own layers' units that this takes."""
     request = _request(tiny_model_dir, tmp_path, ["loraprune", "llm-pruner", "random"], ratios=[0.3],
-                       ratio_basis="params")
+                       ratio_basis="params", **offline)
     records = Runner(request, log=lambda _: None).run()
     dense = records[0]["metrics"]["params"]
     projections = records[1]["ratio_basis"]["projection_params"]
@@ -117,10 +126,12 @@ def test_matched_parameter_counts_across_layer_ranges(tiny_model_dir, tmp_path):
         assert abs(removed - 0.3 * projections) < 4 * 2 * 16 * 96, (record["method"], removed)
         mlp = record["pruned_units"]["total"]["mlp"]
         assert mlp["pruned"] == round(record["ratio_basis"]["unit_ratio"] * mlp["of"])
-    wide, narrow = sorted(records[1:3], key=lambda r: -len(r["layers_pruned"]))
-    assert wide["ratio_basis"]["unit_ratio"] < narrow["ratio_basis"]["unit_ratio"]  # more layers, fewer units each
+        basis = record["ratio_basis"]
+        assert math.isclose(basis["unit_ratio"] * basis["prunable_params"], 0.3 * projections), record["method"]
+        assert basis["unit_ratio"] > 0.3  # a share of the pruned layers' units: they are 7 of the 8 layers
     with pytest.raises(ConfigError, match="more than the 66.7% that can go"):
-        Runner(_request(tiny_model_dir, tmp_path / "x", ["loraprune"], ratios=[0.6], ratio_basis="params")).run()
+        Runner(_request(tiny_model_dir, tmp_path / "x", ["loraprune"], ratios=[0.6], ratio_basis="params",
+                        **offline)).run()
     assert not (tmp_path / "x").exists()
 
 
@@ -140,7 +151,8 @@ def test_paper_profiles_are_the_papers_recipes():
         get_profile("paper")
 
 
-def test_paper_recipe_reaches_the_training_loop(tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.network
+def test_paper_recipe_reaches_the_training_loop(tiny_model_dir, offline, tmp_path, monkeypatch):
     """Gradient accumulation, warm-up, epochs and each criterion's own calibration size are used and recorded."""
     from dataclasses import replace
 
@@ -149,7 +161,8 @@ def test_paper_recipe_reaches_the_training_loop(tiny_model_dir, tmp_path, monkey
     small = replace(profiles.PROFILES["paper-llm-pruner"], eval_windows=2, task_limit=1, latency_repeats=1,
                     train_batch=2, grad_accum=3, train_len=32, warmup_steps=2, train_epochs=0.002)
     monkeypatch.setitem(profiles.PROFILES, "paper-llm-pruner", small)
-    record = Runner(_request(tiny_model_dir, tmp_path, ["llm-pruner"], profile="paper-llm-pruner"),
+    own = {k: v for k, v in offline.items() if k != "calibration_data"}  # the criterion's own calibration: wiki
+    record = Runner(_request(tiny_model_dir, tmp_path, ["llm-pruner"], profile="paper-llm-pruner", **own),
                     log=lambda _: None).run()[1]
     assert record["status"] == "ok", record.get("traceback")
     setup = record["recovery_setup"]

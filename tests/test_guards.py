@@ -15,10 +15,10 @@ from tests.conftest import tiny_llama
 
 def _request(model_dir, results, methods, **kw):
     return RunRequest(methods=list(methods), model=str(model_dir), ratios=kw.pop("ratios", None),
-                      profile="smoke", results=results, tasks=[], ratio_basis="units", **kw)
+                      profile="smoke", results=results, ratio_basis="units", **kw)
 
 
-def test_nan_scores_fail_the_run_at_every_granularity(tiny_model_dir, tmp_path, monkeypatch):
+def test_nan_scores_fail_the_run_at_every_granularity(tiny_model_dir, offline, tmp_path, monkeypatch):
     original = Magnitude.element_scores
 
     def nan_scores(self, key, module):
@@ -27,7 +27,7 @@ def test_nan_scores_fail_the_run_at_every_granularity(tiny_model_dir, tmp_path, 
         return scores
 
     monkeypatch.setattr(Magnitude, "element_scores", nan_scores)
-    records = Runner(_request(tiny_model_dir, tmp_path, ["magnitude-l2", "magnitude-2:4", "magnitude"]),
+    records = Runner(_request(tiny_model_dir, tmp_path, ["magnitude-l2", "magnitude-2:4", "magnitude"], **offline),
                      log=lambda _: None).run()[1:]
     assert [r["granularity"]["label"] for r in records] == ["structured"] * 2 + ["2:4"] + ["unstructured"] * 2
     for record in records:  # they used to be "ok", with normal-looking perplexity
@@ -48,12 +48,13 @@ def test_non_finite_perplexity_is_an_error():
 
 
 @pytest.mark.parametrize("text", ["", "ten bytes.", "a few words\n\nand a few more words"])
-def test_corpus_too_short_for_one_window_is_rejected_before_any_run(tiny_model_dir, tmp_path, text):
+def test_corpus_too_short_for_one_window_is_rejected_before_any_run(tiny_model_dir, offline, tmp_path, text):
     corpus = tmp_path / "short.txt"
     corpus.write_text(text)
     results = tmp_path / "results"
     with pytest.raises(ConfigError, match="short"):
-        Runner(_request(tiny_model_dir, results, ["random"], corpora=[str(corpus)]), log=lambda _: None).run()
+        short = offline | {"corpora": [str(corpus)]}
+        Runner(_request(tiny_model_dir, results, ["random"], **short), log=lambda _: None).run()
     assert not results.exists()
 
 

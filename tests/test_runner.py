@@ -22,12 +22,12 @@ def _files(results):
     return {p.relative_to(results).as_posix(): p.stat().st_mtime_ns for p in results.rglob("*.json")}
 
 
-def test_run_writes_complete_records(tiny_model_dir, tmp_path):
-    records = Runner(_request(tiny_model_dir, tmp_path), log=lambda _: None).run()
+def test_run_writes_complete_records(tiny_model_dir, offline, tmp_path):
+    records = Runner(_request(tiny_model_dir, tmp_path, **offline), log=lambda _: None).run()
     assert [r["method"] for r in records] == ["dense", "magnitude-l2", "random"]
     assert all(r["status"] == "ok" for r in records)
     pruned = records[1]
-    for key in ("ppl_wiki", "ppl_c4", "params", "latency_ms", "peak_mem_mb", "flops_per_token"):
+    for key in ("ppl_text", "params", "latency_ms", "peak_mem_mb", "flops_per_token"):
         assert key in pruned["metrics"]
     assert pruned["metrics"]["params"] < records[0]["metrics"]["params"]
     assert pruned["metrics"]["flops_per_token"] < records[0]["metrics"]["flops_per_token"]
@@ -38,11 +38,11 @@ def test_run_writes_complete_records(tiny_model_dir, tmp_path):
                                    "effective_params": {"p": 2, "reduction": "sum"}}
     assert pruned["config"]["criterion"] == {"name": "magnitude", "params": {"p": 2}}  # hashed input untouched
     assert pruned["granularity"]["effective_params"] == {"attention": "heads", "mlp": True}
-    assert pruned["layers_pruned"] == [0, 1, 2, 3]  # LLM-Pruner's 4..30 of 32, scaled to 4 layers
+    assert pruned["layers_pruned"] == [1, 2, 3, 4, 5, 6, 7]  # LLM-Pruner's 4..30 of 32, scaled to 8 layers
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_rerun_skips_and_interrupted_run_resumes(tiny_model_dir, tmp_path, monkeypatch):
+def test_rerun_skips_and_interrupted_run_resumes(tiny_model_dir, offline, tmp_path, monkeypatch):
     calls = []
     original = Runner.run_one
 
@@ -54,17 +54,17 @@ def test_rerun_skips_and_interrupted_run_resumes(tiny_model_dir, tmp_path, monke
 
     monkeypatch.setattr(Runner, "run_one", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
-        Runner(_request(tiny_model_dir, tmp_path), log=lambda _: None).run()
+        Runner(_request(tiny_model_dir, tmp_path, **offline), log=lambda _: None).run()
     finished = _files(tmp_path)
     assert len(finished) == 2  # dense and magnitude-l2 kept, random not written
     monkeypatch.setattr(Runner, "run_one", original)
     lines = []
-    Runner(_request(tiny_model_dir, tmp_path), log=lines.append).run()
+    Runner(_request(tiny_model_dir, tmp_path, **offline), log=lines.append).run()
     after = _files(tmp_path)
     assert len(after) == 3
     assert all(after[k] == v for k, v in finished.items()), "finished records were recomputed"
     assert sum("done before" in line for line in lines) == 2
-    Runner(_request(tiny_model_dir, tmp_path, rerun=True), log=lambda _: None).run()
+    Runner(_request(tiny_model_dir, tmp_path, rerun=True, **offline), log=lambda _: None).run()
     again = _files(tmp_path)
     assert all(again[k] == v for k, v in after.items()), "--rerun overwrote a record"
     assert len(again) == 6  # each run again, into a new file
@@ -72,7 +72,7 @@ def test_rerun_skips_and_interrupted_run_resumes(tiny_model_dir, tmp_path, monke
     assert len(latest) == 3 and all(r["_path"].endswith(".2.json") for r in latest)
 
 
-def test_failing_run_is_recorded_and_others_continue(tiny_model_dir, tmp_path, monkeypatch):
+def test_failing_run_is_recorded_and_others_continue(tiny_model_dir, offline, tmp_path, monkeypatch):
     from benchsuite import structure
 
     original = structure.remove_units
@@ -85,25 +85,25 @@ def test_failing_run_is_recorded_and_others_continue(tiny_model_dir, tmp_path, m
 
     explode.first = True
     monkeypatch.setattr("benchsuite_plugins.granularities.remove_units", explode)
-    records = Runner(_request(tiny_model_dir, tmp_path), log=lambda _: None).run()
+    records = Runner(_request(tiny_model_dir, tmp_path, **offline), log=lambda _: None).run()
     assert [r["status"] for r in records] == ["ok", "error", "ok"]
     assert "boom" in records[1]["error"] and "Traceback" in records[1]["traceback"]
     table = render(load_records(tmp_path))
     assert "1/1 failed" in table
     # the failed run is retried on the next invocation, the finished ones are not
     lines = []
-    records = Runner(_request(tiny_model_dir, tmp_path), log=lines.append).run()
+    records = Runner(_request(tiny_model_dir, tmp_path, **offline), log=lines.append).run()
     assert [r["status"] for r in records] == ["ok", "ok", "ok"]
 
 
-def test_changed_settings_are_not_mistaken_for_finished(tiny_model_dir, tmp_path):
-    Runner(_request(tiny_model_dir, tmp_path, methods=["magnitude-l2"]), log=lambda _: None).run()
+def test_changed_settings_are_not_mistaken_for_finished(tiny_model_dir, offline, tmp_path):
+    Runner(_request(tiny_model_dir, tmp_path, methods=["magnitude-l2"], **offline), log=lambda _: None).run()
     record_file = next(tmp_path.rglob("ratio-0.5_seed-0.*.json"))
     data = json.loads(record_file.read_text())
     data["config_hash"] = "stale"
     record_file.write_text(json.dumps(data))
     lines = []
-    Runner(_request(tiny_model_dir, tmp_path, methods=["magnitude-l2"]), log=lines.append).run()
+    Runner(_request(tiny_model_dir, tmp_path, methods=["magnitude-l2"], **offline), log=lines.append).run()
     assert any("recorded with other settings" in line for line in lines)
     assert json.loads(record_file.read_text())["config_hash"] == "stale", "the old record was overwritten"
     assert len(list(record_file.parent.glob("ratio-0.5_seed-0.*.json"))) == 2
@@ -115,15 +115,16 @@ def test_changed_settings_are_not_mistaken_for_finished(tiny_model_dir, tmp_path
     ({"ratios": [0.0]}, "outside (0, 1)"),
     ({"profile": "quik"}, "did you mean quick"),
 ])
-def test_bad_requests_fail_before_writing(tiny_model_dir, tmp_path, kwargs, message):
+def test_bad_requests_fail_before_writing(tiny_model_dir, offline, tmp_path, kwargs, message):
     methods = kwargs.pop("methods", ["random"])
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        Runner(_request(tiny_model_dir, tmp_path / "r", methods=methods, **kwargs), log=lambda _: None).run()
+        Runner(_request(tiny_model_dir, tmp_path / "r", methods=methods, **kwargs, **offline),
+               log=lambda _: None).run()
     assert not (tmp_path / "r").exists()
 
 
-def test_report_json_is_flat(tiny_model_dir, tmp_path):
-    Runner(_request(tiny_model_dir, tmp_path, methods=["random"]), log=lambda _: None).run()
+def test_report_json_is_flat(tiny_model_dir, offline, tmp_path):
+    Runner(_request(tiny_model_dir, tmp_path, methods=["random"], **offline), log=lambda _: None).run()
     rows = json.loads(render(load_records(tmp_path), "json"))
     assert {r["method"] for r in rows} == {"dense", "random"}
     for row in rows:
@@ -132,13 +133,13 @@ def test_report_json_is_flat(tiny_model_dir, tmp_path):
         assert all(not isinstance(v, dict) for v in row["metrics"].values())
 
 
-def test_loraprune_gqa_model_saves_and_reloads(tiny_model_dir, tmp_path):
+def test_loraprune_gqa_model_saves_and_reloads(tiny_model_dir, offline, tmp_path):
     import torch
 
     from benchsuite.models import load_model_dir
     from benchsuite.structure import model_widths
 
-    request = _request(tiny_model_dir, tmp_path, methods=["loraprune"], save_models=True)
+    request = _request(tiny_model_dir, tmp_path, methods=["loraprune"], save_models=True, **offline)
     record = Runner(request, log=lambda _: None).run()[1]
     assert record["status"] == "ok", record.get("traceback")
     assert record["metrics"]["weight_grad_mb"] == 0  # no pretrained-weight gradient, ever
@@ -152,8 +153,10 @@ def test_loraprune_gqa_model_saves_and_reloads(tiny_model_dir, tmp_path):
         assert torch.isfinite(model(torch.tensor([[1, 2, 3, 4]])).logits).all()
 
 
-def test_zero_shot_metrics_are_recorded(tiny_model_dir, tmp_path):
-    request = _request(tiny_model_dir, tmp_path, methods=["random"], tasks=["piqa", "arc_easy"], limit=2)
+@pytest.mark.network
+def test_zero_shot_metrics_are_recorded(tiny_model_dir, offline, tmp_path):
+    request = _request(tiny_model_dir, tmp_path, methods=["random"], limit=2,
+                       **offline | {"tasks": ["piqa", "arc_easy"]})
     dense, pruned = Runner(request, log=lambda _: None).run()
     for record in (dense, pruned):
         assert record["status"] == "ok", record.get("traceback")

@@ -63,7 +63,7 @@ def test_unstructured_per_row_and_per_matrix():
 def test_every_criterion_feeds_the_same_selection(make):
     model = tiny_llama(6, 2)
     crit = make()
-    outcome = OneShot().run(model, crit, NM(n=2, m=4), 0.5, [0, 1, 2, 3], ctx())
+    outcome = OneShot().run(model, crit, NM(n=2, m=4), 0.5, list(range(8)), ctx())
     assert all(check_nm(w, 2, 4) for w in weights(outcome.model))
     checks = NM(n=2, m=4).after_merge(outcome.model, outcome.groups, outcome.masks)
     assert checks["sparsity"] == pytest.approx(0.5) and "nm_verified" in checks
@@ -110,7 +110,7 @@ def test_masked_delta_matches_autograd():
 @pytest.mark.parametrize("granularity", [NM(n=2, m=4), Unstructured(per_row=True)], ids=["2:4", "unstructured"])
 def test_lora_fine_tuned_and_merged_model_stays_sparse(granularity):
     model = attach_lora(tiny_llama(6, 2), LORA)
-    outcome = Iterative(prune_freq=2).run(model, LoRAGuided(), granularity, 0.5, [0, 1, 2, 3], ctx(steps=8))
+    outcome = Iterative(prune_freq=2).run(model, LoRAGuided(), granularity, 0.5, list(range(8)), ctx(steps=8))
     # pruned elements contribute nothing through the LoRA path either: masked logits == merged logits
     with torch.no_grad():
         lora_logits = outcome.model(DATA[:2]).logits

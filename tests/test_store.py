@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from benchsuite.cli import main as cli_main
 from benchsuite.records import (
     check_record,
@@ -29,7 +31,7 @@ from benchsuite.runner import Runner, RunRequest
 
 def _request(model_dir, results, methods=("random",), **kw):
     return RunRequest(methods=list(methods), model=str(model_dir), ratios=kw.pop("ratios", [0.5]),
-                      profile="smoke", results=results, tasks=kw.pop("tasks", []), ratio_basis="units", **kw)
+                      profile="smoke", results=results, ratio_basis="units", **kw)
 
 
 def _run(model_dir, results, **kw):
@@ -40,10 +42,11 @@ def _snapshot(results: Path) -> dict[str, bytes]:
     return {p.relative_to(results).as_posix(): p.read_bytes() for p in results.rglob("*.json")}
 
 
-def test_other_settings_live_beside_the_earlier_record(tiny_model_dir, tmp_path, capsys):
-    first = _run(tiny_model_dir, tmp_path, tasks=["boolq"], limit=2)
+@pytest.mark.network
+def test_other_settings_live_beside_the_earlier_record(tiny_model_dir, offline, tmp_path, capsys):
+    first = _run(tiny_model_dir, tmp_path, limit=2, **offline | {"tasks": ["boolq"]})
     before = _snapshot(tmp_path)
-    second = _run(tiny_model_dir, tmp_path, tasks=[])
+    second = _run(tiny_model_dir, tmp_path, **offline)
     after = _snapshot(tmp_path)
     assert all(after[k] == v for k, v in before.items()), "a record was overwritten"
     assert len(after) == 2 * len(before)
@@ -59,11 +62,11 @@ def test_other_settings_live_beside_the_earlier_record(tiny_model_dir, tmp_path,
     assert {r["method"] for r in rows} == {"dense", "random"}
     assert all(r["config"]["tasks"] == [] for r in rows), "the dense record of the other settings came along"
     # the same request again keeps both
-    again = _run(tiny_model_dir, tmp_path, tasks=[])
+    again = _run(tiny_model_dir, tmp_path, **offline)
     assert [r["_path"] for r in again] == [r["_path"] for r in second]
 
 
-def test_models_of_one_folder_name_do_not_share_records(tiny_model_dir, tmp_path):
+def test_models_of_one_folder_name_do_not_share_records(tiny_model_dir, offline, tmp_path):
     from transformers import AutoModelForCausalLM
 
     a, b = tmp_path / "a" / "model", tmp_path / "b" / "model"
@@ -73,20 +76,20 @@ def test_models_of_one_folder_name_do_not_share_records(tiny_model_dir, tmp_path
     model.model.embed_tokens.weight.data.mul_(2)
     model.save_pretrained(b)
     results = tmp_path / "results"
-    ra, rb = _run(a, results), _run(b, results)
+    ra, rb = _run(a, results, **offline), _run(b, results, **offline)
     assert ra[0]["weights_sha256"] != rb[0]["weights_sha256"]
     assert len(_snapshot(results)) == 4 and all(Path(r["_path"]).exists() for r in ra + rb)
     table = render(load_records(results))
     assert f"model@{ra[0]['weights_sha256'][:8]}" in table and f"model@{rb[0]['weights_sha256'][:8]}" in table
 
 
-def test_names_from_user_input_stay_inside_results(tiny_model_dir, tmp_path):
+def test_names_from_user_input_stay_inside_results(tiny_model_dir, offline, tmp_path):
     assert slug("..") == "_.." and slug(".") == "_." and slug("") == "_" and slug("a/../b") == "a_.._b"
     inner = tmp_path / "m" / "X"
     shutil.copytree(tiny_model_dir, tmp_path / "m")
     inner.mkdir()
     results = tmp_path / "results"
-    records = _run(str(inner) + "/..", results)  # resolves to the folder m
+    records = _run(str(inner) + "/..", results, **offline)  # resolves to the folder m
     assert records[0]["model"] == "m"
     assert all(Path(r["_path"]).resolve().is_relative_to(results.resolve()) for r in records)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "results"]
@@ -121,8 +124,8 @@ def _damage(results: Path) -> dict[str, Path]:
     return bad
 
 
-def test_damaged_records_are_reported_by_path_kept_and_the_rest_works(tiny_model_dir, tmp_path, capsys):
-    _run(tiny_model_dir, tmp_path)
+def test_damaged_records_are_reported_by_path_kept_and_the_rest_works(tiny_model_dir, offline, tmp_path, capsys):
+    _run(tiny_model_dir, tmp_path, **offline)
     bad = _damage(tmp_path)
     before = {name: (p.read_bytes() if p.is_file() else None) for name, p in bad.items()}
     records, problems = scan(tmp_path)
@@ -141,20 +144,20 @@ def test_damaged_records_are_reported_by_path_kept_and_the_rest_works(tiny_model
     assert cli_main(["report", "--results", str(tmp_path), "--format", "json"]) == 0
     assert {r["method"] for r in json.loads(capsys.readouterr().out)} == {"dense", "random"}
     # run still works and leaves them alone
-    again = Runner(_request(tiny_model_dir, tmp_path), log=lambda _: None).run()
+    again = Runner(_request(tiny_model_dir, tmp_path, **offline), log=lambda _: None).run()
     assert all(r["status"] == "ok" for r in again)
     assert {name: (p.read_bytes() if p.is_file() else None) for name, p in bad.items()} == before
 
 
-def test_incomplete_or_damaged_record_is_rerun_into_a_new_file(tiny_model_dir, tmp_path):
-    first = _run(tiny_model_dir, tmp_path)
+def test_incomplete_or_damaged_record_is_rerun_into_a_new_file(tiny_model_dir, offline, tmp_path):
+    first = _run(tiny_model_dir, tmp_path, **offline)
     path = Path(first[1]["_path"])
     data = json.loads(path.read_text())
     del data["metrics"]  # used to be "done before, kept" forever
     path.write_text(json.dumps(data))
     damaged = path.read_bytes()
     lines = []
-    records = Runner(_request(tiny_model_dir, tmp_path), log=lines.append).run()
+    records = Runner(_request(tiny_model_dir, tmp_path, **offline), log=lines.append).run()
     assert records[1]["status"] == "ok" and records[1]["_path"] != str(path)
     assert Path(records[1]["_path"]).name.endswith(".2.json")
     assert path.read_bytes() == damaged, "the damaged record was overwritten"
@@ -162,31 +165,31 @@ def test_incomplete_or_damaged_record_is_rerun_into_a_new_file(tiny_model_dir, t
     assert [r["_path"] for r in load_records(tmp_path) if r["method"] == "random"] == [records[1]["_path"]]
 
 
-def test_a_failed_attempt_is_kept_beside_the_successful_one(tiny_model_dir, tmp_path, monkeypatch):
+def test_a_failed_attempt_is_kept_beside_the_successful_one(tiny_model_dir, offline, tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
 
     with monkeypatch.context() as m:
         m.setattr("benchsuite_plugins.granularities.remove_units", explode)
-        failed = _run(tiny_model_dir, tmp_path)[1]
+        failed = _run(tiny_model_dir, tmp_path, **offline)[1]
     assert failed["status"] == "error"
     assert "1/1 failed" in render(load_records(tmp_path))  # a folder where every run failed still renders
-    ok = _run(tiny_model_dir, tmp_path)[1]
+    ok = _run(tiny_model_dir, tmp_path, **offline)[1]
     assert ok["status"] == "ok" and Path(failed["_path"]).exists() and ok["_path"] != failed["_path"]
     table = render(load_records(tmp_path))
     assert "failed" not in table  # the latest attempt is the one shown
 
 
-def test_only_failed_runs_render(tiny_model_dir, tmp_path, monkeypatch):
+def test_only_failed_runs_render(tiny_model_dir, offline, tmp_path, monkeypatch):
     monkeypatch.setattr("benchsuite.runner.Runner.evaluate", lambda self, *args: (_ for _ in ()).throw(
         RuntimeError("eval broke")))
-    records = _run(tiny_model_dir, tmp_path)
+    records = _run(tiny_model_dir, tmp_path, **offline)
     assert {r["status"] for r in records} == {"error"}
     for fmt in ("markdown", "csv", "json"):
         assert "failed" in render(load_records(tmp_path), fmt) or fmt == "json"
 
 
-def test_records_get_the_usual_permissions(tiny_model_dir, tmp_path):
+def test_records_get_the_usual_permissions(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
     path = tmp_path / "r.json"
@@ -217,17 +220,18 @@ def test_a_kill_during_a_record_write_leaves_no_record_and_its_temp_is_cleaned(t
 
 
 _CONCURRENT = """
-import sys
+import json, sys
 from benchsuite.runner import Runner, RunRequest
 request = RunRequest(methods=["random"], model=sys.argv[1], ratios=[0.5], profile="smoke",
-                     results=sys.argv[2], tasks=[], ratio_basis="units")
+                     results=sys.argv[2], ratio_basis="units", **json.loads(sys.argv[3]))
 Runner(request, log=lambda line: print(line, flush=True)).run()
 """
 
 
-def test_concurrent_runs_on_one_results_folder_run_each_record_once(tiny_model_dir, tmp_path):
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT, str(tiny_model_dir), str(tmp_path)],
+def test_concurrent_runs_on_one_results_folder_run_each_record_once(tiny_model_dir, offline, tmp_path):
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")  # one torch thread each
+    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT, str(tiny_model_dir), str(tmp_path),
+                               json.dumps(offline)],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
              for _ in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]

@@ -129,7 +129,7 @@ def test_save_and_reload_identical(tiny, tokens, tmp_path):
     expected = _logits(pruned, tokens)
     save_pruned(pruned, tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert len(config["benchsuite_layer_widths"]) == 4
+    assert len(config["benchsuite_layer_widths"]) == 8
     reloaded = load_model_dir(tmp_path / "m")
     assert type(reloaded).__name__ == "LlamaForCausalLM"
     assert torch.equal(_logits(reloaded, tokens), expected)

