@@ -102,7 +102,8 @@ def _masked_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor
         if adapter not in self.lora_A:
             continue
         a, b = self.lora_A[adapter].weight, self.lora_B[adapter].weight
-        out = out + MaskedDelta.apply(self.lora_dropout[adapter](x).to(a.dtype), a, b, mask, self.scaling[adapter])
+        delta = MaskedDelta.apply(self.lora_dropout[adapter](x).to(a.dtype), a, b, mask, self.scaling[adapter])
+        out = out + delta.to(out.dtype)  # peft keeps adapters in float32 on a bf16/fp16 model: back to its dtype
     return out
 
 

@@ -140,3 +140,19 @@ def test_sequential_scores_each_layer_through_the_pruned_layers_before_it():
     a = OneShot().run(tiny_llama(6, 2), Magnitude(), Structured(), 0.5, layers, ctx)
     b = Sequential().run(tiny_llama(6, 2), Magnitude(), Structured(), 0.5, layers, ctx)
     assert all(torch.equal(x, y) for x, y in zip(a.masks, b.masks))
+
+
+def test_lora_through_element_masks_keeps_a_half_precision_models_dtype():
+    """peft keeps LoRA adapters in float32 on a bf16 model; the masked LoRA path must hand the next layer
+    bf16 again (on CUDA, loraprune-2:4 failed with "expected mat1 and mat2 to have the same dtype")."""
+    from benchsuite import testing
+    from benchsuite.finetune import LoRAConfig, attach_lora
+    from benchsuite_plugins.loraprune import LoRAGuided
+
+    model = attach_lora(testing.tiny_llama(4, 2, 2).to(torch.bfloat16), LoRAConfig(dropout=0.0))
+    assert next(p for n, p in model.named_parameters() if "lora_A" in n).dtype == torch.float32
+    ctx = testing.make_context(train_steps=4)
+    outcome = Iterative(prune_freq=1).run(model, LoRAGuided(), NM(n=2, m=4), 0.5, [0, 1], ctx)
+    tokens = testing.calibration_tokens(2, 16)
+    logits = outcome.model(tokens).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
