@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import training_windows
+from .corpora import Corpus
+from .data import CorpusLike, training_windows
 
 #: LoRA settings that belong to the profile's budget, not to a method
 BUDGET_KEYS = ("grad_accum", "warmup_steps", "lr_schedule")
@@ -183,8 +184,10 @@ def train_lora(model: nn.Module, batches: Iterator[torch.Tensor], steps: int, co
     return log
 
 
-def cycle_batches(tokenizer, corpus: str, length: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-    """Endless shuffled micro-batches of ``length`` tokens from the corpus' calibration part."""
+def cycle_batches(tokenizer, corpus: CorpusLike | Sequence[Corpus], length: int, batch_size: int,
+                  seed: int) -> Iterator[torch.Tensor]:
+    """Endless shuffled micro-batches of ``length`` tokens from the training windows of ``corpus`` (names,
+    paths or :class:`~benchsuite.corpora.Corpus` objects, see :func:`~benchsuite.data.training_windows`)."""
     windows = training_windows(tokenizer, corpus, length)
     generator = torch.Generator().manual_seed(seed)
     while True:
