@@ -9,12 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-import pluggy
-
 __version__ = "0.1.0"
-
-#: Decorate plugin functions with this: ``@hookimpl def benchsuite_register_criteria(register): ...``
-hookimpl = pluggy.HookimplMarker("benchsuite")
 
 #: public name -> the module that defines it
 _LAZY: dict[str, str] = {
@@ -42,6 +37,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    import pluggy
+
+    #: Decorate plugin functions with this: ``@hookimpl def benchsuite_register_criteria(register): ...``
+    hookimpl: pluggy.HookimplMarker
     from .api import (
         API_VERSION,
         NEEDS,
@@ -73,6 +72,11 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "hookimpl":  # made on first use too: `python -m benchsuite` imports nothing before its Ctrl-C guard
+        import pluggy
+
+        globals()["hookimpl"] = marker = pluggy.HookimplMarker("benchsuite")
+        return marker
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'benchsuite' has no attribute '{name}'")

@@ -25,9 +25,18 @@ def _die_by_sigint() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C while torch, numpy & co. load is held until the imports are done: an import interrupted
+    # half-way leaves a C extension that can't load again ("cannot load module more than once").
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:
         from .cli import main as cli_main
-
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        print("\nbenchsuite: interrupted", file=sys.stderr)
+        _die_by_sigint()
+    try:
         code = cli_main(argv)
     except KeyboardInterrupt:
         print("\nbenchsuite: interrupted", file=sys.stderr)

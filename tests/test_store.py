@@ -245,12 +245,16 @@ def test_concurrent_runs_on_one_results_folder_run_each_record_once(tiny_model_d
     assert not problems and all(check_record(r) is None for r in records)
 
 
+@pytest.mark.slow  # eight interpreters, ~12 s
 def test_ctrl_c_at_any_moment_is_one_line_and_death_by_sigint(tmp_path):
-    # Early (python starting, torch loading) and late (the table printed, the interpreter exiting):
-    # every moment ends killed by SIGINT, as shells expect, with one line or with the full output.
+    # Early (python starting, torch and numpy loading) and late (the table printed, the interpreter
+    # exiting): every moment ends killed by SIGINT, as shells expect, with at most one line on stderr,
+    # never a traceback; output is either complete or absent.
     full = subprocess.run([sys.executable, "-m", "benchsuite", "methods"], capture_output=True, text=True,
                           timeout=120).stdout
-    for delay in (0.05, 0.3, 0.6, 1.0, 1.5):
+    # (from 0.15 s: the interpreter's own first ~50 ms, before any benchsuite code runs, are Python's: a
+    # Ctrl-C there prints Python's KeyboardInterrupt traceback, as for any Python program)
+    for delay in (0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0, 1.5):
         proc = subprocess.Popen([sys.executable, "-m", "benchsuite", "methods"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         time.sleep(delay)
@@ -260,5 +264,5 @@ def test_ctrl_c_at_any_moment_is_one_line_and_death_by_sigint(tmp_path):
             assert out == full
             continue
         assert proc.returncode == -signal.SIGINT, (delay, proc.returncode, err)
-        assert "Traceback" not in err, err
-        assert "interrupted" in err or out == full, (delay, err)
+        assert err.strip() in ("", "benchsuite: interrupted"), (delay, err)
+        assert out in ("", full), (delay, out[-200:])
