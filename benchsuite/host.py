@@ -253,6 +253,13 @@ def _check_methods(registry: Registry, strict: bool) -> None:
 _REGISTRY: Registry | None = None
 
 
+def reset_registry() -> None:
+    """Forget the process-wide registry: the next :func:`get_registry` loads the plugins again (e.g.
+    after installing one into this process's path)."""
+    global _REGISTRY
+    _REGISTRY = None
+
+
 def get_registry(refresh: bool = False) -> Registry:
     """The process-wide registry, loaded on first use."""
     global _REGISTRY

@@ -46,6 +46,7 @@ def test_lora_initialisation_follows_the_run_seed():
     assert not torch.equal(_lora_a(1), first)
 
 
+@pytest.mark.slow  # a second interpreter (also the suite's `python -m benchsuite run` smoke test)
 def test_same_seed_same_result_in_one_process_and_in_another(tiny_model_dir, offline, tmp_path):
     """peft draws lora_A from the global RNG: without seeding, the second run differed. The other process is
     `python -m benchsuite run` as a user starts it (the suite's one smoke test of the installed command)."""

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from benchsuite import Criterion, hookimpl
-from benchsuite.host import KINDS, PluginError, load_registry
+from benchsuite.host import KINDS, STRICT_ENV, PluginError, load_registry, reset_registry
+from tests.conftest import bench
 
 BUILTIN = {"granularities", "schedules", "baselines", "models"}
 
@@ -109,37 +110,41 @@ def test_plugin_raising_while_registering_registers_nothing():
     assert "already registered by plugin 'baselines'" in info["twice"].error
 
 
-def test_plugins_command_lists_failures(third_party):
-    env_path = f"{third_party}"
-    out = subprocess.run([sys.executable, "-m", "benchsuite.cli", "plugins", "--json"], capture_output=True,
-                         text=True, env=_env(PYTHONPATH=env_path, BENCHSUITE_STRICT_PLUGINS="0"), check=True).stdout
-    listed = {p["name"]: p for p in json.loads(out)}
+@pytest.fixture
+def cli_with(monkeypatch):
+    """Run the command line in this process with extra distributions on sys.path (and the process-wide
+    registry loaded again with them, and again without them afterwards)."""
+    def use(root: Path, strict: bool = False):
+        monkeypatch.syspath_prepend(str(root))
+        monkeypatch.setenv(STRICT_ENV, "1" if strict else "0")
+        reset_registry()  # the command loads the plugins again, as a new process would
+        return bench
+
+    yield use
+    monkeypatch.undo()
+    reset_registry()
+
+
+def test_plugins_command_lists_failures(third_party, cli_with):
+    bench = cli_with(third_party)
+    listed = {p["name"]: p for p in json.loads(bench("plugins", "--json").stdout)}
     assert listed["broken"]["error"] and listed["extra"]["registers"]["criteria"] == ["ones"]
-    text = subprocess.run([sys.executable, "-m", "benchsuite.cli", "plugins"], capture_output=True, text=True,
-                          env=_env(PYTHONPATH=env_path, BENCHSUITE_STRICT_PLUGINS="0"), check=True).stdout
+    text = bench("plugins").stdout
     assert "FAILED, skipped" in text and "baselines" in text
 
 
-def _env(**extra):
-    import os
-
-    env = dict(os.environ)
-    env.update(extra)
-    return env
-
-
-def test_example_package_installs_with_pip_and_is_found(tmp_path):
+def test_example_package_installs_with_pip_and_is_found(tmp_path, monkeypatch):
     """The plugin guide's example, pip-installed for real, is listed and its method runs in a plan."""
     example = Path(__file__).parent.parent / "examples" / "benchsuite-squared"
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--no-index", "--target", str(target), str(example)], check=True, capture_output=True)
-    code = ("from benchsuite.host import load_registry; from benchsuite.runner import plan_methods; "
-            "r = load_registry(strict=True); p = plan_methods(['squared-weight'], r)[0]; "
-            "print(p.criterion.name, [x.distribution for x in r.plugins if x.name == 'squared'][0])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=_env(PYTHONPATH=str(target))).stdout.split()
-    assert out == ["squared-weight", "benchsuite-squared"]
+    monkeypatch.syspath_prepend(str(target))
+    from benchsuite.runner import plan_methods
+
+    registry = load_registry(strict=True)
+    assert plan_methods(["squared-weight"], registry)[0].criterion.name == "squared-weight"
+    assert [(p.distribution, p.api) for p in registry.plugins if p.name == "squared"] == [("benchsuite-squared", "2.0")]
 
 
 BAD_METHOD_PLUGIN = '''
@@ -153,23 +158,20 @@ def benchsuite_register_methods(register):
 '''
 
 
-def test_a_method_naming_an_unknown_granularity_is_set_aside(tmp_path):
+def test_a_method_naming_an_unknown_granularity_is_set_aside(tmp_path, cli_with):
     root = make_distribution(tmp_path, "bench-badmethod", {"badmethod": "bad_method_plugin"},
                              {"bad_method_plugin": BAD_METHOD_PLUGIN})
-    env = _env(PYTHONPATH=str(root), BENCHSUITE_STRICT_PLUGINS="0")
-    # `methods` used to crash with a KeyError
-    result = subprocess.run([sys.executable, "-m", "benchsuite", "methods"], capture_output=True, text=True, env=env)
+    bench = cli_with(root)
+    result = bench("methods")  # `methods` used to crash with a KeyError
     assert result.returncode == 0, result.stderr
     assert "fine-prune" in result.stdout and "hex-prune" not in result.stdout
     assert "method 'hex-prune' skipped: unknown granularity 'hexagonal'" in result.stderr
     assert "method 'nm-bad' skipped" in result.stderr
-    run = subprocess.run([sys.executable, "-m", "benchsuite", "run", "--methods", "hex-prune", "--results",
-                          str(tmp_path / "r")], capture_output=True, text=True, env=env)
+    run = bench("run", "--methods", "hex-prune", "--results", tmp_path / "r")
     last = run.stderr.strip().splitlines()[-1]
     assert run.returncode == 2 and "method 'hex-prune' can't run: unknown granularity 'hexagonal'" in last
     assert "plugin 'badmethod'" in last
-    strict = subprocess.run([sys.executable, "-m", "benchsuite", "methods"], capture_output=True, text=True,
-                            env=env | {"BENCHSUITE_STRICT_PLUGINS": "1"})
+    strict = cli_with(root, strict=True)("methods")
     assert strict.returncode == 2 and "hex-prune" in strict.stderr
 
 

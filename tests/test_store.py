@@ -228,6 +228,7 @@ Runner(request, log=lambda line: print(line, flush=True)).run()
 """
 
 
+@pytest.mark.slow  # two interpreters
 def test_concurrent_runs_on_one_results_folder_run_each_record_once(tiny_model_dir, offline, tmp_path):
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")  # one torch thread each
     procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT, str(tiny_model_dir), str(tmp_path),
