@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from benchsuite import testing
 from benchsuite.api import ConfigError
 from benchsuite.columns import Column
 from benchsuite.corpora import Corpus, FileCorpus, corpus_split, resolve_corpus
@@ -127,11 +128,8 @@ def _request(model_dir, results, **kw):
 
 @pytest.fixture
 def text_file(tmp_path) -> str:
-    """A .txt corpus (documents separated by blank lines)."""
-    path = tmp_path / "text.txt"
-    words = "river stone light garden window paper music winter morning letter city bridge voice forest".split()
-    path.write_text("\n\n".join(" ".join(words[(d + i * i) % len(words)] for i in range(60)) for d in range(200)))
-    return str(path)
+    """A .txt corpus (documents separated by blank lines), from benchsuite.testing."""
+    return str(testing.write_corpus(tmp_path / "text.txt", documents=200))
 
 
 def test_plugin_metric_and_corpus_in_records_and_table(extras, tiny_model_dir, tmp_path, monkeypatch):

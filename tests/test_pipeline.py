@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchsuite import pipeline
+from benchsuite import pipeline, testing
 from benchsuite.pipeline import Measurement, MergedModel, PruneResult, RecoveryResult
 from benchsuite.runner import Runner, RunRequest
 
@@ -23,10 +23,8 @@ METRIC_KEYS = ["ppl_text", "ppl_text_lo", "ppl_text_hi", "peak_mem_eval_mb", "pa
 
 @pytest.fixture
 def text_file(tmp_path) -> str:
-    path = tmp_path / "text.txt"
-    words = "river stone light garden window paper music winter morning letter city bridge voice forest".split()
-    path.write_text("\n\n".join(" ".join(words[(d + i * i) % len(words)] for i in range(60)) for d in range(200)))
-    return str(path)
+    """A .txt corpus (documents separated by blank lines), from benchsuite.testing."""
+    return str(testing.write_corpus(tmp_path / "text.txt", documents=200))
 
 
 def _request(model_dir, results, text_file, methods):
