@@ -123,7 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="rebuild the comparison table from stored records")
     report.add_argument("--results", type=Path, default=Path("results"))
-    report.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown")
+    report.add_argument("--format", choices=["markdown", "csv", "json", "html", "png", "svg"], default="markdown",
+                        help="html: one self-contained page with figures, sortable tables and provenance; png, svg: "
+                        "the figures alone, one file each")
+    report.add_argument("-o", "--output", type=Path, metavar="PATH",
+                        help="html: the file (default <results>/report.html); png, svg: the folder (default "
+                        "<results>/figures/)")
     report.add_argument("--model", help="only this model's records")
     report.add_argument("--profile", help="only this profile's records")
     report.add_argument("--methods", help="only these methods (comma-separated; dense is always shown)")
@@ -315,6 +320,17 @@ def cmd_report(args) -> int:
         if changed:
             write_atomic(args.update, new)
         print(f"{args.update}: {count} tables {'rewritten' if changed else 'already up to date'}", file=sys.stderr)
+        return 0
+    if args.format in ("html", "png", "svg"):
+        from .html_report import write_figures, write_html
+
+        if args.format == "html":
+            out = args.output or args.results / "report.html"
+            count = write_html(select_records(args), out)
+            print(f"{out}: {count} figures", file=sys.stderr)
+        else:
+            paths = write_figures(select_records(args), args.output or args.results / "figures", args.format)
+            print(f"{args.output or args.results / 'figures'}: {len(paths)} figures", file=sys.stderr)
         return 0
     print(render(select_records(args), args.format, args.view))
     return 0

@@ -176,16 +176,12 @@ def declared_columns(records: list[dict[str, Any]]) -> list[Column]:
     return list(out.values())
 
 
-def render(records: list[dict[str, Any]], fmt: str = "markdown", view: str = "all") -> str:
-    if fmt == "json":
-        return json.dumps([flat(r) for r in records], indent=2, default=str)
+def table(records: list[dict[str, Any]], view: str = "all") -> tuple[pd.DataFrame, list[str], list[list[str]]]:
+    """The comparison table as :func:`render` prints it: the frame, the headers and the rows of cells
+    (empty frame and lists where there are no records)."""
     df = frame(records)
     if df.empty:
-        return "no results yet"
-    if fmt == "csv":
-        buf = io.StringIO()
-        df.to_csv(buf, index=False)
-        return buf.getvalue()
+        return df, [], []
     single = df["model"].nunique() == 1 and df["profile"].nunique() == 1
     with_settings = bool(df["settings"].astype(bool).any())
     headers = ([] if single else ["model", "profile"]) + ["method", "granularity", "recovery", "ratio"] + (
@@ -212,8 +208,20 @@ def render(records: list[dict[str, Any]], fmt: str = "markdown", view: str = "al
             line.append(cell(row, column))
         status = "ok" if not row["failed"] else f"{row['failed']}/{row['runs']} failed"
         body.append(line + [status])
-    table = tabulate(body, headers=headers + [c.header for c in present] + ["status"], tablefmt="github",
-                     disable_numparse=True)
-    if single:
-        table = f"model: {df['model'].iloc[0]} · profile: {df['profile'].iloc[0]}\n\n{table}"
-    return table
+    return df, headers + [c.header for c in present] + ["status"], body
+
+
+def render(records: list[dict[str, Any]], fmt: str = "markdown", view: str = "all") -> str:
+    if fmt == "json":
+        return json.dumps([flat(r) for r in records], indent=2, default=str)
+    df, headers, body = table(records, view)
+    if df.empty:
+        return "no results yet"
+    if fmt == "csv":
+        buf = io.StringIO()
+        df.to_csv(buf, index=False)
+        return buf.getvalue()
+    text = tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+    if df["model"].nunique() == 1 and df["profile"].nunique() == 1:
+        text = f"model: {df['model'].iloc[0]} · profile: {df['profile'].iloc[0]}\n\n{text}"
+    return text
