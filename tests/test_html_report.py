@@ -1,0 +1,190 @@
+"""``benchsuite report --format html|png|svg``: a self-contained, deterministic page whose figures match the
+data and the PNG export; and (``test_html_report_in_chromium``) the page opened in a real browser."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import bench
+
+REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "smollm2-135m" / "quick"
+#: a few reference records: the dense model, two structured methods at two ratios (with zero-shot accuracy)
+SUBSET = ["dense.7b9a74c6.json", "llm-pruner", "random_lora"]
+#: what those records draw: quality vs ratio, Pareto views, the zero-shot heatmap, the pruning cost
+FIGURES = ["quality-vs-ratio", "pareto", "zero-shot-heatmap", "pruning-cost"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    tmp_path = tmp_path_factory.mktemp("report")
+    folder = tmp_path / "results" / "smollm2-135m" / "quick"
+    folder.mkdir(parents=True)
+    for name in SUBSET:
+        src = REFERENCE / name
+        if src.is_dir():
+            shutil.copytree(src, folder / name)
+        else:
+            shutil.copy(src, folder / name)
+    return tmp_path / "results"
+
+
+def _html(results: Path, *extra: str):
+    out = bench("report", "--results", str(results), "--format", "html", *extra)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(results) -> dict[str, object]:
+    """The report of ``results`` (``report.html``), written twice, and its figures as SVG and PNG files
+    (rendered once for all the tests here: each rendering takes about a second)."""
+    first = _html(results)
+    again = _html(results, "-o", str(results / "again.html"))
+    svg = bench("report", "--results", str(results), "--format", "svg")
+    png = bench("report", "--results", str(results), "--format", "png", "-o", str(results / "png"))
+    assert svg.returncode == 0 and png.returncode == 0, svg.stderr + png.stderr
+    return {"stderr": first.stderr + again.stderr, "png": results / "png", "svg": results / "figures"}
+
+
+def test_html_is_self_contained_and_deterministic(results, built):
+    page = (results / "report.html").read_text(encoding="utf-8")
+    assert "4 figures" in built["stderr"]
+    # nothing to fetch: no external script, stylesheet, image or font
+    assert not re.search(r"""<(script|link|img|iframe)[^>]*\b(src|href)\s*=""", page, re.I)
+    assert not re.search(r"""\b(src|href)\s*=\s*["']?(https?:)?//""", page, re.I)
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//", page, re.I)
+    assert "@import" not in page
+    # the same records give the same bytes
+    assert (results / "again.html").read_bytes() == (results / "report.html").read_bytes()
+    # one <svg> per figure, named as expected
+    assert re.findall(r'<figure class="chart" id="fig-([^"]+)"', page) == FIGURES
+    assert page.count("<svg") == len(FIGURES)
+    assert f'data-figures="{len(FIGURES)}"' in page
+    # the tables benchsuite report prints, sortable, and each run's provenance
+    assert page.count('<table class="results"') == 3
+    assert "llm-pruner" in page and "random" in page
+    assert page.count("<details") == 5 and "2a04413f0296" in page
+    # the heatmap's hover texts carry the intervals
+    assert re.search(r"<title>llm-pruner · structured · LoRA recovery · 0.2, BoolQ: 85.0%, 95% interval", page)
+
+
+def test_figures_follow_the_data(results):
+    from benchsuite.cli import stored_records
+    from benchsuite.figures import figures
+
+    records = stored_records(results)
+    figs = figures(records)
+    try:
+        assert [f.name for f in figs] == FIGURES
+        # quality vs ratio: a row per quality metric (wiki, c4, zero-shot average), one line per method
+        quality = figs[0].figure
+        assert [ax.get_ylabel() for ax in quality.axes if ax.get_ylabel()] == [
+            "perplexity wiki (log)", "perplexity c4 (log)", "zero-shot accuracy, average (%)"]
+        lines = [line for line in quality.axes[0].get_lines() if line.get_label() not in ("dense",)
+                 and not line.get_label().startswith("_")]
+        assert sorted(line.get_label() for line in lines) == [
+            "llm-pruner · structured · LoRA recovery", "random · structured · LoRA recovery"]
+        assert list(lines[0].get_xdata()) == [0.0, 0.2, 0.5]  # dense at ratio 0
+    finally:
+        for f in figs:
+            f.close()
+    # no zero-shot accuracy, no heatmap; no records, no figures
+    for r in records:
+        r["metrics"] = {k: v for k, v in r["metrics"].items() if not k.startswith("acc_")}
+    figs = figures(records)
+    assert [f.name for f in figs] == ["quality-vs-ratio", "pareto", "pruning-cost"]
+    for f in figs:
+        f.close()
+    assert figures([]) == []
+
+
+def test_pareto_front():
+    from benchsuite.figures import pareto_front
+
+    assert pareto_front([(1, 5), (2, 3), (3, 4), (4, 1), (2, 3.5)]) == [0, 1, 3]
+
+
+def test_png_export_is_the_html_figures(results, built):
+    from PIL import Image
+
+    pngs = sorted(p.name for p in built["png"].iterdir())
+    assert pngs == sorted(f"{name}.png" for name in FIGURES)
+    for name in pngs:
+        image = Image.open(built["png"] / name)
+        assert image.width > 300 and image.height > 200
+        assert len(image.convert("L").getcolors(1 << 16) or []) > 10  # not blank
+    svgs = sorted(built["svg"].iterdir())
+    assert [p.name for p in svgs] == sorted(f"{name}.svg" for name in FIGURES)
+    # the same figure objects: the HTML's inline SVGs are the SVG files' text
+    page = (results / "report.html").read_text(encoding="utf-8")
+    for path in svgs:
+        text = path.read_text(encoding="utf-8")
+        assert text.startswith("<svg") and text in page
+        titles = re.findall(r"<text[^>]*>([^<]+)</text>", text)
+        assert any("pruning" in t.lower() or "accuracy" in t.lower() for t in titles), path.name
+
+
+# --- a real browser --------------------------------------------------------------------------------------
+
+INSTALL = ("headless Chromium is needed for this test: install it with `sudo apt-get install chromium` "
+           "(Debian/Ubuntu; `dnf install chromium` on Fedora, `brew install --cask chromium` on macOS) "
+           "or set BENCHSUITE_CHROMIUM to its path")
+
+
+def _chromium() -> str | None:
+    for name in (os.environ.get("BENCHSUITE_CHROMIUM"), "chromium", "chromium-browser", "google-chrome",
+                 "google-chrome-stable"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _browser(binary: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([binary, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
+                           "--enable-logging=stderr", "--v=0", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def screenshot(html: Path, png: Path, size: str = "1400,4000") -> subprocess.CompletedProcess:
+    """``html`` opened in headless Chromium, a screenshot written to ``png``."""
+    binary = _chromium()
+    if binary is None:
+        raise RuntimeError(INSTALL)
+    return _browser(binary, f"--screenshot={png}", f"--window-size={size}", html.resolve().as_uri())
+
+
+@pytest.mark.slow  # about 5 s: two Chromium starts
+def test_html_report_in_chromium(results, built, tmp_path):
+    from PIL import Image
+
+    binary = _chromium()
+    if binary is None:
+        if os.environ.get("BENCHSUITE_REQUIRE_CHROMIUM"):
+            pytest.fail(INSTALL + " (BENCHSUITE_REQUIRE_CHROMIUM is set: CI must test in a browser)")
+        pytest.skip(INSTALL)
+    page = results / "report.html"
+    dom = _browser(binary, "--dump-dom", page.resolve().as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = re.search(r"<body[^>]*>", dom.stdout)
+    assert body, dom.stdout[:2000]
+    # the inline JS ran to its end (sorting set up) and found every figure drawn with a size
+    assert 'data-ready="1"' in body[0], body[0]
+    assert f'data-charts="{len(FIGURES)}"' in body[0], body[0]
+    errors = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not errors, errors
+    shot = tmp_path / "shot.png"
+    run = screenshot(page, shot, "1400,3000")
+    assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
+    image = Image.open(io.BytesIO(shot.read_bytes())).convert("RGB")
+    colours = image.getcolors(1 << 24)
+    assert colours is None or len(colours) > 50, "the screenshot is (nearly) one colour"
+    grey = image.convert("L")
+    dark = sum(grey.point(lambda v: 255 if v < 200 else 0).histogram()[255:])
+    assert dark > 0.01 * grey.width * grey.height, f"only {dark} non-white pixels: figures did not render"
