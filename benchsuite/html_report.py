@@ -109,9 +109,10 @@ def _provenance(records: list[dict[str, Any]]) -> str:
     return "\n".join(items)
 
 
-def render_html(records: list[dict[str, Any]], title: str = "benchsuite report") -> tuple[str, list[Figure]]:
-    """The HTML page of ``records`` and the figures in it (close them when done)."""
-    figs = figures(records)
+def render_html(records: list[dict[str, Any]], title: str = "benchsuite report",
+                figs: list[Figure] | None = None) -> tuple[str, list[Figure]]:
+    """The HTML page of ``records`` and the figures in it (``figs``, or drawn here; close them when done)."""
+    figs = figures(records) if figs is None else figs
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>",
              f"<meta name=\"viewport\" content=\"width=device-width\"><style>{CSS}</style></head>",
              f'<body data-figures="{len(figs)}"><h1>{_e(title)}</h1>']
@@ -149,14 +150,17 @@ def write_html(records: list[dict[str, Any]], out: Path) -> int:
     return len(figs)
 
 
-def write_figures(records: list[dict[str, Any]], folder: Path, fmt: str) -> list[Path]:
-    """Each figure as ``<folder>/<name>.<fmt>`` (png or svg), atomically; the paths written."""
+def write_figures(records: list[dict[str, Any]], folder: Path, fmt: str,
+                  figs: list[Figure] | None = None) -> list[Path]:
+    """Each figure (``figs``, or drawn here and closed) as ``<folder>/<name>.<fmt>`` (png or svg),
+    atomically; the paths written."""
     paths = []
-    for f in figures(records):
+    for f in figures(records) if figs is None else figs:
         try:
             path = folder / f"{f.name}.{fmt}"
             write_atomic(path, f.png() if fmt == "png" else f.svg())
             paths.append(path)
         finally:
-            f.close()
+            if figs is None:
+                f.close()
     return paths

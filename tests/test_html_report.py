@@ -43,14 +43,21 @@ def _html(results: Path, *extra: str):
 
 @pytest.fixture(scope="module")
 def built(results) -> dict[str, object]:
-    """The report of ``results`` (``report.html``), written twice, and its figures as SVG and PNG files
-    (rendered once for all the tests here: each rendering takes about a second)."""
+    """The report of ``results`` through the command line (``report.html``), and again through the API
+    with its figure objects, which are then written as PNG files (drawn twice in all: each drawing of
+    these figures takes about a second)."""
+    from benchsuite.cli import stored_records
+    from benchsuite.figures import figures
+    from benchsuite.html_report import render_html, write_figures
+
     first = _html(results)
-    again = _html(results, "-o", str(results / "again.html"))
-    svg = bench("report", "--results", str(results), "--format", "svg")
-    png = bench("report", "--results", str(results), "--format", "png", "-o", str(results / "png"))
-    assert svg.returncode == 0 and png.returncode == 0, svg.stderr + png.stderr
-    return {"stderr": first.stderr + again.stderr, "png": results / "png", "svg": results / "figures"}
+    records = stored_records(results)
+    figs = figures(records)
+    page, _ = render_html(records, figs=figs)
+    write_figures(records, results / "png", "png", figs=figs)
+    yield {"stderr": first.stderr, "page": page, "figs": figs, "png": results / "png"}
+    for f in figs:
+        f.close()
 
 
 def test_html_is_self_contained_and_deterministic(results, built):
@@ -61,8 +68,8 @@ def test_html_is_self_contained_and_deterministic(results, built):
     assert not re.search(r"""\b(src|href)\s*=\s*["']?(https?:)?//""", page, re.I)
     assert not re.search(r"url\(\s*['\"]?(https?:)?//", page, re.I)
     assert "@import" not in page
-    # the same records give the same bytes
-    assert (results / "again.html").read_bytes() == (results / "report.html").read_bytes()
+    # the same records give the same bytes (drawn twice: by the command line, and by the fixture)
+    assert built["page"].encode() == (results / "report.html").read_bytes()
     # one <svg> per figure, named as expected
     assert re.findall(r'<figure class="chart" id="fig-([^"]+)"', page) == FIGURES
     assert page.count("<svg") == len(FIGURES)
@@ -111,7 +118,7 @@ def test_pareto_front():
     assert pareto_front([(1, 5), (2, 3), (3, 4), (4, 1), (2, 3.5)]) == [0, 1, 3]
 
 
-def test_png_export_is_the_html_figures(results, built):
+def test_png_export_is_the_html_figures(results, built, tmp_path):
     from PIL import Image
 
     pngs = sorted(p.name for p in built["png"].iterdir())
@@ -120,15 +127,26 @@ def test_png_export_is_the_html_figures(results, built):
         image = Image.open(built["png"] / name)
         assert image.width > 300 and image.height > 200
         assert len(image.convert("L").getcolors(1 << 16) or []) > 10  # not blank
-    svgs = sorted(built["svg"].iterdir())
-    assert [p.name for p in svgs] == sorted(f"{name}.svg" for name in FIGURES)
-    # the same figure objects: the HTML's inline SVGs are the SVG files' text
-    page = (results / "report.html").read_text(encoding="utf-8")
-    for path in svgs:
-        text = path.read_text(encoding="utf-8")
-        assert text.startswith("<svg") and text in page
-        titles = re.findall(r"<text[^>]*>([^<]+)</text>", text)
-        assert any("pruning" in t.lower() or "accuracy" in t.lower() for t in titles), path.name
+    # the PNGs and the page's SVGs are drawn from the same figure objects: their titles and axis labels
+    # are in the page
+    page = built["page"]
+    for fig in built["figs"]:
+        svg = page[page.index(f'id="fig-{fig.name}"'):]
+        svg = svg[:svg.index("</svg>")]
+        texts = [fig.figure.get_suptitle()] + [t for ax in fig.figure.axes
+                                                for t in (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) if t]
+        lines = [line for t in texts for line in t.split("\n")]  # SVG text is one element per line
+        assert lines and all(line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in svg
+                             for line in lines), fig.name
+    # the command line's png and svg export (of the dense record alone: two small figures, drawn fast)
+    for fmt in ("png", "svg"):
+        out = bench("report", "--results", str(results), "--format", fmt, "--methods", "nothing",
+                    "-o", str(tmp_path / fmt))
+        assert out.returncode == 0, out.stderr
+        assert sorted(p.name for p in (tmp_path / fmt).iterdir()) == [f"pareto.{fmt}", f"zero-shot-heatmap.{fmt}"]
+    assert (tmp_path / "svg" / "pareto.svg").read_text(encoding="utf-8").startswith("<svg")
+    assert bench("report", "--results", str(results), "--format", "svg", "--methods", "nothing").returncode == 0
+    assert (results / "figures" / "pareto.svg").is_file()  # the default folder
 
 
 # --- a real browser --------------------------------------------------------------------------------------
