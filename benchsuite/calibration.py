@@ -12,9 +12,9 @@ from typing import Literal
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .api import PruneContext
+from .progress import track
 from .structure import linear_modules
 
 Grad = Literal["none", "lora", "weights"]
@@ -24,7 +24,7 @@ def calibrate(model: nn.Module, ctx: PruneContext, *, desc: str, grad: Grad = "n
               train_mode: bool = False, inputs: Mapping[str, Callable[[str, torch.Tensor], None]] | None = None,
               after_backward: Callable[[], None] | None = None,
               collect: Callable[[], None] | None = None) -> dict[str, int]:
-    """Run the model over ``ctx.calibration_batches()`` (moved to the model's device, with a progress bar).
+    """Run the model over ``ctx.calibration_batches()`` (moved to the model's device, counted in the progress view).
 
     - ``grad="none"``: forward passes under ``torch.no_grad``.
     - ``grad="weights"``: every parameter requires grad; the mean language-modelling loss over all
@@ -68,11 +68,11 @@ def calibrate(model: nn.Module, ctx: PruneContext, *, desc: str, grad: Grad = "n
                 p.requires_grad_(True)
         if grad == "none":
             with torch.no_grad():
-                for batch in tqdm(batches, desc=desc, leave=False):
+                for batch in track(batches, f"calibrate: {desc}"):
                     model(batch.to(device))
                     tokens += batch.numel()
         elif per_sample:
-            for sample in tqdm(torch.cat(batches) if batches else [], desc=desc, leave=False):
+            for sample in track(torch.cat(batches) if batches else [], f"calibrate: {desc}", samples):
                 ids = sample[None].to(device)
                 model(input_ids=ids, labels=ids).loss.backward()
                 tokens += ids.numel()
@@ -80,7 +80,7 @@ def calibrate(model: nn.Module, ctx: PruneContext, *, desc: str, grad: Grad = "n
                     after_backward()
                 model.zero_grad(set_to_none=False)
         else:
-            for batch in tqdm(batches, desc=desc, leave=False):
+            for batch in track(batches, f"calibrate: {desc}"):
                 ids = batch.to(device)
                 (model(input_ids=ids, labels=ids).loss * (len(batch) / samples)).backward()
                 tokens += ids.numel()

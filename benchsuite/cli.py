@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, progress
 from .api import ConfigError
 from .assets import AssetError
 from .host import PluginError, get_registry
@@ -53,11 +53,23 @@ def _tasks(text: str | None) -> list[str] | None:
     return split_names(text)
 
 
+def _verbosity_options(parser: argparse.ArgumentParser, default) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="also show other libraries' log lines and progress bars (pip, lm-eval, transformers, "
+                       "datasets) and our own debugging lines; by default they are held back (pip's and lm-eval's "
+                       "output is shown when they fail)")
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="print nothing but errors and warnings (on stderr): no progress, and no table on "
+                       "stdout (it is still written to <results>/.../table.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="benchsuite", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Benchmark LLM pruning methods on the same model, data and budget.")
     parser.add_argument("--version", action="version", version=f"benchsuite {__version__}")
+    _verbosity_options(parser, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="prune, evaluate and record; print the comparison table",
@@ -65,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(perplexity, zero-shot accuracy, parameters, FLOPs, latency, peak memory), "
                          "write one JSON record per run and print the comparison table. The dense model is "
                          "evaluated once per model and profile. Finished runs are kept and skipped when the "
-                         "command is repeated.")
+                         "command is repeated. stdout carries only the table (it can be piped); the progress view (the "
+                         "current run and stage, runs done, an ETA) goes to stderr: one line redrawn in place on a "
+                         "terminal, plain lines otherwise.")
     run.add_argument("--methods", default=DEFAULT_METHODS,
                      help="comma-separated method names (see `benchsuite methods`); NAME+lora gives a method the "
                      "profile's LoRA recovery, NAME+none takes it away (default: " + DEFAULT_METHODS + ")")
@@ -120,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     run.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on CUDA), float32, "
                      "bfloat16, float16")
+    _verbosity_options(run, argparse.SUPPRESS)
 
     report = sub.add_parser("report", help="rebuild the comparison table from stored records")
     report.add_argument("--results", type=Path, default=Path("results"))
@@ -219,9 +234,13 @@ def cmd_run(args) -> int:
                          metrics=split_names(args.metrics) if args.metrics is not None else None)
     registry = get_registry()
     _report_plugin_failures(registry)
-    runner = Runner(request, registry, log=lambda line: print(line, file=sys.stderr, flush=True))
+    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
+    progress.quiet_libraries(verbose)
+    view = progress.for_terminal(quiet=quiet, verbose=verbose)
+    runner = Runner(request, registry, log=view.log, error=view.error)
     try:
-        runner.run()
+        with progress.active(view):
+            runner.run()
     except KeyboardInterrupt:
         print("\nbenchsuite: interrupted; finished runs are saved, the same command resumes.", file=sys.stderr)
         return 130
@@ -234,8 +253,9 @@ def cmd_run(args) -> int:
     table = render(records, "markdown")
     out = args.results / slug(runner.model_info.name) / slug(runner.profile.name) / "table.md"
     write_atomic(out, table + "\n")
-    print(table)
-    print(f"\nrecords and table: {out.parent}", file=sys.stderr)
+    if not quiet:
+        print(table)
+        print(f"\nrecords and table: {out.parent}", file=sys.stderr)
     return 0
 
 

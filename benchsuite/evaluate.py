@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
-from tqdm.auto import tqdm
 
+from .progress import track
 from .stats import perplexity_interval
 
 
@@ -32,7 +32,7 @@ def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
     """
     device = next(model.parameters()).device
     window_nll: list[float] = []
-    for start in tqdm(range(0, len(windows), batch_size), desc=desc, unit="batch", leave=False):
+    for start in track(range(0, len(windows), batch_size), desc):
         batch = windows[start:start + batch_size].to(device)
         logits = model(batch).logits[:, :-1].float()
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none")

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .corpora import Corpus
 from .data import CorpusLike, training_windows
+from .progress import track
 
 #: LoRA settings that belong to the profile's budget, not to a method
 BUDGET_KEYS = ("grad_accum", "warmup_steps", "lr_schedule")
@@ -151,8 +151,7 @@ def train_lora(model: nn.Module, batches: Iterator[torch.Tensor], steps: int, co
     model.zero_grad(set_to_none=True)  # e.g. gradients left by a criterion's calibration
     model.train()
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, unit="step", leave=False)
-    for step in bar:
+    for step in track(range(steps), desc):
         total = 0.0
         for _ in range(config.grad_accum):
             batch = next(batches).to(device)
@@ -176,7 +175,6 @@ def train_lora(model: nn.Module, batches: Iterator[torch.Tensor], steps: int, co
         optimizer.zero_grad(set_to_none=True)
         log.losses.append(total)
         log.steps += 1
-        bar.set_postfix(loss=f"{total:.3f}")
         if after_step is not None:
             after_step(step, model)
     log.seconds = time.perf_counter() - start

