@@ -140,7 +140,7 @@ class Progress:
                 total = None
         outer = self.sub
         self.sub = (desc, total, 0)
-        self._draw(force=True)
+        self._draw()
         try:
             for count, item in enumerate(iterable, 1):
                 yield item
@@ -148,7 +148,7 @@ class Progress:
                 self._draw()
         finally:
             self.sub = outer
-            self._draw(force=True)
+            self._draw()  # rate-limited: a loop run many times (a criterion's per-layer pass) must not flood
 
     # -- lines -----------------------------------------------------------------------------------------------
     def log(self, line: str) -> None:
