@@ -236,7 +236,7 @@ class Progress:
             parts.append(self.stage)
         if self.sub is not None:
             desc, total, count = self.sub
-            parts.append(f"{desc} {count}/{total}" if total else f"{desc} {count}")
+            parts.append(f"{desc} {count}/{total}" if total else f"{desc} {count}" if count else desc)
         eta = self.eta_text()
         if eta:
             parts.append(eta)
@@ -407,6 +407,9 @@ def quiet_libraries(verbose: bool = False) -> None:
         from datasets.utils import logging as ds_logging
 
         if verbose:
+            import datasets.config
+
+            datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS = None  # set from our variable when imported
             ds_logging.set_verbosity_warning()
             ds_logging.enable_progress_bar()
         else:
