@@ -144,9 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from tabulate import tabulate
 
+    from . import progress
+
     methods = split_names(args.methods) or None
     quiet = [].append  # the runner's progress lines: only failures are worth showing here
-    with tempfile.TemporaryDirectory(prefix="benchsuite-regression-") as tmp:
+    progress.quiet_libraries()  # and no bars or log lines of other libraries
+    with tempfile.TemporaryDirectory(prefix="benchsuite-regression-") as tmp, \
+            progress.active(progress.for_terminal(quiet=True)):
         if args.update_baselines:
             runs = run_matrix([0, 1, 2], Path(tmp), methods, log=quiet)
             old = json.loads(args.baselines.read_text()) if args.baselines.is_file() and methods else {"entries": {}}
