@@ -70,7 +70,9 @@ class Taylor(Criterion):
 
         def collect() -> None:
             if self.order != "element2":
-                self._grad = {key: linear.weight.grad.detach().float() for key, linear in targets.items()}
+                # held in the model's dtype (a float32 copy of a bf16 model's gradients doubled them at 7B);
+                # each module's is converted when it is scored
+                self._grad = {key: linear.weight.grad.detach() for key, linear in targets.items()}
             ctx.notes["weight_grad_bytes"] = (
                 tensor_bytes(p.grad for p in model.parameters()) + tensor_bytes(self._fisher.values())
                 + (tensor_bytes(self._grad.values()) if self.order == "element2" else 0))
@@ -84,7 +86,7 @@ class Taylor(Criterion):
     def _gradient(self, key: str) -> torch.Tensor:
         if key not in self._grad:
             raise RuntimeError("the taylor criterion scores only after prepare() computed gradients")
-        return self._grad[key]
+        return self._grad[key].float()
 
     def element_scores(self, key: str, module: nn.Module) -> torch.Tensor:
         if self.order == "vector":
