@@ -132,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="LoRA fine-tuning steps for every method with LoRA, instead of the profile's "
                      "(records go under e.g. quick-steps200)")
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    run.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on CUDA), float32, "
-                     "bfloat16, float16")
+    run.add_argument("--dtype", default="auto", help="auto (float32 on CPU; on CUDA bfloat16 where the GPU has "
+                     "it, Ampere and newer, else float16), float32, bfloat16, float16")
     _verbosity_options(run, argparse.SUPPRESS)
 
     report = sub.add_parser("report", help="rebuild the comparison table from stored records")

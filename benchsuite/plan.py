@@ -200,6 +200,14 @@ def available_devices() -> list[str]:
     return out
 
 
+def auto_dtype(device: torch.device) -> torch.dtype:
+    """``--dtype auto``: bfloat16 on a GPU that has it (Ampere and newer), float16 on an older GPU,
+    float32 on the CPU (and on mps)."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
+
+
 def pick_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     device = device.strip().lower()
     if device == "auto":
@@ -211,7 +219,7 @@ def pick_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
         raise ConfigError(f"--device {device}: {why}; here you can use {', '.join(here)}")
     dev = torch.device(device)
     if dtype == "auto":
-        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+        return dev, auto_dtype(dev)
     try:
         return dev, {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     except KeyError:

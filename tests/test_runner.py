@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from benchsuite.api import ConfigError
 from benchsuite.records import load_records
@@ -164,3 +165,13 @@ def test_zero_shot_metrics_are_recorded(tiny_model_dir, offline, tmp_path):
         details = record["measurement"]["zeroshot"]["tasks"]["arc_easy"]
         assert details["limit"] == 2 and details["split"] == "test" and details["metric"] == "acc"
     assert "PIQA" in render(load_records(tmp_path)) and "avg acc" in render(load_records(tmp_path))
+
+
+@pytest.mark.parametrize("capability, expected", [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16),
+                                                   ((7, 5), torch.float16), ((6, 0), torch.float16)])
+def test_auto_dtype_is_bf16_where_the_gpu_has_it(monkeypatch, capability, expected):
+    from benchsuite.plan import auto_dtype
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert auto_dtype(torch.device("cuda:0")) is expected
+    assert auto_dtype(torch.device("cpu")) is torch.float32
