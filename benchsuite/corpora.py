@@ -208,15 +208,6 @@ def _evaluation_names() -> list[str]:
         return []
 
 
-def corpus_identity(name: str | Corpus, registry: Registry | None = None) -> dict[str, object]:
-    """What a corpus name stands for, to record with a run (source and digest); ``{"name": name}`` for a
-    name that stands for no corpus."""
-    try:
-        return resolve_corpus(name, registry).identity()
-    except ValueError:
-        return {"name": str(name)}
-
-
 def load_documents(name: str | os.PathLike[str] | Corpus, registry: Registry | None = None) -> list[str]:
     """All documents of a corpus: a registered name or a local .txt/.jsonl path."""
     return resolve_corpus(name, registry).documents()
