@@ -305,6 +305,12 @@ class Criterion(Parametrized, ABC):
         """Counts to record with the run (e.g. samples it could not use). Default: none."""
         return {}
 
+    def input_means(self, key: str) -> torch.Tensor | None:
+        """Mean input of projection ``key`` over the calibration tokens (shape ``[in_features]``), for
+        granularities that replace removed units by their mean contribution (a bias, as FLAP's
+        compensation). Valid between :meth:`prepare` and :meth:`release`. Default: None (not recorded)."""
+        return None
+
     def element_scores(self, key: str, module: nn.Module) -> torch.Tensor:
         """Per-element importance of ``module.weight`` (same shape). ``key`` is ``layers.<i>.<path>``
         (see :func:`module_key`); ``module`` may be a peft LoRA wrapper (see :func:`base_linear`)."""
@@ -348,7 +354,7 @@ def combine(vectors: list[torch.Tensor], reduction: str = "sum", normalize: bool
         raise ConfigError(f"unknown reduction '{reduction}'; choose one of {', '.join(REDUCTIONS)}")
     if normalize:
         vectors = [v / v.norm().clamp_min(1e-12) for v in vectors]
-    stacked = torch.stack(vectors)
+    stacked = torch.stack([v.to(vectors[0].device) for v in vectors])  # modules may sit on different devices
     if reduction == "sum":
         return stacked.sum(0)
     if reduction == "mean":
@@ -363,6 +369,10 @@ class Granularity(Parametrized, ABC):
 
     #: Set by granularities that fix the sparsity (N:M, as a property); ``None``: the ratio is free.
     fixed_ratio: ClassVar[float | None] = None
+    #: True for granularities whose :meth:`select` spreads the ratio over the groups by score (FLAP's
+    #: global threshold): the target then holds for the parameters removed in all (``ratio`` times the
+    #: units' :meth:`unit_params`), not group by group.
+    adaptive: ClassVar[bool] = False
 
     @classmethod
     def kind(cls) -> str:

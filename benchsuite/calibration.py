@@ -15,7 +15,7 @@ from torch import nn
 
 from .api import PruneContext
 from .progress import track
-from .structure import linear_modules
+from .structure import input_device, linear_modules
 
 Grad = Literal["none", "lora", "weights"]
 
@@ -24,7 +24,8 @@ def calibrate(model: nn.Module, ctx: PruneContext, *, desc: str, grad: Grad = "n
               train_mode: bool = False, inputs: Mapping[str, Callable[[str, torch.Tensor], None]] | None = None,
               after_backward: Callable[[], None] | None = None,
               collect: Callable[[], None] | None = None) -> dict[str, int]:
-    """Run the model over ``ctx.calibration_batches()`` (moved to the model's device, counted in the progress view).
+    """Run the model over ``ctx.calibration_batches()`` (moved to the model's input device, counted in the progress
+    view).
 
     - ``grad="none"``: forward passes under ``torch.no_grad``.
     - ``grad="weights"``: every parameter requires grad; the mean language-modelling loss over all
@@ -49,7 +50,7 @@ def calibrate(model: nn.Module, ctx: PruneContext, *, desc: str, grad: Grad = "n
     samples = sum(len(b) for b in batches)
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
-    device = params[0].device if params else torch.device("cpu")
+    device = input_device(model)  # a model spread over devices (device_map) starts at its embedding
     handles = []
     if inputs:
         targets = dict(linear_modules(model))

@@ -13,6 +13,7 @@ from . import __version__, progress
 from .api import ConfigError
 from .assets import AssetError
 from .host import PluginError, get_registry
+from .models import DEVICE_MAPS
 from .names import split_names
 from .profiles import PROFILES
 
@@ -132,8 +133,32 @@ def build_parser() -> argparse.ArgumentParser:
                      help="LoRA fine-tuning steps for every method with LoRA, instead of the profile's "
                      "(records go under e.g. quick-steps200)")
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    run.add_argument("--device-map", default=None, choices=DEVICE_MAPS,
+                     help="for models larger than one GPU (with --device cuda): spread the decoder layers over every "
+                     "visible GPU with accelerate; auto/balanced even out the memory, balanced_low_0 keeps the first "
+                     "GPU lighter, sequential fills each GPU before the next. Only GPUs: a model that does not fit "
+                     "them is an error, never offloaded. The map is recorded (hardware.device_map). Default: the "
+                     "whole model on one device")
     run.add_argument("--dtype", default="auto", help="auto (float32 on CPU; on CUDA bfloat16 where the GPU has "
                      "it, Ampere and newer, else float16), float32, bfloat16, float16")
+    run.add_argument("--gradient-checkpointing", action="store_true",
+                     help="LoRA training (recovery, and pruning schedules that train) keeps no activations for the "
+                     "backward pass but recomputes them: much less memory at long sequences, about a third more "
+                     "compute, the same results (recorded in the run's settings)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="plan before you spend: print each run's shape, parameters and FLOPs before and after "
+                     "pruning, estimated peak memory per phase and time, from the model's config alone (no weights "
+                     "are read, nothing is written); exit status 3 if a run can't fit the device")
+    run.add_argument("--json", action="store_true", help="with --dry-run: print the estimate as JSON")
+    run.add_argument("--executor", choices=["local", "ray"], default="local",
+                     help="local: the runs one after another in this process; ray: one Ray task per run on a "
+                     "cluster (needs pip install 'benchsuite[ray]'; --results must be on a filesystem every node "
+                     "sees) (default: local)")
+    run.add_argument("--address", default=None, metavar="HOST:PORT",
+                     help="with --executor ray: the cluster to submit to (auto: the one running on this machine); "
+                     "default: start a private one on this machine, bound to the loopback interface")
+    run.add_argument("--cpus-per-run", type=float, default=1.0, metavar="N",
+                     help="with --executor ray: CPUs each run asks for (its torch threads) (default: 1)")
     _verbosity_options(run, argparse.SUPPRESS)
 
     report = sub.add_parser("report", help="rebuild the comparison table from stored records")
@@ -231,16 +256,29 @@ def cmd_run(args) -> int:
                          ratio_basis=args.ratio_basis,
                          corpora=split_names(args.corpora) if args.corpora else None,
                          calibration_data=args.calibration_data,
-                         metrics=split_names(args.metrics) if args.metrics is not None else None)
+                         metrics=split_names(args.metrics) if args.metrics is not None else None,
+                         gradient_checkpointing=args.gradient_checkpointing, device_map=args.device_map)
     registry = get_registry()
     _report_plugin_failures(registry)
+    if args.dry_run:
+        return dry_run(request, registry, as_json=args.json)
     quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
     progress.quiet_libraries(verbose)
     view = progress.for_terminal(quiet=quiet, verbose=verbose)
-    runner = Runner(request, registry, log=view.log, error=view.error)
+    if args.executor == "local" and (args.address is not None or args.cpus_per_run != 1.0):
+        raise ConfigError("--address and --cpus-per-run are options of --executor ray")
+    failed = []
     try:
         with progress.active(view):
-            runner.run()
+            if args.executor == "ray":
+                from .cluster import run_on_ray
+
+                runner, outcome = run_on_ray(request, registry, address=args.address, cpus_per_run=args.cpus_per_run,
+                                             log=view.log, error=view.error, verbose=verbose)
+                failed = outcome.failed
+            else:
+                runner = Runner(request, registry, log=view.log, error=view.error)
+                runner.run()
     except KeyboardInterrupt:
         print("\nbenchsuite: interrupted; finished runs are saved, the same command resumes.", file=sys.stderr)
         return 130
@@ -256,7 +294,18 @@ def cmd_run(args) -> int:
     if not quiet:
         print(table)
         print(f"\nrecords and table: {out.parent}", file=sys.stderr)
-    return 0
+    return 1 if failed else 0
+
+
+def dry_run(request, registry, as_json: bool = False) -> int:
+    """``run --dry-run``: the estimate of every run (see :mod:`benchsuite.estimate`); 3 if one can't fit."""
+    from .estimate import estimate_request, to_json
+    from .estimate import render as render_estimate
+    from .plan import plan_request
+
+    dry = estimate_request(plan_request(request, registry))
+    print(to_json(dry) if as_json else render_estimate(dry))
+    return 3 if dry.refused else 0
 
 
 def stored_records(results: Path) -> list[dict]:

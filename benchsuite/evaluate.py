@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .progress import track
 from .stats import perplexity_interval
+from .structure import input_device
 
 
 @torch.inference_mode()
@@ -30,12 +31,13 @@ def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
     Each window is scored independently (no context carried over); the first token of each window
     is context only. No BOS token is prepended.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)  # a model spread over devices (device_map): logits may come from another
     window_nll: list[float] = []
     for start in track(range(0, len(windows), batch_size), desc):
         batch = windows[start:start + batch_size].to(device)
         logits = model(batch).logits[:, :-1].float()
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none")
+        targets = batch[:, 1:].to(logits.device)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
         window_nll.extend(nll.view(len(batch), -1).double().sum(dim=1).tolist())
     per_window = windows.shape[1] - 1 if len(windows) else 0
     total_tokens = per_window * len(windows)
@@ -60,7 +62,7 @@ def count_params(model: nn.Module) -> int:
 def flops_per_token(model: nn.Module, seq_len: int) -> dict[str, Any]:
     """FLOPs of one forward over ``seq_len`` tokens divided by ``seq_len``, counted by torch's
     FlopCounterMode with eager attention (so the full L x L score and value products count)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     config = getattr(model, "config", None)
     previous = getattr(config, "_attn_implementation", None)
     switch = previous not in (None, "eager") and hasattr(model, "set_attn_implementation")
@@ -92,7 +94,7 @@ MAX_BUSY_OTHER_PCT = 25.0
 MIN_REPEATS = 3
 _BOOT_RESAMPLES, _BOOT_SEED = 2000, 20261125  # as benchsuite.stats: percentile bootstrap, fixed seed
 
-TIMER = ("time.perf_counter around each forward (torch.cuda.synchronize before and after on CUDA); "
+TIMER = ("time.perf_counter around each forward (torch.cuda.synchronize of its GPUs before and after on CUDA); "
          "median and IQR (25th to 75th percentile, linear interpolation) by torch.utils.benchmark.Measurement")
 
 
@@ -189,10 +191,15 @@ def latency(model: nn.Module, batch_size: int, seq_len: int, repeats: int, warmu
     MAX_REL_IQR, when there are fewer than MIN_REPEATS repeats, or when other work was running."""
     if repeats < 1:
         raise ValueError(f"latency needs at least one repeat, got {repeats}")
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids = _input_ids(model, batch_size, seq_len, device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     models = [model] if reference is None else [model, reference]
+    gpus = sorted({p.device for m in models for p in m.parameters() if p.device.type == "cuda"}, key=str)
+
+    def sync() -> None:  # every GPU the models live on (a model spread with --device-map ends on another)
+        for gpu in gpus:
+            torch.cuda.synchronize(gpu)
+
     modes = [m.training for m in models]
     times: list[list[float]] = [[] for _ in models]
     pairs = list(zip(models, times))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -21,6 +22,7 @@ from torch import nn
 from .corpora import Corpus
 from .data import CorpusLike, training_windows
 from .progress import track
+from .structure import input_device
 
 #: LoRA settings that belong to the profile's budget, not to a method
 BUDGET_KEYS = ("grad_accum", "warmup_steps", "lr_schedule")
@@ -146,7 +148,7 @@ def train_lora(model: nn.Module, batches: Iterator[torch.Tensor], steps: int, co
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: config.lr_factor(s, steps))
-    device = next(model.parameters()).device
+    device = input_device(model)  # the first device of a model spread over several (device_map)
     log = TrainLog()
     model.zero_grad(set_to_none=True)  # e.g. gradients left by a criterion's calibration
     model.train()
@@ -155,7 +157,7 @@ def train_lora(model: nn.Module, batches: Iterator[torch.Tensor], steps: int, co
         total = 0.0
         for _ in range(config.grad_accum):
             batch = next(batches).to(device)
-            loss = model(input_ids=batch, labels=batch).loss / config.grad_accum
+            loss = model(input_ids=batch, labels=batch, use_cache=False).loss / config.grad_accum
             loss.backward()
             total += float(loss.detach())
             log.tokens += batch.numel()
@@ -180,6 +182,33 @@ def train_lora(model: nn.Module, batches: Iterator[torch.Tensor], steps: int, co
     log.seconds = time.perf_counter() - start
     model.eval()
     return log
+
+
+@contextmanager
+def checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Gradient checkpointing of the decoder layers while inside (``enabled``): a layer's activations
+    are recomputed in the backward pass instead of kept. Non-reentrant checkpointing, which needs no
+    input that requires grad (the frozen embeddings of a LoRA model have none) and replays dropout
+    with the same random state, so the gradients are those of the plain backward."""
+    if not enabled:
+        yield
+        return
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(base).__name__} does not support gradient checkpointing")
+    kwargs = {"use_reentrant": False}
+    hooked = bool(getattr(base, "_require_grads_hooks", None))  # enabling adds embedding-output hooks: undone after
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.24's name
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    try:
+        yield
+    finally:
+        (base.activation_checkpointing_disable if hasattr(base, "activation_checkpointing_disable")
+         else base.gradient_checkpointing_disable)()
+        if not hooked:  # an embedding output made to require grad breaks no-grad passes that track modules
+            base.disable_input_require_grads()
 
 
 def cycle_batches(tokenizer, corpus: CorpusLike | Sequence[Corpus], length: int, batch_size: int,

@@ -1,6 +1,9 @@
 """Peak memory of one phase, measured honestly (see the reference's note on ru_maxrss).
 
-On CUDA: ``max_memory_allocated`` after a reset, minus what was allocated before the phase.
+On CUDA: ``max_memory_allocated`` after a reset, minus what was allocated before the phase, on the
+given GPU and on every other GPU that holds tensors of this process when the phase starts (a model
+spread over several GPUs with ``--device-map``): the sum of their peaks (an upper bound when the
+GPUs peak at different moments), with each GPU's figure kept in the result.
 On CPU: the process's current RSS sampled in a background thread every few milliseconds, peak
 minus the level before the phase. Before the phase, freed heap memory is handed back to the system
 (``gc.collect`` and glibc's ``malloc_trim``), so that memory freed by an earlier phase and reused by
@@ -85,11 +88,22 @@ class PeakMemory:
         while not self._stop.wait(self.interval_s):
             self._read()
 
+    def _gpus(self) -> list[torch.device]:
+        """The measured GPU and every other one on which this process has allocated memory."""
+        main = self.device if self.device.index is not None else torch.device("cuda", torch.cuda.current_device())
+        others = [torch.device("cuda", i) for i in range(torch.cuda.device_count())
+                  if i != main.index and torch.cuda.memory_allocated(i) > 0]
+        return [main, *others]
+
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.baseline = torch.cuda.memory_allocated(self.device)
+            self._devices = self._gpus()
+            self._baselines = {}
+            for gpu in self._devices:
+                torch.cuda.synchronize(gpu)
+                torch.cuda.reset_peak_memory_stats(gpu)
+                self._baselines[gpu.index] = torch.cuda.memory_allocated(gpu)
+            self.baseline = sum(self._baselines.values())
         else:
             self.trimmed = release_free_memory()
             memory = psutil.virtual_memory()
@@ -103,8 +117,11 @@ class PeakMemory:
 
     def __exit__(self, *exc: Any) -> None:
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device)
+            self._peaks = {}
+            for gpu in self._devices:
+                torch.cuda.synchronize(gpu)
+                self._peaks[gpu.index] = torch.cuda.max_memory_allocated(gpu)
+            self.peak = sum(self._peaks.values())
         else:
             self._stop.set()
             if self._thread is not None:
@@ -134,7 +151,10 @@ class PeakMemory:
     def result(self) -> dict[str, Any]:
         """``peak_mb`` above ``baseline_mb``, how it was measured, and whether it can be trusted."""
         exact = self.device.type == "cuda"
-        how = ("cuda max_memory_allocated minus allocated before the phase (exact)" if exact
+        gpus = len(getattr(self, "_devices", [])) if exact else 0
+        how = ("cuda max_memory_allocated minus allocated before the phase (exact)"
+               + (f", summed over {gpus} GPUs (each GPU's own peak: an upper bound of their joint peak)"
+                  if gpus > 1 else "") if exact
                else f"process RSS sampled every {self.interval_s * 1000:.0f} ms, peak minus the level before"
                + (" (freed heap returned to the OS first: gc + malloc_trim)" if self.trimmed else ""))
         reasons = self.noise_reasons()
@@ -142,7 +162,9 @@ class PeakMemory:
                 "baseline_mb": round(self.baseline / 2**20, 1), "method": how, "exact": exact,
                 "samples": None if exact else self.samples, "interval_s": None if exact else self.interval_s,
                 "max_gap_ms": None if exact else round(self.max_gap_s * 1000, 1),
-                "noisy": bool(reasons), "noise_reasons": reasons}
+                "noisy": bool(reasons), "noise_reasons": reasons} | ({"per_gpu_mb": {
+                    f"cuda:{i}": round((self._peaks[i] - self._baselines[i]) / 2**20, 1) for i in self._peaks}}
+                    if gpus > 1 else {})
 
 
 def tensor_bytes(tensors) -> int:

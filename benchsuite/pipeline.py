@@ -31,12 +31,22 @@ from .api import Granularity, PruneContext, PruneOutcome
 from .columns import Column
 from .corpora import Corpus
 from .data import batches, calibration_samples
-from .finetune import LoRAConfig, attach_lora, cycle_batches, frozen_parameters, merge_lora, train_lora
+from .finetune import (
+    LoRAConfig,
+    attach_lora,
+    checkpointing,
+    cycle_batches,
+    frozen_parameters,
+    merge_lora,
+    train_lora,
+)
 from .memory import PeakMemory, tensor_bytes
 from .metrics import MeasureContext, Metric, check_values
+from .models import device_map_of
 from .plan import ModelPlan, RunPlan, RunSpec, load_dense
 from .profiles import Profile
 from .records import SCHEMA, RecordProblem, check_record, config_hash, git_commit, hardware, versions
+from .structure import input_device
 
 
 def seed_everything(seed: int) -> None:
@@ -86,8 +96,10 @@ class LoRATrainer:
     schedules that train, and the recovery after pruning. ``watch`` sees the pretrained weights'
     gradients at every step (they should stay absent)."""
 
-    def __init__(self, tokenizer: Any, profile: Profile, data: list[Corpus], lora: LoRAConfig, seed: int) -> None:
+    def __init__(self, tokenizer: Any, profile: Profile, data: list[Corpus], lora: LoRAConfig, seed: int,
+                 gradient_checkpointing: bool = False) -> None:
         self.tokenizer, self.profile, self.data, self.lora, self.seed = tokenizer, profile, data, lora, seed
+        self.gradient_checkpointing = gradient_checkpointing
         self.watch = WeightGradWatch()
 
     def __call__(self, model: nn.Module, steps: int, before_step: Callable | None = None,
@@ -101,8 +113,10 @@ class LoRATrainer:
                 before_step(step, model)
 
         data = cycle_batches(self.tokenizer, self.data, p.train_len, p.train_batch, self.seed)
-        log = train_lora(model, data, steps, self.lora, self.seed, watched, after_step, desc)
-        return log.summary() | {"micro_batch": p.train_batch, "length": p.train_len}
+        with checkpointing(model, self.gradient_checkpointing):
+            log = train_lora(model, data, steps, self.lora, self.seed, watched, after_step, desc)
+        return log.summary() | {"micro_batch": p.train_batch, "length": p.train_len} | (
+            {"gradient_checkpointing": True} if self.gradient_checkpointing else {})
 
 
 # -- prune ----------------------------------------------------------------------------------------------
@@ -137,13 +151,19 @@ def prune(plan: RunPlan, model_plan: ModelPlan, spec: RunSpec, calibration: Cali
     trainer = None
     if spec.lora is not None:
         model = attach_lora(model, spec.lora)
-        trainer = LoRATrainer(model_plan.tokenizer, plan.profile, model_plan.recovery_corpora, spec.lora, spec.seed)
+        trainer = LoRATrainer(model_plan.tokenizer, plan.profile, model_plan.recovery_corpora, spec.lora, spec.seed,
+                              gradient_checkpointing=bool(spec.config.get("gradient_checkpointing")))
     cal = spec.calibration
-    ctx = PruneContext(seed=spec.seed, device=plan.device, profile=plan.profile.as_dict(),
+    # a model spread over GPUs (--device-map): ctx.device is where its inputs go, the embedding's GPU
+    ctx = PruneContext(seed=spec.seed, device=input_device(model) if plan.request.device_map else plan.device,
+                       profile=plan.profile.as_dict(),
                        calibration_batches=lambda: batches(
                            calibration.samples(spec.calibration_corpus, cal["samples"], cal["length"], spec.seed),
                            plan.profile.calib_batch),
                        train_steps=model_plan.train_steps, finetune=trainer)
+    placement = device_map_of(model) if plan.request.device_map else None
+    if placement is not None:  # this run's own load: a balanced map follows the GPUs' free memory
+        ctx.notes["device_map"] = placement
     watch = trainer.watch if trainer is not None else WeightGradWatch()
     start = time.perf_counter()
     with PeakMemory(plan.device) as mem:
@@ -344,7 +364,9 @@ def record(plan: RunPlan, model_plan: ModelPlan, spec: RunSpec, stages: RunStage
         "seed": spec.seed, "profile": plan.profile.name, "profile_settings": plan.profile.as_dict(),
         "model": model_plan.model_info.name, "model_source": model_plan.model_info.source,
         "weights_sha256": model_plan.weights_sha, "config": config, "config_hash": config_hash(config),
-        "versions": versions(), "git": git_commit(), "hardware": hardware(str(plan.device)),
+        "versions": versions(), "git": git_commit(), "hardware": hardware(str(plan.device)) | (
+            {"device_map": {"requested": plan.request.device_map, "modules": model_plan.device_map}}
+            if plan.request.device_map else {}),
         "dtype": str(plan.dtype).replace("torch.", ""),
     }
     pruning = spec.method is not None

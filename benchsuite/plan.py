@@ -28,7 +28,7 @@ from .evaluate import count_params
 from .finetune import LoRAConfig
 from .host import Registry
 from .metrics import STANDARD_METRICS, MeasureContext, Metric
-from .models import ResolvedModel, load_model_dir, load_tokenizer, resolve_model
+from .models import DEVICE_MAPS, ResolvedModel, device_map_of, load_model_dir, load_tokenizer, resolve_model
 from .profiles import (
     Profile,
     get_profile,
@@ -77,6 +77,13 @@ class RunRequest:
     #: metrics to measure (registered names; ``default`` stands for every metric with ``default = True``);
     #: None: the default ones
     metrics: list[str] | None = None
+    #: LoRA training (recovery, and schedules that train) recomputes each decoder layer's activations
+    #: in the backward pass instead of keeping them: less memory, about a third more compute
+    gradient_checkpointing: bool = False
+    #: spread the model's layers over the visible GPUs with accelerate (``auto``, ``balanced``, ``balanced_low_0``
+    #: or ``sequential``, see :data:`~benchsuite.models.DEVICE_MAPS`), or an explicit ``{module: device}`` map
+    #: (Python API only; ``cpu`` modules run on the CPU); None: the whole model on ``device``
+    device_map: str | dict[str, str] | None = None
 
 
 DEFAULT_RATIOS = [0.2, 0.5]
@@ -226,6 +233,21 @@ def pick_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
         raise ConfigError(f"dtype '{dtype}' unknown; choose auto, float32, bfloat16 or float16") from None
 
 
+def check_device_map(device_map: str | dict[str, str] | None, device: torch.device) -> None:
+    """``--device-map`` needs CUDA GPUs and ``--device cuda`` (it spreads the model over every visible GPU). An
+    explicit ``{module: device}`` map is checked against the model when it loads."""
+    if device_map is None or isinstance(device_map, dict):
+        return
+    if device_map not in DEVICE_MAPS:
+        raise ConfigError(f"--device-map '{device_map}' unknown; choose one of {', '.join(DEVICE_MAPS)}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device-map {device_map} spreads the model over GPUs, and torch sees no CUDA GPU here; "
+                          "leave --device-map out to run on one device")
+    if device.type != "cuda" or device.index is not None:
+        raise ConfigError(f"--device-map {device_map} spreads the model over every visible GPU: give --device cuda "
+                          f"(not {device}); choose the GPUs with CUDA_VISIBLE_DEVICES")
+
+
 def check_corpus_file(corpus: str, role: str = "") -> None:
     """A corpus given as a .txt/.jsonl path must exist and be readable text: checked before the model loads."""
     path = Path(corpus).expanduser()
@@ -298,6 +320,7 @@ def plan_request(request: RunRequest, registry: Registry) -> RunPlan:
     for plan in methods:
         plan.lora(profile.lora_budget())  # a method that sets the profile's budget keys fails now
     device, dtype = pick_device(request.device, request.dtype)
+    check_device_map(request.device_map, device)
     try:  # an unusable results folder fails now, not after the dense model was evaluated
         check_writable(request.results)
     except OSError as exc:
@@ -383,6 +406,8 @@ class ModelPlan:
     recovery_data: dict[str, Any] | None
     dense_run: RunSpec
     runs: list[RunSpec]
+    #: ``{module: device}`` of the dense model spread over GPUs (``--device-map``); None on one device
+    device_map: dict[str, str] | None = None
 
     def spec(self, method: MethodPlan, ratio: float, seed: int) -> RunSpec:
         for spec in self.runs:
@@ -443,7 +468,8 @@ def measure_context(plan: RunPlan, tokenizer: Any, dense_params: int, seed: int,
 
 
 def load_dense(plan: RunPlan, model_info: ResolvedModel) -> nn.Module:
-    return load_model_dir(model_info.path, dtype=plan.dtype, device=plan.device)
+    """The dense model on ``plan.device``, or spread over the GPUs with ``--device-map``."""
+    return load_model_dir(model_info.path, dtype=plan.dtype, device=plan.device, device_map=plan.request.device_map)
 
 
 def plan_model(plan: RunPlan) -> ModelPlan:
@@ -492,7 +518,8 @@ def plan_model(plan: RunPlan) -> ModelPlan:
     runs = [run_spec(plan, weights_sha, train_steps, method, ratio, seed, n_layers, unit_ratios[(method.key, ratio)])
             for method in plan.methods for ratio in method.ratios for seed in plan.request.seeds]
     return ModelPlan(model_info, tokenizer, dense, weights_sha, dense_params, train_steps, recovery_corpora,
-                     recovery_data, RunSpec(None, 0.0, 0, dense_config(plan, weights_sha)), runs)
+                     recovery_data, RunSpec(None, 0.0, 0, dense_config(plan, weights_sha)), runs,
+                     device_map_of(dense))
 
 
 def _context_config(plan: RunPlan, weights_sha: str) -> dict[str, Any]:
@@ -516,6 +543,8 @@ def run_spec(plan: RunPlan, weights_sha: str, train_steps: int, method: MethodPl
     if plan.metric_selection is not None:
         config["metrics"] = plan.metric_selection
     lora, steps = method.lora(plan.profile.lora_budget())
+    if plan.request.gradient_checkpointing and lora is not None:  # same results, other memory and time
+        config["gradient_checkpointing"] = True
     calibration = calibration_spec(plan, method)
     needs = method.criterion.needs
     try:

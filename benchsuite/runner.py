@@ -132,7 +132,11 @@ class Runner:
         return self.model_plan
 
     def prepare(self) -> None:
-        """Resolve and load the model, check every run against it (may raise ConfigError)."""
+        """Refuse a request with a run that can't fit the device (:func:`~benchsuite.estimate.check_fits`, from
+        the model's config), then resolve and load the model, check every run against it (may raise ConfigError)."""
+        from .estimate import check_fits
+
+        check_fits(self.plan, self.log)
         self.model_plan = plan_model(self.plan)
         self._calibration = Calibration(self.model_plan.tokenizer)
 
@@ -157,6 +161,25 @@ class Runner:
         return self._run(spec, f"dense: evaluating {self.model_info.name} ({self.profile.name} profile)")[0]
 
     def run_one(self, plan: MethodPlan, ratio: float, seed: int) -> dict[str, Any]:
+        return self._run_pruned(plan, ratio, seed)[0]
+
+    def run_single(self, key: str, ratio: float = 0.0, seed: int = 0) -> tuple[dict[str, Any], bool]:
+        """One run of the matrix on its own, as :meth:`run` runs it (under its slot's lock, kept if finished, else
+        written atomically to a new file): ``key`` ``dense``, or a method variant of the plan (its ``key``) at one
+        of its ratios and one of the request's seeds. Returns the record and whether it was written now. For
+        executors that give each run a process of their own (:mod:`benchsuite.cluster`); call :meth:`prepare`
+        first."""
+        model_plan = self._model_plan()
+        if key == "dense":
+            return self._run(model_plan.dense_run, f"dense: evaluating {self.model_info.name} "
+                             f"({self.profile.name} profile)")
+        plan = next((p for p in self.plans if p.key == key), None)
+        if plan is None:
+            raise KeyError(f"no method {key} in the plan (it has {', '.join(p.key for p in self.plans)})")
+        model_plan.dense = None  # a pruned run loads its own copy
+        return self._run_pruned(plan, ratio, seed)
+
+    def _run_pruned(self, plan: MethodPlan, ratio: float, seed: int) -> tuple[dict[str, Any], bool]:
         spec = self._model_plan().spec(plan, ratio, seed)
         record, new = self._run(spec, f"{spec.label}: pruning")
         if new and record["status"] == "ok":
@@ -165,7 +188,7 @@ class Runner:
                             if k.startswith("ppl_") and k + "_lo" in m)
             params = f"params {m['params'] / 1e6:.1f}M" if m.get("params") is not None else ""
             self.log(f"{spec.label}: " + ", ".join(x for x in (ppl, params) if x))
-        return record
+        return record, new
 
     def _run(self, spec: RunSpec, starting: str) -> tuple[dict[str, Any], bool]:
         """One run under its slot's lock: the finished record if there is one (and False), else the
@@ -256,6 +279,11 @@ class Runner:
         return self.load_dense()
 
     # -- records ----------------------------------------------------------------------------------------------
+    def finished(self, spec: RunSpec) -> dict[str, Any] | None:
+        """The finished record of ``spec`` (None with ``rerun``), looked up without the slot's lock: a hint that
+        saves starting the run (an executor's), which checks again under the lock."""
+        return self._done(self._slot(spec), spec.config)
+
     def _done(self, slot: RecordSlot, config: dict[str, Any]) -> dict[str, Any] | None:
         """The finished record of this slot with these settings, if any (the newest). Other files of the
         slot (failed, damaged or incomplete attempts) are kept; the run then goes to a new file."""

@@ -59,6 +59,19 @@ def _has_projections(layer: nn.Module) -> bool:
     return True
 
 
+def input_device(model: nn.Module) -> torch.device:
+    """Where a model's input ids go: its input embedding's device. A model spread over several devices
+    (accelerate's ``device_map``) starts there; its other modules move the activations themselves, so
+    nothing else may assume one device for the whole model (``next(model.parameters()).device``)."""
+    get = getattr(model, "get_input_embeddings", None)
+    embeddings = get() if callable(get) else None
+    weight = getattr(embeddings, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.device.type != "meta":
+        return weight.device
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def base_linear(module: nn.Module) -> nn.Linear:
     """The plain Linear inside a (possibly peft-wrapped) projection."""
     return module.get_base_layer() if hasattr(module, "get_base_layer") else module
@@ -376,6 +389,35 @@ def record_widths(model: nn.Module) -> None:
         {"num_heads": w.num_heads, "num_kv_heads": w.num_kv_heads, "intermediate_size": w.intermediate_size}
         for w in widths
     ])
+    record_biases(model)
+
+
+#: per layer, the projections that have a bias (None: none has): pruning may add biases that the
+#: architecture's config does not switch on (FLAP's compensation: o_proj/down_proj only, whereas Llama's
+#: ``attention_bias`` / ``mlp_bias`` would give every projection one)
+BIASES_KEY = "benchsuite_biases"
+
+
+def record_biases(model: nn.Module) -> None:
+    """Store which projections of each layer have a bias in the config (see :data:`BIASES_KEY`)."""
+    found = [[path for path in PROJECTIONS if base_linear(layer.get_submodule(path)).bias is not None]
+             for layer in decoder_layers(model)]
+    setattr(model.config, BIASES_KEY, found if any(found) else None)
+
+
+def add_biases(model: nn.Module, biases: list[list[str]]) -> None:
+    """Give the recorded projections of each layer a bias where they have none (zeros, on the weight's
+    device and in its dtype: on the meta device in a skeleton), before loading a state dict."""
+    layers = decoder_layers(model)
+    if len(biases) != len(layers):
+        raise ValueError(f"{len(biases)} layers of recorded biases for a model with {len(layers)} layers")
+    for layer, paths in zip(layers, biases):
+        for path in paths:
+            linear = base_linear(layer.get_submodule(path))
+            if linear.bias is None:
+                weight = linear.weight
+                linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=weight.dtype, device=weight.device),
+                                           requires_grad=weight.requires_grad)
 
 
 def reshape_to_widths(model: nn.Module, widths: list[dict]) -> None:

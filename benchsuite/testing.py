@@ -291,6 +291,8 @@ class _Run:
     score_problems: list[str] = field(default_factory=list)
     finalize_checks: list[tuple[str, str | None]] = field(default_factory=list)  # (check, problem or None)
     finalized: int = 0
+    unit_params: dict[str, int] = field(default_factory=dict)  # group name -> one unit's parameters (adaptive)
+    removed_params: int | None = None  # projection parameters finalize removed (biases it adds count against)
 
 
 def _component(item: Any, kind: str, table: Mapping[str, type]) -> tuple[str, type, dict[str, Any]]:
@@ -323,6 +325,8 @@ def _probe(cls: type[Granularity], run: _Run, tokens: torch.Tensor, atol: float)
     masked model with the finalized one (same logits), then behaves exactly as ``cls``."""
 
     def score(self, criterion, model, groups):
+        for group, params in zip(groups, self.unit_params(model, groups)):
+            run.unit_params.setdefault(group.name, params)
         scores = cls.score(self, criterion, model, groups)
         if len(scores) != len(groups):
             run.score_problems.append(f"{len(scores)} score tensors for {len(groups)} groups")
@@ -340,7 +344,9 @@ def _probe(cls: type[Granularity], run: _Run, tokens: torch.Tensor, atol: float)
         run.finalized += 1
         self.apply_masks(model, groups, masks)
         masked = _logits(model, tokens)
+        before = _projection_params(model)
         out = cls.finalize(self, model, groups, masks)
+        run.removed_params = before - _projection_params(out)
         final = _logits(out, tokens)
         if not bool(torch.isfinite(final).all()):
             run.finalize_checks.append(("finite logits after finalize", "the finalized model gives non-finite logits"))
@@ -354,6 +360,31 @@ def _probe(cls: type[Granularity], run: _Run, tokens: torch.Tensor, atol: float)
 
     return type(cls.__name__, (cls,), {"score": score, "finalize": finalize, "__module__": cls.__module__,
                                        "__qualname__": cls.__qualname__})
+
+
+def _projection_params(model: nn.Module) -> int:
+    """Weights and biases of the decoder layers' pretrained projections."""
+    from .structure import linear_modules
+
+    return sum(linear.weight.numel() + (linear.bias.numel() if linear.bias is not None else 0)
+               for _, linear in linear_modules(model))
+
+
+def _budget_problems(groups: list[GroupSet], masks: list[torch.Tensor], ratio: float, run: _Run) -> list[str]:
+    """For adaptive granularities: the parameters removed (finalize's count when it ran) are within one unit's
+    parameters of ``ratio`` of the units' parameters in all, and every block keeps a unit."""
+    unit_params = [run.unit_params.get(g.name) for g in groups]
+    if None in unit_params or len(masks) != len(groups):
+        return [f"{len(masks)} masks for {len(groups)} groups, {len(run.unit_params)} of them scored"]
+    problems = [f"{g.name}: a block lost all its units" for g, m in zip(groups, masks)
+                if bool((~m.cpu()).reshape(g.blocks, -1).all(1).any())]
+    target = ratio * sum(g.size * n for g, n in zip(groups, unit_params))
+    removed = run.removed_params if run.removed_params is not None else sum(
+        int((~m).sum()) * n for m, n in zip(masks, unit_params))
+    slack = max(g.blocks * n for g, n in zip(groups, unit_params))
+    if abs(removed - target) > slack:
+        problems.append(f"{removed} parameters removed, expected {target:.0f} within one unit ({slack})")
+    return problems
 
 
 def _params_json(component: Any) -> str:
@@ -570,7 +601,9 @@ def _check_criterion(criterion_cls, params, granularities, schedules, models, ra
                         report.failures.append(f"{where}: scores: " + "; ".join(run.score_problems[:3]))
                     else:
                         report.passed.append(f"{where}: scores finite, one per unit")
-                    problems = _ratio_problems(outcome.groups, outcome.masks, target)
+                    problems = (_budget_problems(outcome.groups, outcome.masks, target, run)
+                                if getattr(granularity, "adaptive", False) else
+                                _ratio_problems(outcome.groups, outcome.masks, target))
                     if problems:
                         report.failures.append(f"{where}: ratio {target:g} not hit: " + "; ".join(problems[:3]))
                     else:

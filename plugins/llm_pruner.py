@@ -10,8 +10,15 @@ With ``g = dL/dW`` averaged over the calibration samples and ``H = mean of per-s
   module (the reference's vector-wise salience, reduced over ``head_dim`` for a head)
 
 Per-module unit scores are reduced across the coupled modules with ``reduction`` (sum, mean, max,
-prod). Unlike LoRAPrune this holds a gradient for every pretrained weight (and, for ``element2``,
-two more accumulators): that is its memory cost, and it is measured, not hidden.
+prod). Unlike LoRAPrune this holds a gradient for every pretrained weight: that is its memory cost,
+and it is measured, not hidden.
+
+Where the memory goes (what makes a 7B model fit one 80 GB GPU in bfloat16, as the reference does):
+the gradients stay in the model's dtype (each module's is converted to float32 only while it is
+scored); ``element2`` adds one float32 accumulator for the Fisher diagonal, filled by a per-sample
+pass, and takes ``g`` from a second, batched pass (the gradient of the mean loss: the mean of the
+per-sample gradients), as the reference does, instead of a second float32 accumulator. At 7B in
+bfloat16: weights 13.5 GB + gradients 13.5 GB (+ 27 GB Fisher for ``element2``).
 """
 
 from __future__ import annotations
@@ -62,26 +69,26 @@ class Taylor(Criterion):
         targets = dict(linear_modules(model))
         samples = sum(len(b) for b in ctx.calibration_batches())
 
-        def per_sample() -> None:  # this sample's gradient: mean and mean square over the samples
+        def per_sample() -> None:  # this sample's squared gradient, for the Fisher diagonal (float32)
             for key, linear in targets.items():
-                g = linear.weight.grad.detach().float()
-                self._fisher[key] = self._fisher.get(key, 0) + g.square() / samples
-                self._grad[key] = self._grad.get(key, 0) + g / samples
+                square = linear.weight.grad.detach().float().square().div_(samples)  # a new tensor
+                if key in self._fisher:
+                    self._fisher[key].add_(square)
+                else:
+                    self._fisher[key] = square
 
         def collect() -> None:
-            if self.order != "element2":
-                # held in the model's dtype (a float32 copy of a bf16 model's gradients doubled them at 7B);
-                # each module's is converted when it is scored
-                self._grad = {key: linear.weight.grad.detach() for key, linear in targets.items()}
-            ctx.notes["weight_grad_bytes"] = (
-                tensor_bytes(p.grad for p in model.parameters()) + tensor_bytes(self._fisher.values())
-                + (tensor_bytes(self._grad.values()) if self.order == "element2" else 0))
+            # held in the model's dtype (a float32 copy of a bf16 model's gradients doubled them at 7B);
+            # each module's is converted when it is scored
+            self._grad = {key: linear.weight.grad.detach() for key, linear in targets.items()}
+            ctx.notes["weight_grad_bytes"] = (tensor_bytes(p.grad for p in model.parameters())
+                                              + tensor_bytes(self._fisher.values()))
 
-        if self.order == "element2":  # per-sample gradients for the Fisher diagonal
-            calibrate(model, ctx, desc="Taylor: per-sample gradients", grad="weights", per_sample=True,
-                      after_backward=per_sample, collect=collect)
-        else:  # gradients of the mean loss, accumulated batch by batch
-            calibrate(model, ctx, desc="Taylor: gradients", grad="weights", collect=collect)
+        if self.order == "element2":  # per-sample gradients for the Fisher diagonal, then g as for element1
+            calibrate(model, ctx, desc="Taylor: per-sample gradients (Fisher)", grad="weights", per_sample=True,
+                      after_backward=per_sample)
+        # the gradient of the mean loss, accumulated batch by batch
+        calibrate(model, ctx, desc="Taylor: gradients", grad="weights", collect=collect)
 
     def _gradient(self, key: str) -> torch.Tensor:
         if key not in self._grad:
