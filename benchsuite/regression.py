@@ -29,10 +29,11 @@ from typing import Any
 
 from .names import split_names
 
-#: (method, ratio or None for N:M) — one of every built-in family, structured and 2:4
+#: (method, ratio or None for N:M) — one of every built-in family: structured (width and depth) and 2:4
 MATRIX: list[tuple[str, float | None]] = [
     ("loraprune", 0.5), ("llm-pruner", 0.5), ("magnitude-l2", 0.5), ("random", 0.5),
     ("wanda-2:4", None), ("magnitude-2:4", None),
+    ("flap", 0.5), ("wanda-sp", 0.5), ("shortgpt", 0.5), ("sparsegpt-2:4", None),
 ]
 PROFILE = "smoke"
 QUALITY = ("ppl_wiki", "ppl_c4")
