@@ -258,6 +258,8 @@ def cmd_run(args) -> int:
                          calibration_data=args.calibration_data,
                          metrics=split_names(args.metrics) if args.metrics is not None else None,
                          gradient_checkpointing=args.gradient_checkpointing, device_map=args.device_map)
+    if args.json and not args.dry_run:
+        raise ConfigError("--json prints the --dry-run estimate: give --dry-run too (records are JSON already)")
     registry = get_registry()
     _report_plugin_failures(registry)
     if args.dry_run:

@@ -129,3 +129,6 @@ def test_cli_dry_run_writes_no_records(config_only, tmp_path, monkeypatch):
     data = json.loads(refused.stdout)
     assert len(data["runs"]) == 5 and all("exceeds" in run["refused"] for run in data["runs"])
     assert not list((tmp_path / "r").rglob("*.json"))
+    without = bench(*args[:-1], "--json")  # --json alone is the dry run's option: an error, nothing run
+    assert without.returncode == 2 and "--dry-run" in without.stderr
+    assert not list((tmp_path / "r").rglob("*.json"))
