@@ -21,11 +21,13 @@ from tabulate import tabulate
 
 from benchsuite import RunningScores
 from benchsuite.api import PruneContext
-from benchsuite.data import batches, calibration_samples
-from benchsuite.finetune import LoRAConfig, attach_lora, cycle_batches, train_lora
+from benchsuite.api.model import decoder_layers
+from benchsuite.data.tokens import batches, calibration_samples
 from benchsuite.host import get_registry
-from benchsuite.models import load_model_dir, load_tokenizer, resolve_model
-from benchsuite.structure import decoder_layers, parse_layers
+from benchsuite.models.checkpoint import load_model_dir, load_tokenizer
+from benchsuite.models.resolve import resolve_model
+from benchsuite.pruning.structure import parse_layers
+from benchsuite.running.finetune import LoRAConfig, attach_lora, cycle_batches, train_lora
 from benchsuite_plugins.granularities import Structured
 from benchsuite_plugins.llm_pruner import Taylor
 from benchsuite_plugins.loraprune import LoRAGuided
@@ -51,7 +53,7 @@ def agreement(gran, groups, reference, other, ratio):
 
 def element_agreement(gran_layers, dense_scores, other_scores):
     """Mean Spearman over elements (subsampled) and overlap of the 2:4-pruned elements."""
-    from benchsuite.sparsity import nm_mask
+    from benchsuite.pruning.sparsity import nm_mask
 
     rho, overlap = [], []
     g = torch.Generator().manual_seed(0)

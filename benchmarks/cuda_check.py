@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from benchsuite.cli import main as cli
-from benchsuite.records import latest_attempts, scan
+from benchsuite.running.records import latest_attempts, scan
 from benchsuite.testing import save_tiny_model, write_corpus
 
 METHODS = "loraprune,llm-pruner,magnitude-l2,wanda-2:4,magnitude-2:4,loraprune-2:4"

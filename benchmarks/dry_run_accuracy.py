@@ -3,7 +3,7 @@ and 1B models).
 
 For each size, ``benchsuite run`` runs in a fresh process (smoke profile, no zero-shot tasks, float32 on the CPU,
 LoRAPrune and LLM-Pruner at ratio 0.2, and the dense evaluation), then the same request is estimated from the
-model's config alone (:func:`benchsuite.estimate.estimate_request`), and every phase's estimate is set against the
+model's config alone (`estimate_request`), and every phase's estimate is set against the
 record's measured peak above the phase's start (``peak_mem_prune_mb``, ``peak_mem_recover_mb``,
 ``peak_mem_eval_mb``), with the parameters and FLOPs after pruning.
 
@@ -36,10 +36,10 @@ sys.path.insert(0, str(HERE))
 
 from memory_scaling import SIZES, VOCAB  # noqa: E402
 
-from benchsuite.estimate import MB, estimate_request  # noqa: E402
 from benchsuite.host import get_registry  # noqa: E402
-from benchsuite.plan import RunRequest, plan_request  # noqa: E402
-from benchsuite.records import scan  # noqa: E402
+from benchsuite.running.estimate import MB, estimate_request  # noqa: E402
+from benchsuite.running.plan import RunRequest, plan_request  # noqa: E402
+from benchsuite.running.records import scan  # noqa: E402
 
 METHODS = ["loraprune", "llm-pruner"]
 PHASES = {"prune": "peak_mem_prune_mb", "recover": "peak_mem_recover_mb", "eval": "peak_mem_eval_mb"}

@@ -1,7 +1,7 @@
 """How much latency moves between identical models, quiet and under a concurrent CPU load.
 
 For the default model (SmolLM2-135M) and a tiny random LLaMA (the tests' model), measures with
-``benchsuite.evaluate.latency``, interleaved against the dense model:
+``benchsuite.evaluation.latency.latency``, interleaved against the dense model:
 - the dense model against itself (the speedup should be 1 and its interval contain 1),
 - the default model with half of its MLP channels removed against the dense model,
 first on the machine as it is (after waiting, up to --wait seconds, for other work to stop) and then
@@ -24,10 +24,11 @@ import torch
 from tabulate import tabulate
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from benchsuite.assets import default_model_dir
-from benchsuite.evaluate import MachineLoad, latency
-from benchsuite.models import load_model_dir
-from benchsuite.structure import decoder_layers, slice_linear, sync_attributes
+from benchsuite.api.model import decoder_layers
+from benchsuite.data.assets import default_model_dir
+from benchsuite.evaluation.latency import MachineLoad, latency
+from benchsuite.models.checkpoint import load_model_dir
+from benchsuite.pruning.structure import slice_linear, sync_attributes
 
 
 def tiny_llama() -> LlamaForCausalLM:

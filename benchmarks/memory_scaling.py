@@ -34,9 +34,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from benchsuite import PAPER_LORA, PruneContext, RunningScores
-from benchsuite.finetune import LoRAConfig, attach_lora, train_lora
-from benchsuite.memory import PeakMemory, tensor_bytes
-from benchsuite.structure import decoder_layers
+from benchsuite.api.model import decoder_layers
+from benchsuite.evaluation.memory import PeakMemory, tensor_bytes
+from benchsuite.running.finetune import LoRAConfig, attach_lora, train_lora
 from benchsuite_plugins.granularities import Structured
 from benchsuite_plugins.llm_pruner import Taylor
 from benchsuite_plugins.loraprune import LoRAGuided

@@ -21,11 +21,13 @@ from tabulate import tabulate
 
 from benchsuite import RunningScores
 from benchsuite.api import PruneContext
-from benchsuite.finetune import LoRAConfig, attach_lora
+from benchsuite.api.model import decoder_layers
+from benchsuite.evaluation.memory import PeakMemory
 from benchsuite.host import get_registry
-from benchsuite.memory import PeakMemory
-from benchsuite.models import load_model_dir, resolve_model
-from benchsuite.structure import decoder_layers, parse_layers
+from benchsuite.models.checkpoint import load_model_dir
+from benchsuite.models.resolve import resolve_model
+from benchsuite.pruning.structure import parse_layers
+from benchsuite.running.finetune import LoRAConfig, attach_lora
 from benchsuite_plugins.granularities import Structured
 from benchsuite_plugins.llm_pruner import Taylor
 from benchsuite_plugins.loraprune import LoRAGuided

@@ -1,10 +1,10 @@
 """Peak memory of reloading a pruned checkpoint: the full-size skeleton (benchsuite before the meta-device
-reload) against the meta-device skeleton of :func:`benchsuite.models.load_model_dir`.
+reload) against the meta-device skeleton of :func:`benchsuite.models.checkpoint.load_model_dir`.
 
 A random LLaMA (hidden 1024, 8 layers, 16 heads over 4 kv heads, intermediate 2816, float32) has half its
-heads and MLP channels removed (magnitude scores), and is saved with :func:`~benchsuite.models.save_pruned`.
+heads and MLP channels removed (magnitude scores), and is saved with :func:`~benchsuite.models.checkpoint.save_pruned`.
 Each reload (and, for scale, the load of the dense checkpoint before pruning: ``dense``) then runs in a
-fresh Python process, imports done first, under :class:`~benchsuite.memory.PeakMemory` (RSS sampled every
+fresh Python process, imports done first, under :class:`~benchsuite.evaluation.memory.PeakMemory` (RSS sampled every
 2 ms, above the level before the load), and the pruned reload's logits are compared with the saved model's.
 
     .tox/py/bin/python benchmarks/reload_memory.py [--hidden 1024 --layers 8 --ratio 0.5]
@@ -27,7 +27,7 @@ def legacy_load(path: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Modu
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from benchsuite.structure import WIDTHS_KEY, reshape_to_widths
+    from benchsuite.pruning.structure import WIDTHS_KEY, reshape_to_widths
 
     config = AutoConfig.from_pretrained(path)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -44,8 +44,8 @@ def child(path: Path, mode: str) -> None:
     """Reload ``path`` in this (fresh) process and print the peak and the logits' checksum as JSON."""
     import transformers
 
-    from benchsuite.memory import PeakMemory, release_free_memory
-    from benchsuite.models import load_model_dir
+    from benchsuite.evaluation.memory import PeakMemory, release_free_memory
+    from benchsuite.models.checkpoint import load_model_dir
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(1)
@@ -72,15 +72,9 @@ def child(path: Path, mode: str) -> None:
 
 
 def build(path: Path, hidden: int, layers: int, ratio: float) -> dict[str, int]:
-    from benchsuite.models import save_pruned
-    from benchsuite.structure import (
-        attention_group,
-        decoder_layers,
-        mlp_group,
-        prune_counts,
-        remove_units,
-        select_units,
-    )
+    from benchsuite.api.model import decoder_layers
+    from benchsuite.models.checkpoint import save_pruned
+    from benchsuite.pruning.structure import attention_group, mlp_group, prune_counts, remove_units, select_units
     from benchsuite.testing import tiny_llama
 
     model = tiny_llama(16, 4, layers, hidden_size=hidden, intermediate_size=int(hidden * 2.75), weight_std=0.02)

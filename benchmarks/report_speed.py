@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchsuite.records import load_records
-from benchsuite.report import render
+from benchsuite.reporting.tables import render
+from benchsuite.running.records import load_records
 
 ROOT = Path(__file__).resolve().parent.parent / "results" / "reference"
 

@@ -11,21 +11,27 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from benchsuite import _compat  # noqa: E402 - the flat module paths of before the layers keep working
+
+_compat.install()
+
 #: public name -> the module that defines it
 _LAZY: dict[str, str] = {
     **dict.fromkeys((
         "API_VERSION", "NEEDS", "REDUCTIONS", "ConfigError", "Coupling", "Criterion", "Granularity", "GroupSet",
         "Method", "ModelSpec", "Parametrized", "PruneContext", "PruneOutcome", "Reduction", "Schedule", "combine",
-        "module_key", "unit_sums"), "benchsuite.api"),
-    **dict.fromkeys(("PROJECTIONS", "base_linear", "decoder_layers", "linear_modules"), "benchsuite.structure"),
-    "calibrate": "benchsuite.calibration",
-    "RunningScores": "benchsuite.scoring",
-    "checked_scores": "benchsuite.scoring",
-    "tensor_bytes": "benchsuite.memory",
-    "PAPER_LORA": "benchsuite.finetune",
-    **dict.fromkeys(("Metric", "MetricResult", "MeasureContext"), "benchsuite.metrics"),
-    "Column": "benchsuite.columns",
-    **dict.fromkeys(("Corpus", "FileCorpus", "HubCorpus"), "benchsuite.corpora"),
+        "module_key", "unit_sums"), "benchsuite.api.components"),
+    "ConfigError": "benchsuite.api.errors",
+    **dict.fromkeys(("PROJECTIONS", "base_linear", "decoder_layers", "linear_modules"), "benchsuite.api.model"),
+    "calibrate": "benchsuite.pruning.calibration",
+    "RunningScores": "benchsuite.pruning.scoring",
+    "checked_scores": "benchsuite.pruning.scoring",
+    "tensor_bytes": "benchsuite.evaluation.memory",
+    "PAPER_LORA": "benchsuite.running.finetune",
+    **dict.fromkeys(("Metric", "MetricResult", "MeasureContext"), "benchsuite.api.metrics"),
+    "Column": "benchsuite.api.columns",
+    "Corpus": "benchsuite.api.corpora",
+    **dict.fromkeys(("FileCorpus", "HubCorpus"), "benchsuite.data.corpora"),
 }
 
 __all__ = [
@@ -41,11 +47,11 @@ if TYPE_CHECKING:
 
     #: Decorate plugin functions with this: ``@hookimpl def benchsuite_register_criteria(register): ...``
     hookimpl: pluggy.HookimplMarker
-    from .api import (
+    from benchsuite.api.columns import Column
+    from benchsuite.api.components import (
         API_VERSION,
         NEEDS,
         REDUCTIONS,
-        ConfigError,
         Coupling,
         Criterion,
         Granularity,
@@ -61,14 +67,15 @@ if TYPE_CHECKING:
         module_key,
         unit_sums,
     )
-    from .calibration import calibrate
-    from .columns import Column
-    from .corpora import Corpus, FileCorpus, HubCorpus
-    from .finetune import PAPER_LORA
-    from .memory import tensor_bytes
-    from .metrics import MeasureContext, Metric, MetricResult
-    from .scoring import RunningScores, checked_scores
-    from .structure import PROJECTIONS, base_linear, decoder_layers, linear_modules
+    from benchsuite.api.corpora import Corpus
+    from benchsuite.api.errors import ConfigError
+    from benchsuite.api.metrics import MeasureContext, Metric, MetricResult
+    from benchsuite.api.model import PROJECTIONS, base_linear, decoder_layers, linear_modules
+    from benchsuite.data.corpora import FileCorpus, HubCorpus
+    from benchsuite.evaluation.memory import tensor_bytes
+    from benchsuite.pruning.calibration import calibrate
+    from benchsuite.pruning.scoring import RunningScores, checked_scores
+    from benchsuite.running.finetune import PAPER_LORA
 
 
 def __getattr__(name: str) -> Any:

@@ -9,20 +9,20 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import __version__, progress
-from .api import ConfigError
-from .assets import AssetError
-from .host import PluginError, get_registry
-from .models import DEVICE_MAPS
-from .names import split_names
-from .profiles import PROFILES
+from benchsuite import __version__
+from benchsuite.api.errors import AssetError, ConfigError
+from benchsuite.api.profiles import PROFILES
+from benchsuite.host import PluginError, get_registry
+from benchsuite.models.checkpoint import DEVICE_MAPS
+from benchsuite.util import progress
+from benchsuite.util.names import split_names
 
 #: the default benchmark: every criterion with the same LoRA budget and data (LoRAPrune's is during pruning)
 DEFAULT_METHODS = "loraprune,llm-pruner,magnitude-l2+lora,random+lora"
 
 EPILOG = """examples:
   benchsuite run                  # default: loraprune, llm-pruner, magnitude-l2, random, all with LoRA,
-                                  # at 20%% and 50%% of the decoder weights
+                                  # at 20% and 50% of the decoder weights
   benchsuite run --methods llm-pruner+none,magnitude-l2,random    # the same criteria without recovery
   benchsuite run --methods magnitude-l2,random --ratios 0.5 --profile smoke
   benchsuite run --methods loraprune,magnitude,wanda --granularity 2:4
@@ -187,16 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="markdown columns: all, ppl (perplexity and efficiency), zeroshot (accuracies)")
 
     compare = sub.add_parser(
-        "compare", help="paired differences between methods (or two results folders) with 95% intervals",
+        "compare", help="paired differences between methods (or two results folders) with 95%% intervals",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Compare runs that share model, profile, granularity, ratio and seed: perplexity as a "
         "relative change (paired bootstrap over the same windows), zero-shot accuracy in points (paired over the "
         "same examples), latency as a ratio of medians, parameters and FLOPs exactly. A difference is marked "
-        "significant (*) only when its paired 95%% interval excludes zero and the two runs' own intervals do not "
+        "significant (*) only when its paired 95% interval excludes zero and the two runs' own intervals do not "
         "overlap.",
         epilog="examples:\n  benchsuite compare --baseline llm-pruner --methods loraprune\n"
         "  benchsuite compare --results old-results --against results      # e.g. two commits\n"
-        "  benchsuite compare --baseline llm-pruner --fail-if ppl_wiki:+2%% --fail-if acc_avg:-0.01")
+        "  benchsuite compare --baseline llm-pruner --fail-if ppl_wiki:+2% --fail-if acc_avg:-0.01")
     compare.add_argument("--results", type=Path, default=Path("results"))
     compare.add_argument("--baseline", help="the method (variant, e.g. magnitude-l2+lora) the others are compared with")
     compare.add_argument("--against", type=Path, metavar="DIR",
@@ -234,19 +234,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dist(info) -> str:
+    return f" (distribution {info.distribution})" if info.distribution else ""
+
+
 def _report_plugin_failures(registry) -> None:
     for info in registry.failures:
-        print(f"benchsuite: warning: plugin '{info.name}' skipped: {info.error}", file=sys.stderr)
+        print(f"benchsuite: warning: plugin '{info.name}'{_dist(info)} skipped: {info.error}", file=sys.stderr)
     for info in registry.plugins:
         for warning in info.warnings:
-            print(f"benchsuite: warning: plugin '{info.name}': {warning}", file=sys.stderr)
+            print(f"benchsuite: warning: plugin '{info.name}'{_dist(info)}: {warning}", file=sys.stderr)
 
 
 def cmd_run(args) -> int:
-    from .atomic import write_atomic
-    from .records import context_hash, latest_attempts, problems_message, scan, slug
-    from .report import render
-    from .runner import Runner, RunRequest
+    from benchsuite.reporting.tables import render
+    from benchsuite.running.records import context_hash, latest_attempts, problems_message, scan, slug
+    from benchsuite.running.runner import Runner, RunRequest
+    from benchsuite.util.atomic import write_atomic
 
     request = RunRequest(methods=split_names(args.methods), model=args.model,
                          ratios=args.ratios, seeds=args.seeds, profile=args.profile, results=args.results,
@@ -273,7 +277,7 @@ def cmd_run(args) -> int:
     try:
         with progress.active(view):
             if args.executor == "ray":
-                from .cluster import run_on_ray
+                from benchsuite.running.cluster import run_on_ray
 
                 runner, outcome = run_on_ray(request, registry, address=args.address, cpus_per_run=args.cpus_per_run,
                                              log=view.log, error=view.error, verbose=verbose)
@@ -300,10 +304,10 @@ def cmd_run(args) -> int:
 
 
 def dry_run(request, registry, as_json: bool = False) -> int:
-    """``run --dry-run``: the estimate of every run (see :mod:`benchsuite.estimate`); 3 if one can't fit."""
-    from .estimate import estimate_request, to_json
-    from .estimate import render as render_estimate
-    from .plan import plan_request
+    """``run --dry-run``: the estimate of every run (see :mod:`benchsuite.running.estimate`); 3 if one can't fit."""
+    from benchsuite.running.estimate import estimate_request, to_json
+    from benchsuite.running.estimate import render as render_estimate
+    from benchsuite.running.plan import plan_request
 
     dry = estimate_request(plan_request(request, registry))
     print(to_json(dry) if as_json else render_estimate(dry))
@@ -313,7 +317,7 @@ def dry_run(request, registry, as_json: bool = False) -> int:
 def stored_records(results: Path) -> list[dict]:
     """The usable records under ``results``, latest attempt of each run; a warning names every file that
     is not a usable record."""
-    from .records import latest_attempts, problems_message, scan
+    from benchsuite.running.records import latest_attempts, problems_message, scan
 
     if not results.is_dir():
         raise ConfigError(f"no results directory '{results}' (run `benchsuite run` first)")
@@ -326,8 +330,8 @@ def stored_records(results: Path) -> list[dict]:
 def select_records(args, records: list[dict] | None = None) -> list[dict]:
     """The stored records that ``report``'s filters keep, and the dense records run with the same model,
     profile and settings as those (all dense records if no other record is kept)."""
-    from .records import context_hash, settings_hash
-    from .report import recovery_label
+    from benchsuite.reporting.tables import recovery_label
+    from benchsuite.running.records import context_hash, settings_hash
 
     if records is None:
         records = stored_records(args.results)
@@ -351,7 +355,7 @@ _BLOCK = re.compile(r"(<!-- benchsuite report(?P<args>[^>]*?)-->\n)(?P<body>.*?)
 
 def update_tables(path: Path, results: Path) -> tuple[str, int]:
     """``path``'s text with every marked table rendered again from the records; and how many blocks."""
-    from .report import render
+    from benchsuite.reporting.tables import render
 
     if not path.is_file():
         raise ConfigError(f"--update {path}: no such file")
@@ -373,8 +377,8 @@ def update_tables(path: Path, results: Path) -> tuple[str, int]:
 
 
 def cmd_report(args) -> int:
-    from .atomic import write_atomic
-    from .report import render
+    from benchsuite.reporting.tables import render
+    from benchsuite.util.atomic import write_atomic
 
     if args.update is not None:
         new, count = update_tables(args.update, args.results)
@@ -393,7 +397,7 @@ def cmd_report(args) -> int:
         print(f"{args.update}: {count} tables {'rewritten' if changed else 'already up to date'}", file=sys.stderr)
         return 0
     if args.format in ("html", "png", "svg"):
-        from .html_report import write_figures, write_html
+        from benchsuite.reporting.html import write_figures, write_html
 
         if args.format == "html":
             out = args.output or args.results / "report.html"
@@ -410,7 +414,7 @@ def cmd_report(args) -> int:
 def cmd_compare(args) -> int:
     from tabulate import tabulate
 
-    from .compare import Gate, compare_runs, format_difference, pairs_between, pairs_within
+    from benchsuite.reporting.compare import Gate, compare_runs, format_difference, pairs_between, pairs_within
 
     gates = [Gate.parse(g) for g in args.fail_if]
     if (args.baseline is None) == (args.against is None):
@@ -465,7 +469,7 @@ def cmd_plugins(args) -> int:
     for info in registry.plugins:
         where = f"{info.distribution} {info.version}" if info.distribution else "(not from a distribution)"
         api = f"  (plugin API {info.api})" if info.api else ""
-        print(f"{info.name}  [{where}]  {info.module}{api}")
+        print(f"{info.qualified}  [{where}]  {info.module}{api}")
         if info.error:
             print(f"    FAILED, skipped: {info.error}")
         for warning in info.warnings:
@@ -494,8 +498,11 @@ def cmd_models(args) -> int:
 def cmd_methods(args) -> int:
     registry = get_registry()
     _report_plugin_failures(registry)
-    methods = {name: m.describe() | {"description": m.description} for name, m in sorted(registry.methods.items())}
-    parts = {kind: {name: getattr(cls, "description", "") for name, cls in sorted(getattr(registry, kind).items())}
+    # every component by the name that runs it: the bare name, or DIST:NAME where two plugins share the bare name
+    methods = {registry.display("methods", q): m.describe() | {"description": m.description}
+               for q, m in sorted(registry.qualified["methods"].items())}
+    parts = {kind: {registry.display(kind, q): getattr(cls, "description", "")
+                    for q, cls in sorted(registry.qualified[kind].items())}
              for kind in ("criteria", "granularities", "schedules")}
     if args.json:
         print(json.dumps({"methods": methods} | parts, indent=2, default=str))
@@ -503,7 +510,8 @@ def cmd_methods(args) -> int:
     from tabulate import tabulate
 
     def granularity_label(m):
-        return registry.granularities[m["granularity"]["name"]].create(m["granularity"]["params"]).label()
+        granularity = registry.lookup("granularities", m["granularity"]["name"], ambiguous="quiet")
+        return granularity.create(m["granularity"]["params"]).label()
 
     rows = [[n, m["criterion"]["name"] + (f" {m['criterion']['params']}" if m["criterion"]["params"] else ""),
              granularity_label(m), m["schedule"]["name"], "LoRA" if m["recovery"] else "-", m["description"]]
@@ -516,7 +524,7 @@ def cmd_methods(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from .cache import cache_dir, verify_all
+    from benchsuite.data.cache import cache_dir, verify_all
 
     if args.action == "path":
         print(cache_dir())

@@ -1,5 +1,5 @@
 """A test kit for plugin authors: tiny random LLaMA models, an offline tokenizer, small text corpora, a
-:class:`~benchsuite.api.PruneContext` factory and a conformance check for criteria.
+:class:`~benchsuite.api.components.PruneContext` factory and a conformance check for criteria.
 
 Nothing here needs the network or a real model; everything runs on a CPU in seconds::
 
@@ -9,7 +9,7 @@ Nothing here needs the network or a real model; everything runs on a CPU in seco
     def test_my_criterion_conforms():
         assert_conforms(MyCriterion)          # every registered granularity and schedule, MHA and GQA
 
-A checkpoint folder that ``benchsuite run --model DIR`` (or :class:`benchsuite.runner.Runner`) accepts,
+A checkpoint folder that ``benchsuite run --model DIR`` (or :class:`benchsuite.running.runner.Runner`) accepts,
 with corpora that need no download::
 
     model_dir = save_tiny_model(tmp_path / "model")
@@ -33,7 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .api import ConfigError, Criterion, Granularity, GroupSet, PruneContext
+from benchsuite.api.components import Criterion, Granularity, GroupSet, PruneContext
+from benchsuite.api.errors import ConfigError
 
 __all__ = [
     "SPECIAL_TOKENS", "TINY_VOCAB", "ConformanceReport", "assert_conforms", "calibration_tokens", "check_criterion",
@@ -192,20 +193,20 @@ def make_context(seed: int = 0, calibration: torch.Tensor | Callable[[], Iterabl
                  samples: int = 4, length: int = 32, batch_size: int = 2, train_steps: int = 0,
                  lora: Any = None, train_batch: int = 2, train_len: int = 32, device: str | torch.device = "cpu",
                  profile: Mapping[str, Any] | None = None) -> PruneContext:
-    """A :class:`~benchsuite.api.PruneContext` as the runner builds one, without a corpus download.
+    """A :class:`~benchsuite.api.components.PruneContext` as the runner builds one, without a corpus download.
 
     - ``calibration``: ``None`` (``samples`` x ``length`` tokens of :func:`calibration_tokens` drawn with
       ``seed``), a LongTensor ``[n, length]`` (served in batches of ``batch_size``), or a callable that
       returns an iterable of batches. ``ctx.calibration_batches()`` gives a fresh iterator each call.
     - ``train_steps > 0``: ``ctx.finetune(model, steps, before_step=None, after_step=None, desc=...)``
-      trains the model's LoRA adapters with :func:`benchsuite.finetune.train_lora` (attach them first
-      with :func:`benchsuite.finetune.attach_lora`) on ``train_batch`` x ``train_len`` token windows of
+      trains the model's LoRA adapters with :func:`benchsuite.running.finetune.train_lora` (attach them first
+      with :func:`benchsuite.running.finetune.attach_lora`) on ``train_batch`` x ``train_len`` token windows of
       the test corpus, shuffled by ``seed``, and returns the training summary. ``lora``: a
-      :class:`~benchsuite.finetune.LoRAConfig` or a dict of its fields (default: ``LoRAConfig()``).
+      :class:`~benchsuite.running.finetune.LoRAConfig` or a dict of its fields (default: ``LoRAConfig()``).
     - ``profile``: what ``ctx.profile`` holds (default: the ``smoke`` profile's settings).
     """
-    from .finetune import LoRAConfig, train_lora
-    from .profiles import get_profile
+    from benchsuite.api.profiles import get_profile
+    from benchsuite.running.finetune import LoRAConfig, train_lora
 
     if calibration is None:
         calibration = calibration_tokens(samples, length, seed)
@@ -364,7 +365,7 @@ def _probe(cls: type[Granularity], run: _Run, tokens: torch.Tensor, atol: float)
 
 def _projection_params(model: nn.Module) -> int:
     """Weights and biases of the decoder layers' pretrained projections."""
-    from .structure import linear_modules
+    from benchsuite.api.model import linear_modules
 
     return sum(linear.weight.numel() + (linear.bias.numel() if linear.bias is not None else 0)
                for _, linear in linear_modules(model))
@@ -449,7 +450,7 @@ def _element_problems(model: nn.Module, groups: list[GroupSet], masks: list[torc
                       nm: tuple[int, int] | None) -> tuple[list[str], bool]:
     """For element-level masks (one per weight matrix): masked weights are zero, and N:M holds.
     Returns (problems, whether the masks were element-level)."""
-    from .structure import base_linear, decoder_layers
+    from benchsuite.api.model import base_linear, decoder_layers
 
     layers = decoder_layers(model)
     problems, element = [], False
@@ -533,8 +534,8 @@ def _declined_by(exc: BaseException, criterion: Any, others: tuple[Any, ...]) ->
 
 def _check_criterion(criterion_cls, params, granularities, schedules, models, ratio, seed, layers, train_steps,
                      atol, repeat, registry) -> ConformanceReport:
-    from .finetune import LoRAConfig, attach_lora
-    from .host import load_registry
+    from benchsuite.host import load_registry
+    from benchsuite.running.finetune import LoRAConfig, attach_lora
 
     start = time.perf_counter()
     report = ConformanceReport(getattr(criterion_cls, "name", criterion_cls.__name__), dict(params or {}))

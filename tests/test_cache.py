@@ -1,4 +1,4 @@
-"""Fault injection on the asset cache (benchsuite.cache, through benchsuite.assets): damaged, truncated and
+"""Fault injection on the asset cache (benchsuite.data.cache, through benchsuite.data.assets): damaged, truncated and
 half-written files, killed and concurrent processes.
 
 Everything runs in a temporary cache (BENCHSUITE_CACHE) on small synthetic wheels, so no network is needed;
@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from benchsuite import assets, cache
-from benchsuite.assets import AssetError, WheelAsset
+from benchsuite.api.errors import AssetError
 from benchsuite.cli import main
+from benchsuite.data import assets, cache
+from benchsuite.data.assets import WheelAsset
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = "bs_test/data/small.txt"
@@ -109,7 +110,7 @@ def test_warning_reaches_stderr_of_the_command_line(wheel):
     asset, _ = wheel
     path = assets.extract_member(asset, SMALL)
     _damage(path)
-    code = ("import sys; import benchsuite.cli; from benchsuite.assets import WheelAsset, extract_member; "
+    code = ("import sys; import benchsuite.cli; from benchsuite.data.assets import WheelAsset, extract_member; "
             "print(extract_member(WheelAsset(*sys.argv[1:4]), sys.argv[4]).read_text(), end='')")
     done = _python(code, asset, SMALL)
     assert done.returncode == 0 and done.stdout == SMALL_TEXT.decode()
@@ -161,7 +162,7 @@ def _python(code: str, asset: WheelAsset, member: str, delay: float = 0.0, **kwa
 EXTRACT = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-from benchsuite.assets import WheelAsset, extract_member
+from benchsuite.data.assets import WheelAsset, extract_member
 print(extract_member(WheelAsset(*sys.argv[1:4]), sys.argv[4]))
 """
 

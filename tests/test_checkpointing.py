@@ -8,9 +8,9 @@ import itertools
 
 import torch
 
-from benchsuite.finetune import LoRAConfig, attach_lora, checkpointing, lora_parameters, train_lora
-from benchsuite.runner import Runner, RunRequest
-from benchsuite.structure import decoder_layers
+from benchsuite.api.model import decoder_layers
+from benchsuite.running.finetune import LoRAConfig, attach_lora, checkpointing, lora_parameters, train_lora
+from benchsuite.running.runner import Runner, RunRequest
 from tests.conftest import tiny_llama
 
 TOKENS = torch.randint(0, 200, (2, 48), generator=torch.Generator().manual_seed(0))

@@ -123,7 +123,7 @@ def test_run_report_and_reload(tmp_path, tiny_model_dir, offline):
     csv = bench("report", "--results", str(results), "--format", "csv").stdout
     assert csv.splitlines()[0].startswith("model,profile,method")
     # the saved pruned model reloads with the recorded parameter count
-    from benchsuite.models import load_model_dir
+    from benchsuite.models.checkpoint import load_model_dir
 
     assert sum(p.numel() for p in load_model_dir(pruned["model_path"]).parameters()) == pruned["metrics"]["params"]
 

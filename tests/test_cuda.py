@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from benchsuite import testing
-from benchsuite.evaluate import semi_structured_linears, sparse_latency
-from benchsuite.memory import PeakMemory
-from benchsuite.plan import pick_device
+from benchsuite.evaluation.latency import semi_structured_linears, sparse_latency
+from benchsuite.evaluation.memory import PeakMemory
+from benchsuite.running.plan import pick_device
 from benchsuite_plugins.baselines import Magnitude
 from benchsuite_plugins.granularities import NM
 from benchsuite_plugins.llm_pruner import Taylor
@@ -88,7 +88,7 @@ def test_taylor_gradients_stay_in_the_model_dtype(device, order):
 
 @cuda
 def test_gradient_checkpointing_lowers_the_cuda_peak():
-    from benchsuite.finetune import LoRAConfig, attach_lora, checkpointing
+    from benchsuite.running.finetune import LoRAConfig, attach_lora, checkpointing
 
     def peak(enabled: bool) -> int:
         model = attach_lora(testing.tiny_llama(4, 2, 8, hidden_size=256, intermediate_size=512,

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from benchsuite.models import load_model_dir, save_pruned
+from benchsuite.models.checkpoint import load_model_dir, save_pruned
 from benchsuite.testing import assert_conforms, calibration_tokens, make_context, tiny_llama
 from benchsuite_plugins.depth import REMOVED_KEY, BlockInfluence, DepthOrder, Layers, remove_layers
 from benchsuite_plugins.schedules import OneShot

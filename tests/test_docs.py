@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import benchsuite
-from benchsuite import hookspecs
+from benchsuite.api import hookspecs
 from benchsuite.host import KINDS
 
 ROOT = Path(__file__).parent.parent

@@ -1,4 +1,4 @@
-"""``benchsuite run --dry-run`` and :mod:`benchsuite.estimate`: estimates from the config alone (no weights),
+"""``benchsuite run --dry-run`` and :mod:`benchsuite.running.estimate`: estimates from the config alone (no weights),
 parameters and FLOPs that a real pruning gives, activation bytes that the real forward holds, refusal of runs
 that can't fit."""
 
@@ -10,11 +10,12 @@ import pytest
 import torch
 from conftest import bench
 
-from benchsuite import estimate, testing
+from benchsuite import testing
 from benchsuite.api import ConfigError
 from benchsuite.host import get_registry
-from benchsuite.plan import RunRequest, plan_request
-from benchsuite.runner import Runner
+from benchsuite.running import estimate
+from benchsuite.running.plan import RunRequest, plan_request
+from benchsuite.running.runner import Runner
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_refused_when_it_cannot_fit(config_only, tmp_path, monkeypatch):
 
 
 def test_runner_refuses_before_loading(tiny_model_dir, offline, tmp_path, monkeypatch):
-    import benchsuite.plan as plan_module
+    import benchsuite.running.plan as plan_module
 
     monkeypatch.setattr(estimate, "device_memory", lambda device, spread=False: (1 << 20, "a 1 MB test device"))
     monkeypatch.setattr(plan_module, "load_dense", lambda *a: pytest.fail("the model was loaded"))

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from benchsuite.api import ConfigError
-from benchsuite.finetune import LoRAConfig, attach_lora
-from benchsuite.profiles import get_profile
-from benchsuite.runner import Runner, RunRequest, seed_everything
+from benchsuite.api.profiles import get_profile
+from benchsuite.running.finetune import LoRAConfig, attach_lora
+from benchsuite.running.runner import Runner, RunRequest, seed_everything
 from tests.conftest import tiny_llama
 
 #: metrics that are measurements of the machine, not of the pruned model
@@ -84,7 +84,7 @@ def test_equal_recovery_for_every_criterion(tiny_model_dir, offline, tmp_path):
     assert [r["variant"] for r in records] == ["loraprune", "llm-pruner", "magnitude-l2+lora", "random+lora",
                                                "random"]
     assert records[3]["lora"] == records[1]["lora"]
-    from benchsuite.report import render
+    from benchsuite.reporting.tables import render
 
     table = render(records)
     assert "| LoRA, during" in table and "| none" in table
@@ -101,7 +101,7 @@ def test_recovery_none_and_unknown(tiny_model_dir, offline, tmp_path):
 
 
 def test_recovery_data_is_not_evaluation_text(tiny_model_dir, offline, tmp_path):
-    from benchsuite.corpora import corpus_split
+    from benchsuite.data.corpora import corpus_split
 
     with pytest.raises(ValueError, match="no evaluation part"):
         corpus_split("instruct", "evaluation")
@@ -157,7 +157,7 @@ def test_paper_recipe_reaches_the_training_loop(tiny_model_dir, offline, tmp_pat
     """Gradient accumulation, warm-up, epochs and each criterion's own calibration size are used and recorded."""
     from dataclasses import replace
 
-    from benchsuite import profiles
+    from benchsuite.api import profiles
 
     small = replace(profiles.PROFILES["paper-llm-pruner"], eval_windows=2, task_limit=1, latency_repeats=1,
                     train_batch=2, grad_accum=3, train_len=32, warmup_steps=2, train_epochs=0.002)
@@ -176,7 +176,7 @@ def test_paper_recipe_reaches_the_training_loop(tiny_model_dir, offline, tmp_pat
 
 
 def test_instruction_files_are_rendered_in_the_alpaca_template(tmp_path):
-    from benchsuite.corpora import load_documents
+    from benchsuite.data.corpora import load_documents
 
     path = tmp_path / "alpaca.jsonl"
     rows = [{"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from benchsuite import ConfigError, linear_modules, module_key, unit_sums
+from benchsuite.api.model import PROJECTIONS, base_linear, decoder_layers
 from benchsuite.host import load_registry
-from benchsuite.models import load_model_dir, save_pruned
-from benchsuite.structure import BIASES_KEY, PROJECTIONS, base_linear, decoder_layers
+from benchsuite.models.checkpoint import load_model_dir, save_pruned
+from benchsuite.pruning.structure import BIASES_KEY
 from benchsuite.testing import assert_conforms, calibration_tokens, make_context, tiny_llama
 from benchsuite_plugins.baselines import Magnitude
 from benchsuite_plugins.flap import Fluctuation, GlobalStructured, WandaSP
@@ -246,7 +247,7 @@ def test_methods_are_registered_with_paper_recipes():
 
 
 def test_cli_runs_flap_and_wanda_sp_at_matched_parameters(tiny_model_dir, text_corpus, tmp_path):
-    from benchsuite.runner import Runner, RunRequest
+    from benchsuite.running.runner import Runner, RunRequest
 
     text = str(text_corpus)
     request = RunRequest(methods=["flap", "wanda-sp", "flap-lora"], model=str(tiny_model_dir), ratios=[0.3],

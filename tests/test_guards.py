@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from benchsuite.api import ConfigError
-from benchsuite.evaluate import perplexity
-from benchsuite.runner import Runner, RunRequest
+from benchsuite.evaluation.perplexity import perplexity
+from benchsuite.running.runner import Runner, RunRequest
 from benchsuite_plugins.baselines import Magnitude
 from tests.conftest import tiny_llama
 
@@ -64,7 +64,7 @@ def _nan_batches():
 
 
 def test_a_non_finite_training_loss_fails_the_run_naming_the_stage():
-    from benchsuite.finetune import LoRAConfig, attach_lora, train_lora
+    from benchsuite.running.finetune import LoRAConfig, attach_lora, train_lora
 
     model = attach_lora(tiny_llama(), LoRAConfig())
     with torch.no_grad():
@@ -79,7 +79,7 @@ def test_a_non_finite_training_loss_fails_the_run_naming_the_stage():
 
 def test_a_group_whose_scores_overflow_keeps_its_running_score():
     from benchsuite import RunningScores
-    from benchsuite.finetune import LoRAConfig, attach_lora
+    from benchsuite.running.finetune import LoRAConfig, attach_lora
     from benchsuite_plugins.granularities import Structured
     from benchsuite_plugins.loraprune import LoRAGuided
 

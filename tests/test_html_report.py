@@ -47,8 +47,8 @@ def built(results) -> dict[str, object]:
     with its figure objects, which are then written as PNG files (drawn twice in all: each drawing of
     these figures takes about a second)."""
     from benchsuite.cli import stored_records
-    from benchsuite.figures import figures
-    from benchsuite.html_report import render_html, write_figures
+    from benchsuite.reporting.figures import figures
+    from benchsuite.reporting.html import render_html, write_figures
 
     first = _html(results)
     records = stored_records(results)
@@ -84,7 +84,7 @@ def test_html_is_self_contained_and_deterministic(results, built):
 
 def test_figures_follow_the_data(results):
     from benchsuite.cli import stored_records
-    from benchsuite.figures import figures
+    from benchsuite.reporting.figures import figures
 
     records = stored_records(results)
     figs = figures(records)
@@ -113,7 +113,7 @@ def test_figures_follow_the_data(results):
 
 
 def test_pareto_front():
-    from benchsuite.figures import pareto_front
+    from benchsuite.reporting.figures import pareto_front
 
     assert pareto_front([(1, 5), (2, 3), (3, 4), (4, 1), (2, 3.5)]) == [0, 1, 3]
 

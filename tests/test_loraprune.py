@@ -7,8 +7,16 @@ import torch
 
 from benchsuite import RunningScores
 from benchsuite.api import PruneContext, combine
-from benchsuite.finetune import LoRAConfig, attach_lora, frozen_parameters, lora_parameters, merge_lora, train_lora
-from benchsuite.structure import decoder_layers, model_widths
+from benchsuite.api.model import decoder_layers
+from benchsuite.pruning.structure import model_widths
+from benchsuite.running.finetune import (
+    LoRAConfig,
+    attach_lora,
+    frozen_parameters,
+    lora_parameters,
+    merge_lora,
+    train_lora,
+)
 from benchsuite_plugins.granularities import Structured
 from benchsuite_plugins.loraprune import LoRAGuided, estimated_gradient, lora_factors
 from benchsuite_plugins.schedules import Iterative, cubic_ratio
@@ -135,7 +143,8 @@ def test_masked_then_removed_then_merged(tokens):
     model = gran.finalize(model, groups, masks)
     with torch.no_grad():
         removed = model(tokens).logits
-    assert torch.allclose(removed, masked, atol=1e-5)
+    # the same sums in another order: float32 rounding only (1.9e-5 at most on logits up to ~8 on an AMD EPYC)
+    assert torch.allclose(removed, masked, atol=1e-4)
     merged = merge_lora(model)
     assert type(merged).__name__ == "LlamaForCausalLM" and not any("lora" in n for n, _ in merged.named_parameters())
     with torch.no_grad():

@@ -13,14 +13,15 @@ import pytest
 
 from benchsuite import testing
 from benchsuite.api import ConfigError
-from benchsuite.columns import Column
-from benchsuite.corpora import Corpus, FileCorpus, corpus_split, resolve_corpus
+from benchsuite.api.columns import Column
+from benchsuite.api.corpora import Corpus
+from benchsuite.api.metrics import STANDARD_METRICS, Metric, MetricResult
+from benchsuite.data.corpora import FileCorpus, corpus_split, resolve_corpus
 from benchsuite.host import load_registry
-from benchsuite.metrics import STANDARD_METRICS, Metric, MetricResult
-from benchsuite.plan import RunRequest, dense_config, plan_request, run_spec, select_metrics
-from benchsuite.records import config_hash, load_records
-from benchsuite.report import render
-from benchsuite.runner import Runner
+from benchsuite.reporting.tables import render
+from benchsuite.running.plan import RunRequest, dense_config, plan_request, run_spec, select_metrics
+from benchsuite.running.records import config_hash, load_records
+from benchsuite.running.runner import Runner
 
 ROOT = Path(__file__).parent.parent
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from benchsuite import pipeline, testing
-from benchsuite.pipeline import Measurement, MergedModel, PruneResult, RecoveryResult
-from benchsuite.runner import Runner, RunRequest
+from benchsuite import testing
+from benchsuite.running import pipeline
+from benchsuite.running.pipeline import Measurement, MergedModel, PruneResult, RecoveryResult
+from benchsuite.running.runner import Runner, RunRequest
 
 #: the fields report.py, compare.py, records.check_record and regression.py read, in the order they are written
 PRUNED_KEYS = ["schema", "method", "ratio", "seed", "profile", "profile_settings", "model", "model_source",
                "weights_sha256", "config", "config_hash", "versions", "git", "hardware", "dtype", "criterion",
-               "granularity", "schedule", "recovery", "variant", "started_at", "layers_pruned", "ratio_basis", "lora",
-               "calibration", "pruned_units", "recovery_log", "recovery_setup", "checks", "status", "error", "metrics",
-               "measurement", "metric_columns", "prune_log", "timings", "finished_at"]
+               "granularity", "schedule", "recovery", "variant", "components", "started_at", "layers_pruned",
+               "ratio_basis", "lora", "calibration", "pruned_units", "recovery_log", "recovery_setup", "checks",
+               "status", "error", "metrics", "measurement", "metric_columns", "prune_log", "timings", "finished_at"]
 METRIC_KEYS = ["ppl_text", "ppl_text_lo", "ppl_text_hi", "peak_mem_eval_mb", "params", "params_ratio",
                "flops_per_token", "latency_ms", "latency_iqr_ms", "latency_noisy", "speedup", "speedup_lo",
                "speedup_hi", "peak_mem_prune_mb", "peak_mem_recover_mb", "prune_time_s", "units_pruned",
@@ -42,7 +43,7 @@ def test_each_stage_feeds_its_fields(tiny_model_dir, tmp_path, text_file, monkey
             seen.setdefault(_stage, []).append(result := _original(*args, **kw))
             return result
 
-        monkeypatch.setattr(f"benchsuite.runner.{stage}", spy)
+        monkeypatch.setattr(f"benchsuite.running.runner.{stage}", spy)
     dense, pruned = Runner(_request(tiny_model_dir, tmp_path, text_file, ["llm-pruner"]), log=lambda _: None).run()
     assert pruned["status"] == "ok", pruned.get("traceback")
     assert [type(r) for r in (seen["prune"][0], seen["recover"][0], seen["merge"][0])] == [
@@ -69,7 +70,7 @@ def test_a_run_failing_in_recovery_records_what_finished(tiny_model_dir, tmp_pat
     def broken(*args, **kwargs):
         raise RuntimeError("recovery broke")
 
-    monkeypatch.setattr("benchsuite.runner.recover", broken)
+    monkeypatch.setattr("benchsuite.running.runner.recover", broken)
     lines = []
     runner = Runner(_request(tiny_model_dir, tmp_path, text_file, ["magnitude-l2+lora"]), log=lines.append)
     dense, failed = runner.run()

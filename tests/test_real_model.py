@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchsuite.runner import Runner, RunRequest
+from benchsuite.running.runner import Runner, RunRequest
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from benchsuite import regression
+from benchsuite.running import regression
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from benchsuite.api import ConfigError
-from benchsuite.records import load_records
-from benchsuite.report import render
-from benchsuite.runner import Runner, RunRequest
+from benchsuite.reporting.tables import render
+from benchsuite.running.records import load_records
+from benchsuite.running.runner import Runner, RunRequest
 
 
 def _request(model_dir, results, methods=("magnitude-l2", "random"), **kw):
@@ -74,7 +74,7 @@ def test_rerun_skips_and_interrupted_run_resumes(tiny_model_dir, offline, tmp_pa
 
 
 def test_failing_run_is_recorded_and_others_continue(tiny_model_dir, offline, tmp_path, monkeypatch):
-    from benchsuite import structure
+    from benchsuite.pruning import structure
 
     original = structure.remove_units
 
@@ -137,8 +137,8 @@ def test_report_json_is_flat(tiny_model_dir, offline, tmp_path):
 def test_loraprune_gqa_model_saves_and_reloads(tiny_model_dir, offline, tmp_path):
     import torch
 
-    from benchsuite.models import load_model_dir
-    from benchsuite.structure import model_widths
+    from benchsuite.models.checkpoint import load_model_dir
+    from benchsuite.pruning.structure import model_widths
 
     request = _request(tiny_model_dir, tmp_path, methods=["loraprune"], save_models=True, **offline)
     record = Runner(request, log=lambda _: None).run()[1]
@@ -170,7 +170,7 @@ def test_zero_shot_metrics_are_recorded(tiny_model_dir, offline, tmp_path):
 @pytest.mark.parametrize("capability, expected", [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16),
                                                    ((7, 5), torch.float16), ((6, 0), torch.float16)])
 def test_auto_dtype_is_bf16_where_the_gpu_has_it(monkeypatch, capability, expected):
-    from benchsuite.plan import auto_dtype
+    from benchsuite.running.plan import auto_dtype
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert auto_dtype(torch.device("cuda:0")) is expected

@@ -14,10 +14,10 @@ import torch
 
 from benchsuite import testing
 from benchsuite.api import ConfigError
-from benchsuite.evaluate import perplexity
-from benchsuite.finetune import LoRAConfig, attach_lora, merge_lora
-from benchsuite.memory import PeakMemory, release_free_memory
-from benchsuite.models import (
+from benchsuite.api.model import decoder_layers, input_device
+from benchsuite.evaluation.memory import PeakMemory, release_free_memory
+from benchsuite.evaluation.perplexity import perplexity
+from benchsuite.models.checkpoint import (
     DEVICE_MAPS,
     device_map_of,
     load_model_dir,
@@ -25,7 +25,8 @@ from benchsuite.models import (
     resolve_device_map,
     save_pruned,
 )
-from benchsuite.structure import decoder_layers, input_device, model_widths
+from benchsuite.pruning.structure import model_widths
+from benchsuite.running.finetune import LoRAConfig, attach_lora, merge_lora
 from benchsuite_plugins.baselines import Magnitude
 from benchsuite_plugins.granularities import NM, Structured, Unstructured
 from benchsuite_plugins.llm_pruner import Taylor
@@ -115,7 +116,7 @@ def test_lora_recovery_save_and_reload_of_a_dispatched_model(tiny_model_dir, tmp
 def test_meta_reload_gives_the_same_logits_without_the_full_size_model(tmp_path):
     """A pruned checkpoint is rebuilt on the meta device: its reload peak is about the pruned size. The old
     reload (the full-size model, then reshaped) peaked above the full size: this fails with it."""
-    from benchsuite.structure import attention_group, mlp_group, prune_counts, remove_units, select_units
+    from benchsuite.pruning.structure import attention_group, mlp_group, prune_counts, remove_units, select_units
 
     model = testing.tiny_llama(8, 2, 4, hidden_size=512, intermediate_size=1536, weight_std=0.02)
     full = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -159,7 +160,7 @@ def test_read_safetensors_matches_safetensors(tmp_path):
 def test_a_reload_refuses_a_checkpoint_that_does_not_match_its_widths(tmp_path):
     import json
 
-    from benchsuite.structure import remove_units
+    from benchsuite.pruning.structure import remove_units
 
     model = testing.tiny_llama(4, 2, 2)
     mlp = Structured().units(model, [0])[1]
@@ -203,7 +204,7 @@ def test_device_map_problems_are_named():
 
 
 def test_plan_checks_the_device_map():
-    from benchsuite.plan import check_device_map
+    from benchsuite.running.plan import check_device_map
 
     check_device_map(None, torch.device("cpu"))
     with pytest.raises(ConfigError, match="unknown"):
@@ -316,7 +317,7 @@ def test_a_run_on_a_dispatched_model_records_the_same_results(tiny_model_dir, of
     """The whole run (plan, dense evaluation, pruning with calibration, LoRA recovery, merge, evaluation) on a
     model dispatched with hooks (an explicit map, Python API): the metrics equal the plain run's, the map is
     recorded, and the settings (config_hash) are the same, so both read as the same experiment."""
-    from benchsuite.runner import Runner, RunRequest
+    from benchsuite.running.runner import Runner, RunRequest
 
     records = {}
     for name, placement in (("plain", None), ("hooked", module_map(8))):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from benchsuite.api import PruneContext
-from benchsuite.finetune import LoRAConfig, attach_lora, merge_lora, train_lora
-from benchsuite.sparsity import MaskedDelta, check_nm, nm_mask, unstructured_mask
-from benchsuite.structure import PROJECTIONS, decoder_layers
+from benchsuite.api.model import PROJECTIONS, decoder_layers
+from benchsuite.pruning.sparsity import MaskedDelta, check_nm, nm_mask, unstructured_mask
+from benchsuite.running.finetune import LoRAConfig, attach_lora, merge_lora, train_lora
 from benchsuite_plugins.baselines import Magnitude, Random
 from benchsuite_plugins.granularities import NM, Structured, Unstructured
 from benchsuite_plugins.llm_pruner import Taylor
@@ -146,7 +146,7 @@ def test_lora_through_element_masks_keeps_a_half_precision_models_dtype():
     """peft keeps LoRA adapters in float32 on a bf16 model; the masked LoRA path must hand the next layer
     bf16 again (on CUDA, loraprune-2:4 failed with "expected mat1 and mat2 to have the same dtype")."""
     from benchsuite import testing
-    from benchsuite.finetune import LoRAConfig, attach_lora
+    from benchsuite.running.finetune import LoRAConfig, attach_lora
     from benchsuite_plugins.loraprune import LoRAGuided
 
     model = attach_lora(testing.tiny_llama(4, 2, 2).to(torch.bfloat16), LoRAConfig(dropout=0.0))

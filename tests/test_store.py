@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from benchsuite.cli import main as cli_main
-from benchsuite.records import (
+from benchsuite.reporting.tables import render
+from benchsuite.running.records import (
     check_record,
     clean_stale_temps,
     load_records,
@@ -25,8 +26,7 @@ from benchsuite.records import (
     slug,
     write_atomic,
 )
-from benchsuite.report import render
-from benchsuite.runner import Runner, RunRequest
+from benchsuite.running.runner import Runner, RunRequest
 
 
 def _request(model_dir, results, methods=("random",), **kw):
@@ -54,7 +54,7 @@ def test_other_settings_live_beside_the_earlier_record(tiny_model_dir, offline, 
     # both show, told apart by what differs; --settings picks one
     table = render(load_records(tmp_path))
     assert "settings" in table and "tasks=boolq" in table and "tasks=none" in table
-    from benchsuite.records import settings_hash
+    from benchsuite.running.records import settings_hash
 
     wanted = settings_hash(second[1]["config"])[:6]
     assert cli_main(["report", "--results", str(tmp_path), "--settings", wanted, "--format", "json"]) == 0
@@ -181,7 +181,7 @@ def test_a_failed_attempt_is_kept_beside_the_successful_one(tiny_model_dir, offl
 
 
 def test_only_failed_runs_render(tiny_model_dir, offline, tmp_path, monkeypatch):
-    monkeypatch.setattr("benchsuite.runner.Runner.evaluate", lambda self, *args: (_ for _ in ()).throw(
+    monkeypatch.setattr("benchsuite.running.runner.Runner.evaluate", lambda self, *args: (_ for _ in ()).throw(
         RuntimeError("eval broke")))
     records = _run(tiny_model_dir, tmp_path, **offline)
     assert {r["status"] for r in records} == {"error"}
@@ -221,7 +221,7 @@ def test_a_kill_during_a_record_write_leaves_no_record_and_its_temp_is_cleaned(t
 
 _CONCURRENT = """
 import json, sys
-from benchsuite.runner import Runner, RunRequest
+from benchsuite.running.runner import Runner, RunRequest
 request = RunRequest(methods=["random"], model=sys.argv[1], ratios=[0.5], profile="smoke",
                      results=sys.argv[2], ratio_basis="units", **json.loads(sys.argv[3]))
 Runner(request, log=lambda line: print(line, flush=True)).run()

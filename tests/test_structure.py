@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from benchsuite.api import ConfigError
-from benchsuite.models import load_model_dir, save_pruned
-from benchsuite.structure import decoder_layers, model_widths, parse_layers, prune_counts, select_units
+from benchsuite.api.model import decoder_layers
+from benchsuite.models.checkpoint import load_model_dir, save_pruned
+from benchsuite.pruning.structure import model_widths, parse_layers, prune_counts, select_units
 from benchsuite_plugins.granularities import Structured
 from tests.conftest import tiny_llama
 

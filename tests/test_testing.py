@@ -42,7 +42,8 @@ def test_offline_tokenizer_round_trips_through_a_folder(tmp_path):
 
 @pytest.mark.parametrize("heads, kv", [(4, 4), (4, 2), (6, 2)])
 def test_tiny_models_are_small_seeded_and_pruning_sensitive(heads, kv):
-    from benchsuite.structure import decoder_layers, model_widths
+    from benchsuite.api.model import decoder_layers
+    from benchsuite.pruning.structure import model_widths
 
     model = tiny_llama(heads, kv)
     assert len(decoder_layers(model)) == 8 and model.config.vocab_size == TINY_VOCAB
@@ -57,7 +58,7 @@ def test_tiny_models_are_small_seeded_and_pruning_sensitive(heads, kv):
 
 
 def test_saved_tiny_model_loads_like_a_checkpoint(tmp_path):
-    from benchsuite.models import load_model_dir, load_tokenizer
+    from benchsuite.models.checkpoint import load_model_dir, load_tokenizer
 
     path = save_tiny_model(tmp_path / "m", layers=8)
     model, tok = load_model_dir(path), load_tokenizer(path)
@@ -68,7 +69,7 @@ def test_saved_tiny_model_loads_like_a_checkpoint(tmp_path):
 
 
 def test_corpus_files_are_deterministic_and_accepted(tmp_path):
-    from benchsuite.corpora import corpus_split, load_documents
+    from benchsuite.data.corpora import corpus_split, load_documents
 
     assert corpus_text() == corpus_text() != corpus_text(seed=1)
     txt, jsonl = write_corpus(tmp_path / "a.txt"), write_corpus(tmp_path / "b.jsonl")
@@ -81,7 +82,7 @@ def test_corpus_files_are_deterministic_and_accepted(tmp_path):
 
 
 def test_context_batches_and_finetune():
-    from benchsuite.finetune import LoRAConfig, attach_lora
+    from benchsuite.running.finetune import LoRAConfig, attach_lora
 
     ctx = make_context(seed=3, samples=5, length=16, batch_size=2)
     batches = list(ctx.calibration_batches())
@@ -208,9 +209,9 @@ def test_unknown_components_and_unbuildable_criteria_are_reported():
 
 def test_a_plugin_method_runs_offline_end_to_end(tmp_path, monkeypatch):
     """A tiny model folder plus the offline corpora: a full smoke run, with every download refused."""
-    from benchsuite import assets
+    from benchsuite.data import assets
     from benchsuite.host import load_registry
-    from benchsuite.runner import Runner, RunRequest
+    from benchsuite.running.runner import Runner, RunRequest
 
     class Plugin:
         @hookimpl

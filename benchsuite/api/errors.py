@@ -1,0 +1,11 @@
+"""The errors benchsuite reports to users as one clear message (no traceback)."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem (unknown name, bad parameter, unsupported model)."""
+
+
+class AssetError(RuntimeError):
+    """A model or data asset could not be fetched, verified or converted."""

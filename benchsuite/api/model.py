@@ -1,0 +1,83 @@
+"""Walking a LLaMA-family decoder: its layers and projections, through peft LoRA wrappers too.
+
+Works for any model whose decoder layers hold ``self_attn.{q,k,v,o}_proj`` and
+``mlp.{gate,up,down}_proj`` Linears (Llama, Mistral, Qwen2/3, SmolLM2, Gemma).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from benchsuite.api.errors import ConfigError
+
+ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+
+
+MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+PROJECTIONS = ATTN + MLP
+
+
+_LAYER_PATHS: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a causal LM, also through peft wrappers (the path is cached per model)."""
+    path = _LAYER_PATHS.get(model)
+    if path is not None:
+        try:
+            layers = model.get_submodule(path)
+            if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+                return layers
+        except AttributeError:
+            pass
+    for name, module in model.named_modules():
+        if name.endswith("layers") and isinstance(module, nn.ModuleList) and len(module) > 0:
+            if all(_has_projections(layer) for layer in module):
+                _LAYER_PATHS[model] = name
+                return module
+    raise ConfigError(
+        f"{type(model).__name__} does not have the LLaMA-family layout that structured pruning needs "
+        "(decoder layers with self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj)"
+    )
+
+
+def _has_projections(layer: nn.Module) -> bool:
+    try:
+        for path in PROJECTIONS:
+            layer.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where a model's input ids go: its input embedding's device. A model spread over several devices
+    (accelerate's ``device_map``) starts there; its other modules move the activations themselves, so
+    nothing else may assume one device for the whole model (``next(model.parameters()).device``)."""
+    get = getattr(model, "get_input_embeddings", None)
+    embeddings = get() if callable(get) else None
+    weight = getattr(embeddings, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.device.type != "meta":
+        return weight.device
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def base_linear(module: nn.Module) -> nn.Linear:
+    """The plain Linear inside a (possibly peft-wrapped) projection."""
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
+
+
+def linear_modules(model: nn.Module, paths: tuple[str, ...] | list[str] = PROJECTIONS,
+                   ) -> Iterator[tuple[str, nn.Linear]]:
+    """``(key, pretrained Linear)`` for every projection of every decoder layer, in order; ``key`` is
+    ``layers.<i>.<path>`` as criteria receive it (LoRA wrappers are looked through)."""
+    for i, layer in enumerate(decoder_layers(model)):
+        for path in paths:
+            yield f"layers.{i}.{path}", base_linear(layer.get_submodule(path))

