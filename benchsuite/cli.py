@@ -231,7 +231,35 @@ def build_parser() -> argparse.ArgumentParser:
                         help="remove the damaged files (and the records of missing ones) so that the next run "
                         "fetches, extracts or converts them again")
     cache_actions.add_parser("path", help="print the cache directory (set it with BENCHSUITE_CACHE)")
+
+    export = sub.add_parser(
+        "export", help="write a saved (pruned) model as a folder other tools open (transformers, lm-eval)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export a model that `benchsuite run --save-models` saved. hf: a transformers checkpoint with its "
+        "tokenizer and a model card; a structurally pruned model carries its per-layer widths in config.json and "
+        "its modeling code beside it (open it with trust_remote_code=True), other models are plain Llama "
+        "checkpoints. The weights are copied as saved.",
+        epilog="examples:\n"
+        "  benchsuite export results/smollm2-135m/quick/loraprune/ratio-0.5_seed-0.1a2b3c4d5e6f.json -o pruned\n"
+        "  benchsuite export results/smollm2-135m/quick/loraprune/models/ratio-0.5_seed-0.1a2b3c4d5e6f --format hf\n"
+        "then: AutoModelForCausalLM.from_pretrained(\"pruned\", trust_remote_code=True), or\n"
+        "  lm_eval --model hf --model_args pretrained=pruned,trust_remote_code=True --tasks ...")
+    export.add_argument("path", type=Path, metavar="PATH",
+                        help="a saved model folder (<run folder>/models/<record>/), or the record of a run saved "
+                        "with it")
+    export.add_argument("--format", choices=["hf"], default="hf", help="the format (default: hf)")
+    export.add_argument("-o", "--output", type=Path, metavar="DIR",
+                        help="the new folder (default: the model folder's name plus .FORMAT, beside it); it must not "
+                        "exist, or be empty")
     return parser
+
+
+def cmd_export(args) -> int:
+    from benchsuite.models.export import export
+
+    out = export(args.path, args.format, args.output)
+    print(out)
+    return 0
 
 
 def _dist(info) -> str:
@@ -541,7 +569,7 @@ def cmd_cache(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "plugins": cmd_plugins,
-            "models": cmd_models, "methods": cmd_methods, "cache": cmd_cache}
+            "models": cmd_models, "methods": cmd_methods, "cache": cmd_cache, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

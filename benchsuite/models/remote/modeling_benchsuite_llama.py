@@ -1,0 +1,69 @@
+"""A Llama whose layers have their own widths: what ``benchsuite export --format hf`` saves beside a structurally
+pruned model, so that ``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`` opens it with
+nothing but torch and transformers installed.
+
+``config.json`` holds, besides the ordinary Llama settings:
+
+- ``benchsuite_layer_widths``: per decoder layer, ``num_heads``, ``num_kv_heads`` and ``intermediate_size``
+  (the uniform values of the config are the original model's);
+- ``benchsuite_biases``: per decoder layer, the projections that have a bias (FLAP's compensation adds one
+  to ``self_attn.o_proj`` and ``mlp.down_proj``), or null.
+
+The classes subclass the installed transformers Llama classes and only reshape the projections: attention,
+rotary embeddings, the KV cache and generation are transformers' own.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+WIDTHS_KEY = "benchsuite_layer_widths"
+BIASES_KEY = "benchsuite_biases"
+
+
+class BenchsuiteLlamaConfig(LlamaConfig):
+    model_type = "benchsuite_llama"
+
+
+def _linear(old: nn.Linear, in_features: int, out_features: int, bias: bool) -> nn.Linear:
+    new = nn.Linear(in_features, out_features, bias=bias)
+    return new.to(device=old.weight.device, dtype=old.weight.dtype)
+
+
+class BenchsuiteLlamaForCausalLM(LlamaForCausalLM):
+    config_class = BenchsuiteLlamaConfig
+
+    def __init__(self, config: BenchsuiteLlamaConfig) -> None:
+        super().__init__(config)
+        layers = self.model.layers
+        widths = getattr(config, WIDTHS_KEY, None) or [None] * len(layers)
+        biases = getattr(config, BIASES_KEY, None) or [[] for _ in layers]
+        if len(widths) != len(layers) or len(biases) != len(layers):
+            raise ValueError(f"config.json describes {len(widths)} layers' widths and {len(biases)} layers' biases "
+                             f"for a model of {len(layers)} layers")
+        hidden = config.hidden_size
+        for layer, width, with_bias in zip(layers, widths, biases):
+            attn, mlp = layer.self_attn, layer.mlp
+            head_dim = attn.head_dim
+            heads = width["num_heads"] if width else config.num_attention_heads
+            kv_heads = width["num_kv_heads"] if width else config.num_key_value_heads
+            inter = width["intermediate_size"] if width else config.intermediate_size
+            q, kv = heads * head_dim, kv_heads * head_dim
+            shapes = {"self_attn.q_proj": (hidden, q), "self_attn.k_proj": (hidden, kv),
+                      "self_attn.v_proj": (hidden, kv), "self_attn.o_proj": (q, hidden),
+                      "mlp.gate_proj": (hidden, inter), "mlp.up_proj": (hidden, inter),
+                      "mlp.down_proj": (inter, hidden)}
+            for path, (fan_in, fan_out) in shapes.items():
+                parent, name = path.split(".")
+                owner = attn if parent == "self_attn" else mlp
+                old = getattr(owner, name)
+                bias = old.bias is not None or path in with_bias
+                if (old.in_features, old.out_features, old.bias is not None) != (fan_in, fan_out, bias):
+                    setattr(owner, name, _linear(old, fan_in, fan_out, bias))
+            attn.num_key_value_groups = heads // kv_heads if kv_heads else 1
+            for name, value in (("num_heads", heads), ("num_key_value_heads", kv_heads)):
+                if hasattr(attn, name):
+                    setattr(attn, name, value)
+            if hasattr(mlp, "intermediate_size"):
+                mlp.intermediate_size = inter

@@ -1,0 +1,126 @@
+"""``benchsuite export --format hf``: pruned models that plain transformers opens, without benchsuite."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchsuite.models import load_model_dir
+from benchsuite.running.runner import Runner, RunRequest
+from tests.conftest import bench
+
+# transformers alone: any import of benchsuite fails, as in a virtualenv where it is not installed
+OUTSIDE = textwrap.dedent('''
+    import importlib.abc, json, sys
+    class NoBenchsuite(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("benchsuite", "benchsuite_plugins", "tests"):
+                raise ImportError(f"{name}: benchsuite is not installed here")
+    sys.meta_path.insert(0, NoBenchsuite())
+    sys.path = [p for p in sys.path if not p.rstrip("/").endswith("/main") and p not in ("", ".")]
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    folder, tokens_file, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    tokens = torch.tensor(json.load(open(tokens_file)))
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        logits = model(tokens).logits
+        prompt = tokens[:, :8]
+        cached = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=True, pad_token_id=0)
+        ids = prompt
+        for _ in range(12):  # greedy without a cache: the whole sequence every step
+            ids = torch.cat([ids, model(ids, use_cache=False).logits[:, -1:].argmax(-1)], dim=1)
+    model.save_pretrained(folder + ".again")
+    again = AutoModelForCausalLM.from_pretrained(folder + ".again", trust_remote_code=True, dtype=torch.float32)
+    with torch.no_grad():
+        round_trip = (again.eval()(tokens).logits - logits).abs().max().item()
+    torch.save({"logits": logits, "cached": cached, "greedy": ids, "round_trip": round_trip,
+                "class": type(model).__name__, "vocab": len(tokenizer),
+                "modules": sorted(m for m in sys.modules if m.startswith("benchsuite"))}, out)
+''')
+
+
+def outside(folder: Path, tokens: torch.Tensor, tmp_path: Path) -> dict:
+    tokens_file, out = tmp_path / "tokens.json", tmp_path / "out.pt"
+    tokens_file.write_text(json.dumps(tokens.tolist()))
+    result = subprocess.run([sys.executable, "-c", OUTSIDE, str(folder), str(tokens_file), str(out)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(out)
+
+
+@pytest.fixture(scope="module")
+def saved(tiny_model_dir, tmp_path_factory, text_corpus_module):
+    """Records and saved models of a structured LoRAPrune, FLAP (biases), depth pruning and magnitude 2:4 run."""
+    results = tmp_path_factory.mktemp("results")
+    text = str(text_corpus_module)
+    request = RunRequest(methods=["loraprune", "flap", "shortgpt", "magnitude-2:4"], model=str(tiny_model_dir),
+                         ratios=[0.5], profile="smoke", results=results, tasks=[], corpora=[text],
+                         recovery_data=text, calibration_data=text, save_models=True)
+    records = Runner(request, log=lambda _: None).run()
+    return {r["method"]: r for r in records if r["method"] != "dense"}, results
+
+
+@pytest.fixture(scope="module")
+def text_corpus_module(tmp_path_factory):
+    from benchsuite.testing import write_corpus
+
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "text.txt")
+
+
+@pytest.mark.parametrize("method,remote", [("loraprune", True), ("flap", True), ("shortgpt", False),
+                                           ("magnitude-2:4", False)])
+def test_exported_model_opens_in_plain_transformers(saved, method, remote, tmp_path):
+    records, results = saved
+    record = records[method]
+    assert record["status"] == "ok", record.get("error")
+    record_file = Path(record["_path"])
+    out = tmp_path / "export"
+    cli = bench("export", record_file, "--format", "hf", "-o", out)
+    assert cli.returncode == 0, cli.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert ("auto_map" in config) is remote and (out / "modeling_benchsuite_llama.py").is_file() is remote
+    assert "benchsuite_layer_widths" not in config or remote
+    if method == "flap":
+        assert any(config["benchsuite_biases"])
+    if method == "shortgpt":
+        assert config["model_type"] == "llama" and config["num_hidden_layers"] < 8
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: \"transformers\"") and f"\"{method}\"" in card
+    assert "benchsuite run --methods" in card and "95% interval" in card
+
+    tokens = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(0))
+    got = outside(out, tokens, tmp_path)
+    assert got["modules"] == []
+    assert got["class"] == ("BenchsuiteLlamaForCausalLM" if remote else "LlamaForCausalLM")
+    ours = load_model_dir(record_file.parent / "models" / record_file.stem).eval()
+    with torch.no_grad():
+        want = ours(tokens).logits
+    assert (got["logits"] - want).abs().max().item() <= 1e-5
+    assert torch.equal(got["cached"], got["greedy"])  # the KV cache, per-layer widths and all
+    assert got["round_trip"] <= 1e-6
+
+
+def test_bad_input_is_one_line_and_leaves_nothing(saved, tmp_path, tiny_model_dir):
+    records, results = saved
+    record_file = Path(records["loraprune"]["_path"])
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "file").write_text("x")
+    for args, why in (([record_file, "-o", busy], "exists and is not an empty folder"),
+                      ([tmp_path / "nothing"], "neither a saved model folder"),
+                      ([record_file, "--format", "gguf"], "invalid choice")):
+        result = bench("export", *args)
+        assert result.returncode == 2 and why in result.stderr, result.stderr
+    dense = next(p for p in results.rglob("dense*.json"))
+    result = bench("export", dense)
+    assert result.returncode == 2 and "has no saved model" in result.stderr and "--save-models" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
+    assert not [p for p in record_file.parent.iterdir() if p.name.startswith(".")]
