@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -124,3 +125,50 @@ def test_bad_input_is_one_line_and_leaves_nothing(saved, tmp_path, tiny_model_di
     assert result.returncode == 2 and "has no saved model" in result.stderr and "--save-models" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
     assert not [p for p in record_file.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_the_saved_model_is_already_an_hf_folder(saved, tmp_path):
+    """``--save-models`` writes the hf format: the saved folder itself opens in plain transformers, with its card."""
+    records, _ = saved
+    record_file = Path(records["loraprune"]["_path"])
+    folder = record_file.parent / "models" / record_file.stem
+    assert json.loads((folder / "config.json").read_text())["auto_map"]
+    card = (folder / "README.md").read_text()
+    assert "ppl_text" in card and "| params |" in card  # written again once the record was
+    tokens = torch.randint(0, 200, (1, 16), generator=torch.Generator().manual_seed(1))
+    got = outside(folder, tokens, tmp_path)
+    with torch.no_grad():
+        want = load_model_dir(folder).eval()(tokens).logits
+    assert (got["logits"] - want).abs().max().item() <= 1e-5
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_lm_eval_cli_on_the_export_reproduces_the_record(tmp_path, text_corpus_module):
+    """lm-eval's own command line on the exported folder gives the record's zero-shot numbers exactly."""
+    from benchsuite.data.tasks import TASKS, include_dir
+    from benchsuite.testing import save_tiny_model
+
+    # byte-level tokens: the tasks' longest examples need more positions than the default tiny model's 256
+    tiny_model_dir = save_tiny_model(tmp_path / "model", max_positions=2048)
+    text = str(text_corpus_module)
+    tasks, limit = ["piqa", "arc_easy"], 24
+    request = RunRequest(methods=["loraprune"], model=str(tiny_model_dir), ratios=[0.5], profile="smoke",
+                         results=tmp_path / "r", tasks=tasks, limit=limit, corpora=[text], recovery_data=text,
+                         calibration_data=text, save_models=True)
+    record = next(r for r in Runner(request, log=lambda _: None).run() if r["method"] == "loraprune")
+    assert record["status"] == "ok", record.get("error")
+    out = tmp_path / "export"
+    assert bench("export", record["_path"], "-o", out).returncode == 0
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+               f"pretrained={out},trust_remote_code=True,dtype=float32", "--tasks",
+               ",".join(TASKS[t].task_name for t in tasks), "--include_path", str(include_dir()), "--limit",
+               str(limit), "--batch_size", "8", "--seed", "0", "--output_path", str(tmp_path / "lm_eval")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=os.environ | env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads(next((tmp_path / "lm_eval").rglob("results_*.json")).read_text())["results"]
+    for task in tasks:
+        spec = TASKS[task]
+        assert scores[spec.task_name][f"{spec.metric},none"] == record["metrics"][f"acc_{task}"], task

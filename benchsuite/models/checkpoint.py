@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from benchsuite.api.errors import ConfigError
+from benchsuite.models.hf import read_config, write_layout
 from benchsuite.pruning.structure import BIASES_KEY, WIDTHS_KEY, add_biases, record_widths, reshape_to_widths
 
 #: ``--device-map`` choices: how accelerate spreads a model's layers over the visible GPUs (as transformers'
@@ -47,10 +48,8 @@ def load_model_dir(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
     out of the memory-mapped file into ordinary memory (see :func:`_materialize`); on a GPU it is loaded
     straight there.
     """
-    from transformers import AutoConfig
-
     path = Path(path)
-    config = AutoConfig.from_pretrained(path)
+    config = read_config(path)
     widths = getattr(config, WIDTHS_KEY, None)
     placement = None
     if device_map is not None:
@@ -280,7 +279,8 @@ def load_tokenizer(path: str | os.PathLike):
 
 def save_pruned(model: nn.Module, path: str | os.PathLike, tokenizer=None,
                 provenance: dict[str, Any] | None = None) -> Path:
-    """Save a (pruned) model so that :func:`load_model_dir` rebuilds it exactly."""
+    """Save a (pruned) model so that :func:`load_model_dir` rebuilds it exactly, in the ``hf`` format that plain
+    transformers opens (:mod:`benchsuite.models.hf`; its model card is written again once the run's record is)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     record_widths(model)
@@ -289,4 +289,5 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, tokenizer=None,
         tokenizer.save_pretrained(path)
     if provenance is not None:
         (path / "benchsuite.json").write_text(json.dumps(provenance, indent=2, default=str))
+    write_layout(path)
     return path

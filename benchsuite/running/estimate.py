@@ -125,11 +125,11 @@ TRAIN_FLOPS_FACTOR = 3
 
 # -- the meta model --------------------------------------------------------------------------------------
 def read_config(path: Path) -> Any:
-    """The transformers config of a checkpoint folder (``config.json`` only)."""
-    from transformers import AutoConfig
+    """The transformers config of a checkpoint folder (``config.json`` only; an ``hf`` export's too)."""
+    from benchsuite.models.hf import read_config as read
 
     try:
-        return AutoConfig.from_pretrained(path)
+        return read(path)
     except Exception as exc:  # noqa: BLE001 - a broken config is one clear line
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ConfigError(f"model {path} can't be loaded: {type(exc).__name__}: {reason}") from None

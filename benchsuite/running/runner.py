@@ -22,6 +22,7 @@ from benchsuite.api.metrics import MeasureContext
 from benchsuite.api.profiles import Profile
 from benchsuite.host import Registry, get_registry
 from benchsuite.models.checkpoint import save_pruned
+from benchsuite.models.hf import write_card
 from benchsuite.models.resolve import ResolvedModel
 from benchsuite.running.pipeline import (
     Calibration,
@@ -214,6 +215,8 @@ class Runner:
                 if stages.failure is None and result["status"] != "ok":
                     self.error(f"{spec.label}: FAILED {result['error']}")
                 write_new(path, result)
+                if stages.model_path is not None:  # the saved model's card, with what the run measured
+                    write_card(stages.model_path, result)
         finally:
             view.finish_run(measured=result is not None and result["status"] == "ok")
         return result | {"_path": str(path)}, True
