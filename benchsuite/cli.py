@@ -238,19 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a model that `benchsuite run --save-models` saved. hf: a transformers checkpoint with its "
         "tokenizer and a model card; a structurally pruned model carries its per-layer widths in config.json and "
         "its modeling code beside it (open it with trust_remote_code=True), other models are plain Llama "
-        "checkpoints. The weights are copied as saved.",
+        "checkpoints. gguf: one float32 file that llama.cpp loads. The weights are exactly the saved ones.",
         epilog="examples:\n"
         "  benchsuite export results/smollm2-135m/quick/loraprune/ratio-0.5_seed-0.1a2b3c4d5e6f.json -o pruned\n"
-        "  benchsuite export results/smollm2-135m/quick/loraprune/models/ratio-0.5_seed-0.1a2b3c4d5e6f --format hf\n"
+        "  benchsuite export results/smollm2-135m/quick/loraprune/models/ratio-0.5_seed-0.1a2b3c4d5e6f --format gguf\n"
         "then: AutoModelForCausalLM.from_pretrained(\"pruned\", trust_remote_code=True), or\n"
         "  lm_eval --model hf --model_args pretrained=pruned,trust_remote_code=True --tasks ...")
     export.add_argument("path", type=Path, metavar="PATH",
                         help="a saved model folder (<run folder>/models/<record>/), or the record of a run saved "
                         "with it")
-    export.add_argument("--format", choices=["hf"], default="hf", help="the format (default: hf)")
-    export.add_argument("-o", "--output", type=Path, metavar="DIR",
-                        help="the new folder (default: the model folder's name plus .FORMAT, beside it); it must not "
-                        "exist, or be empty")
+    export.add_argument("--format", choices=["hf", "gguf"], default="hf",
+                        help="hf: a transformers folder (default); gguf: one float32 file for llama.cpp (per-layer "
+                        "widths as GGUF arrays, the deci architecture)")
+    export.add_argument("-o", "--output", type=Path, metavar="OUT",
+                        help="hf: the new folder (default: the model folder's name plus .hf, beside it; it must not "
+                        "exist, or be empty); gguf: the new .gguf file (default: the folder's name plus .f32.gguf)")
     return parser
 
 

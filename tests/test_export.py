@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,7 +118,8 @@ def test_bad_input_is_one_line_and_leaves_nothing(saved, tmp_path, tiny_model_di
     (busy / "file").write_text("x")
     for args, why in (([record_file, "-o", busy], "exists and is not an empty folder"),
                       ([tmp_path / "nothing"], "neither a saved model folder"),
-                      ([record_file, "--format", "gguf"], "invalid choice")):
+                      ([record_file, "--format", "onnx"], "invalid choice"),
+                      ([record_file, "--format", "gguf", "-o", tmp_path / "model.bin"], "ends in .gguf")):
         result = bench("export", *args)
         assert result.returncode == 2 and why in result.stderr, result.stderr
     dense = next(p for p in results.rglob("dense*.json"))
@@ -172,3 +174,67 @@ def test_lm_eval_cli_on_the_export_reproduces_the_record(tmp_path, text_corpus_m
     for task in tasks:
         spec = TASKS[task]
         assert scores[spec.task_name][f"{spec.metric},none"] == record["metrics"][f"acc_{task}"], task
+
+
+@pytest.mark.parametrize("method", ["loraprune", "flap", "shortgpt", "magnitude-2:4"])
+def test_gguf_export_reads_back_as_the_model(saved, method, tmp_path):
+    """The GGUF file's metadata and tensors, read back with gguf.GGUFReader, are the saved model's."""
+    import gguf
+
+    from benchsuite.models.gguf_file import permute_rope
+    from benchsuite.models.hf import read_config
+
+    records, _ = saved
+    record_file = Path(records[method]["_path"])
+    folder = record_file.parent / "models" / record_file.stem
+    out = tmp_path / "m.gguf"
+    cli = bench("export", record_file, "--format", "gguf", "-o", out)
+    assert cli.returncode == 0, cli.stderr
+    reader = gguf.GGUFReader(out)
+    fields = {name: field for name, field in reader.fields.items()}
+
+    def value(key):
+        field = fields[key]
+        parts = [field.parts[i].tolist() for i in field.data]
+        flat = [x[0] if isinstance(x, list) and len(x) == 1 else x for x in parts]
+        return flat if field.types and field.types[0] == gguf.GGUFValueType.ARRAY else flat[0]
+
+    config = read_config(folder)
+    widths = getattr(config, "benchsuite_layer_widths", None)
+    arch = "deci" if widths else "llama"
+    assert bytes(value("general.architecture")).decode() == arch
+    assert value(f"{arch}.block_count") == config.num_hidden_layers
+    heads, kv_heads, ffn = value(f"{arch}.attention.head_count"), value(f"{arch}.attention.head_count_kv"), \
+        value(f"{arch}.feed_forward_length")
+    if widths:  # per-layer arrays, one value per layer
+        assert heads == [w["num_heads"] for w in widths] and kv_heads == [w["num_kv_heads"] for w in widths]
+        assert ffn == [w["intermediate_size"] for w in widths] and len(set(map(tuple, [heads, ffn]))) >= 1
+        assert len(set(heads)) > 1 or len(set(ffn)) > 1  # the layers really differ
+    else:
+        assert (heads, kv_heads, ffn) == (config.num_attention_heads, config.num_key_value_heads,
+                                          config.intermediate_size)
+    assert value(f"{arch}.attention.key_length") == config.head_dim
+    assert len(fields["tokenizer.ggml.tokens"].data) >= config.vocab_size
+
+    from benchsuite.models.checkpoint import read_safetensors
+
+    saved_tensors = {n: t.float().numpy() for f in sorted(folder.glob("*.safetensors")) for n, t in read_safetensors(f)}
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.DECI if widths else gguf.MODEL_ARCH.LLAMA,
+                                     config.num_hidden_layers)
+    in_file = {t.name: t for t in reader.tensors}
+    layer_heads = heads if widths else [heads] * config.num_hidden_layers
+    layer_kv = kv_heads if widths else [kv_heads] * config.num_hidden_layers
+    for name, array in saved_tensors.items():
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            assert "output.weight" not in in_file
+            continue
+        tensor = in_file.pop(names.get_name(name, try_suffixes=(".weight", ".bias")))
+        data = np.asarray(tensor.data).reshape(array.shape)
+        if ".self_attn.q_proj." in name or ".self_attn.k_proj." in name:
+            layer = int(name.split(".")[2])
+            n = layer_heads[layer] if ".q_proj." in name else layer_kv[layer]
+            array = permute_rope(array, n)
+        assert np.array_equal(data, array), name
+    assert not in_file  # nothing else in the file
+    if method == "flap":
+        assert any(name.endswith(".bias") for name in saved_tensors)

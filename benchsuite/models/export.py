@@ -1,9 +1,10 @@
-"""``benchsuite export``: a saved (pruned) model as a folder that other tools open.
+"""``benchsuite export``: a saved (pruned) model as a folder or file that other tools open.
 
 ``hf`` (:mod:`benchsuite.models.hf`): a transformers checkpoint with its tokenizer and a model card; plain Llama
 where a plain config describes the model, else with its per-layer widths in ``config.json`` and its modeling code
 beside it (``trust_remote_code=True``). ``benchsuite run --save-models`` writes this format already; exporting
-such a folder copies it and writes its card from the run's record.
+such a folder copies it and writes its card from the run's record. ``gguf``
+(:mod:`benchsuite.models.gguf_file`): one float32 file for llama.cpp, per-layer widths as GGUF arrays.
 
 The weights are the saved safetensors as they are (no reload, no rounding). An export is written into a
 temporary folder beside its destination and renamed into place: an interrupted export leaves nothing behind.
@@ -21,7 +22,7 @@ from typing import Any
 from benchsuite.api.errors import ConfigError
 from benchsuite.models.hf import MODEL_TYPE, REMOTE_CODE, write_layout
 
-FORMATS = ("hf",)
+FORMATS = ("hf", "gguf")
 #: files of a saved model that the export writes anew
 _REPLACED = {"README.md", REMOTE_CODE.name}
 
@@ -53,6 +54,8 @@ def export(path: Path, fmt: str = "hf", out: Path | None = None) -> Path:
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt}: unknown; choose one of {', '.join(FORMATS)}")
     source, record = model_dir_of(Path(path))
+    if fmt == "gguf":
+        return _export_gguf(source, Path(out) if out is not None else source.with_name(f"{source.name}.f32.gguf"))
     out = Path(out) if out is not None else source.with_name(f"{source.name}.{fmt}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"-o {out} exists and is not an empty folder: give a new one")
@@ -75,3 +78,22 @@ def export(path: Path, fmt: str = "hf", out: Path | None = None) -> Path:
         raise
     return out
 
+
+def _export_gguf(source: Path, out: Path) -> Path:
+    from benchsuite.models.gguf_file import write_gguf
+
+    if out.exists():
+        raise ConfigError(f"-o {out} exists: give a new file name")
+    if out.suffix != ".gguf":
+        raise ConfigError(f"-o {out}: a GGUF file's name ends in .gguf")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write_gguf(source, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
