@@ -14,8 +14,9 @@ from tests.conftest import bench
 
 ROOT = Path(__file__).parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-#: methods of the example plugin (examples/benchsuite-squared), which the guide runs once it is installed
-EXAMPLE_METHODS = {"squared-weight"}
+#: methods the docs run that ship elsewhere: the example plugin's (examples/benchsuite-squared), and the naming
+#: section's hypothetical third-party FLAP
+EXAMPLE_METHODS = {"squared-weight", "benchsuite-flap:flap"}
 
 
 def parsers(parser: argparse.ArgumentParser | None = None, path: tuple[str, ...] = ()):

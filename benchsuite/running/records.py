@@ -299,7 +299,7 @@ def versions() -> dict[str, str | None]:
 def git_commit() -> dict[str, Any] | None:
     """The commit of the benchsuite checkout (when run from one) and whether its code had changes
     (records and tables under ``results/`` don't count: a run writes them itself)."""
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]  # the checkout (benchsuite/running/records.py)
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()

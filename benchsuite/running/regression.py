@@ -38,7 +38,7 @@ MATRIX: list[tuple[str, float | None]] = [
 PROFILE = "smoke"
 QUALITY = ("ppl_wiki", "ppl_c4")
 EXACT = ("params", "flops_per_token")
-BASELINES = Path(__file__).resolve().parent.parent / "benchmarks" / "regression" / "baselines.json"
+BASELINES = Path(__file__).resolve().parents[2] / "benchmarks" / "regression" / "baselines.json"
 FLOOR = 1e-3  # relative tolerance for quality when the seeds agree (float noise across machines)
 
 
