@@ -7,13 +7,16 @@ runner with --save-models, exports the dense and the pruned model to GGUF (float
 speed ratio is set beside the FLOPs ratio and the suite's own latency speedup from the record.
 
     python benchmarks/llama_cpp_speed.py --out benchmarks/results/llama_cpp_speed.json   (tox -e interop runs it)
+    python benchmarks/llama_cpp_speed.py --render benchmarks/results/llama_cpp_speed.json --readme README.md
+
+``--readme`` rewrites the README's table between ``<!-- llama-cpp-speed -->`` markers from the JSON (``--render``:
+from a JSON written earlier, measuring nothing).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -36,6 +39,35 @@ def timed(llm, prompt: list[int], new: int) -> tuple[float, float]:
     return prefill, new / (time.perf_counter() - start)
 
 
+MARK, END = "<!-- llama-cpp-speed -->", "<!-- /llama-cpp-speed -->"
+
+
+def render(result: dict) -> str:
+    """The README's table of one measurement."""
+    dense, pruned = result["dense"], result["pruned"]
+    return "\n".join([
+        f"| | dense | {result['ratio']:.0%} {result['granularity']} ({result['method']}) | pruned / dense |",
+        "| --- | --- | --- | --- |",
+        f"| prompt processing, {result['prompt_tokens']} tokens | {dense['prompt_tok_s']:.0f} tok/s | "
+        f"{pruned['prompt_tok_s']:.0f} tok/s | {result['speedup_prompt']:.2f}x |",
+        f"| generation, {result['new_tokens']} tokens | {dense['gen_tok_s']:.1f} tok/s | "
+        f"{pruned['gen_tok_s']:.1f} tok/s | {result['speedup_generation']:.2f}x |",
+        f"| FLOPs per token | | | {1 / result['flops_ratio']:.2f}x fewer |",
+        f"| the suite's own latency speedup (transformers, CPU) | | | {result['suite_latency_speedup']:.2f}x |",
+        f"| GGUF file | {dense['gguf_bytes'] / 1e6:.0f} MB | {pruned['gguf_bytes'] / 1e6:.0f} MB | "
+        f"{pruned['gguf_bytes'] / dense['gguf_bytes']:.2f}x |",
+    ])
+
+
+def update_readme(readme: Path, result: dict) -> None:
+    text = readme.read_text()
+    if MARK not in text or END not in text:
+        raise SystemExit(f"{readme}: no {MARK} ... {END} block to rewrite")
+    head, rest = text.split(MARK, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{MARK}\n{render(result)}\n{END}{tail}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ratios", type=float, default=0.5)
@@ -44,12 +76,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/llama_cpp_speed.json"))
+    parser.add_argument("--render", type=Path, metavar="JSON", help="measure nothing: take this earlier result")
+    parser.add_argument("--readme", type=Path, help="rewrite this README's llama-cpp-speed table from the result")
     args = parser.parse_args()
+    if args.render:
+        update_readme(args.readme or Path("README.md"), json.loads(args.render.read_text()))
+        return
 
     import llama_cpp
 
     from benchsuite.models.export import export
     from benchsuite.models.gguf_file import write_gguf
+    from benchsuite.running.regression import environment
     from benchsuite.running.runner import Runner, RunRequest
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,6 +110,8 @@ def main() -> None:
         for _ in range(args.repeats):  # interleaved, so that the machine's drift hits both alike
             for name, llm in models.items():
                 rounds[name].append(timed(llm, prompt, args.new))
+        for llm in models.values():
+            llm.close()
     median = {name: {"prompt_tok_s": statistics.median(p for p, _ in r),
                      "gen_tok_s": statistics.median(g for _, g in r), "rounds": r, "gguf_bytes": sizes[name]}
               for name, r in rounds.items()}
@@ -79,7 +119,8 @@ def main() -> None:
     result = {
         "model": "smollm2-135m", "method": "magnitude-l2", "granularity": "structured", "ratio": args.ratios,
         "llama_cpp_python": llama_cpp.__version__, "threads": args.threads, "prompt_tokens": args.prompt,
-        "new_tokens": args.new, "repeats": args.repeats, "machine": f"{platform.machine()} {platform.processor()}",
+        "new_tokens": args.new, "repeats": args.repeats, "kv_cache": "float16 (llama.cpp's default)",
+        "machine": environment(),
         "dense": median["dense"], "pruned": median["pruned"],
         "speedup_prompt": median["pruned"]["prompt_tok_s"] / median["dense"]["prompt_tok_s"],
         "speedup_generation": median["pruned"]["gen_tok_s"] / median["dense"]["gen_tok_s"],
@@ -93,6 +134,8 @@ def main() -> None:
           f"prompt {result['speedup_prompt']:.2f}x, generation {result['speedup_generation']:.2f}x; "
           f"dense/pruned FLOPs {1 / result['flops_ratio']:.2f}x; the suite's latency speedup "
           f"{result['suite_latency_speedup']:.2f}x")
+    if args.readme:
+        update_readme(args.readme, result)
 
 
 if __name__ == "__main__":

@@ -233,26 +233,32 @@ def build_parser() -> argparse.ArgumentParser:
     cache_actions.add_parser("path", help="print the cache directory (set it with BENCHSUITE_CACHE)")
 
     export = sub.add_parser(
-        "export", help="write a saved (pruned) model as a folder other tools open (transformers, lm-eval)",
+        "export", help="write a saved (pruned) model as a folder other tools open (transformers, lm-eval, "
+        "llama.cpp, vLLM)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Export a model that `benchsuite run --save-models` saved. hf: a transformers checkpoint with its "
         "tokenizer and a model card; a structurally pruned model carries its per-layer widths in config.json and "
         "its modeling code beside it (open it with trust_remote_code=True), other models are plain Llama "
-        "checkpoints. gguf: one float32 file that llama.cpp loads. The weights are exactly the saved ones.",
+        "checkpoints. gguf: one float32 file that llama.cpp loads. compressed-tensors: a 2:4 sparse model in the "
+        "sparse-24-bitmask format, which vLLM serves with 2:4 sparse kernels. The weights are exactly the saved ones.",
         epilog="examples:\n"
         "  benchsuite export results/smollm2-135m/quick/loraprune/ratio-0.5_seed-0.1a2b3c4d5e6f.json -o pruned\n"
         "  benchsuite export results/smollm2-135m/quick/loraprune/models/ratio-0.5_seed-0.1a2b3c4d5e6f --format gguf\n"
+        "  benchsuite export results/smollm2-135m/quick/wanda-2:4/ratio-0.5_seed-0.1a2b3c4d5e6f.json "
+        "--format compressed-tensors -o pruned-24\n"
         "then: AutoModelForCausalLM.from_pretrained(\"pruned\", trust_remote_code=True), or\n"
         "  lm_eval --model hf --model_args pretrained=pruned,trust_remote_code=True --tasks ...")
     export.add_argument("path", type=Path, metavar="PATH",
                         help="a saved model folder (<run folder>/models/<record>/), or the record of a run saved "
                         "with it")
-    export.add_argument("--format", choices=["hf", "gguf"], default="hf",
+    export.add_argument("--format", choices=["hf", "gguf", "compressed-tensors"], default="hf",
                         help="hf: a transformers folder (default); gguf: one float32 file for llama.cpp (per-layer "
-                        "widths as GGUF arrays, the deci architecture)")
+                        "widths as GGUF arrays, the deci architecture); compressed-tensors: 2:4 models only, "
+                        "sparse-24-bitmask (for vLLM)")
     export.add_argument("-o", "--output", type=Path, metavar="OUT",
                         help="hf: the new folder (default: the model folder's name plus .hf, beside it; it must not "
-                        "exist, or be empty); gguf: the new .gguf file (default: the folder's name plus .f32.gguf)")
+                        "exist, or be empty); gguf: the new .gguf file (default: the folder's name plus .f32.gguf); "
+                        "compressed-tensors: the new folder (default: the folder's name plus .ct24)")
     return parser
 
 

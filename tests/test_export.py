@@ -238,3 +238,93 @@ def test_gguf_export_reads_back_as_the_model(saved, method, tmp_path):
     assert not in_file  # nothing else in the file
     if method == "flap":
         assert any(name.endswith(".bias") for name in saved_tensors)
+
+
+# compressed-tensors 0.14 (the last release with the sparse-24-bitmask compressor; it asks for transformers<5, so
+# tox installs it without its dependencies into a folder of its own and names it in BENCHSUITE_COMPRESSED_TENSORS)
+THROUGH_COMPRESSED_TENSORS = textwrap.dedent('''
+    import sys
+    import torch
+    from compressed_tensors.compressors import ModelCompressor
+    folder, out = sys.argv[1], sys.argv[2]
+    compressor = ModelCompressor.from_pretrained(folder)
+    dense = dict(compressor.sparsity_compressor.decompress(folder))
+    torch.save({"state": dense, "format": compressor.sparsity_config.format,
+                "structure": compressor.sparsity_config.sparsity_structure}, out)
+''')
+
+
+def _compressed_tensors_env() -> dict[str, str] | None:
+    folder = os.environ.get("BENCHSUITE_COMPRESSED_TENSORS")
+    if folder:
+        return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [folder, os.environ.get("PYTHONPATH")]))}
+    try:
+        import compressed_tensors.compressors  # noqa: F401
+    except ImportError:
+        return None
+    return dict(os.environ)
+
+
+def test_compressed_tensors_export_reads_back_through_the_package(saved, tmp_path):
+    """A 2:4 model exported as sparse-24-bitmask: half the projection values and a bitmask on disk; compressed-tensors
+    decompresses it to exactly the saved weights, and a plain Llama built from them gives the saved model's logits."""
+    from safetensors.torch import load_file
+    from transformers import LlamaForCausalLM
+
+    from benchsuite.models.checkpoint import read_safetensors
+    from benchsuite.models.hf import read_config
+    from benchsuite.models.sparse24 import decompress
+
+    records, _ = saved
+    record_file = Path(records["magnitude-2:4"]["_path"])
+    folder = record_file.parent / "models" / record_file.stem
+    out = tmp_path / "ct"
+    cli = bench("export", record_file, "--format", "compressed-tensors", "-o", out)
+    assert cli.returncode == 0, cli.stderr
+    config = json.loads((out / "config.json").read_text())
+    sparsity = config["quantization_config"]["sparsity_config"]
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+    assert sparsity["format"] == "sparse-24-bitmask" and sparsity["sparsity_structure"] == "2:4"
+    assert sparsity["ignore"] == ["lm_head"] and 0.2 < sparsity["global_sparsity"] < 0.5
+    assert "--format compressed-tensors" in (out / "README.md").read_text()
+    assert (out / "tokenizer.json").is_file() or (out / "tokenizer_config.json").is_file()
+
+    original = {n: t for f in sorted(folder.glob("*.safetensors")) for n, t in read_safetensors(f)}
+    stored = load_file(out / "model.safetensors")
+    projections = [n for n in original if "_proj.weight" in n]
+    assert len(projections) == 7 * read_config(folder).num_hidden_layers
+    for name in projections:
+        prefix = name.removesuffix(".weight")
+        assert name not in stored and stored[f"{prefix}.compressed"].shape == (original[name].shape[0],
+                                                                               original[name].shape[1] // 2)
+        assert stored[f"{prefix}.bitmask"].dtype == torch.uint8
+        assert torch.equal(decompress(stored, prefix), original[name]), name
+    assert (out / "model.safetensors").stat().st_size < sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+    env = _compressed_tensors_env()
+    if env is None:
+        pytest.skip("compressed-tensors 0.14 is not importable (tox sets BENCHSUITE_COMPRESSED_TENSORS)")
+    result = subprocess.run([sys.executable, "-c", THROUGH_COMPRESSED_TENSORS, str(out), str(tmp_path / "d.pt")],
+                            capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    back = torch.load(tmp_path / "d.pt")
+    assert back["format"] == "sparse-24-bitmask" and back["structure"] == "2:4"
+    assert set(back["state"]) == set(original)
+    for name, tensor in original.items():
+        assert torch.equal(back["state"][name], tensor), name
+    model = LlamaForCausalLM(read_config(folder)).eval()
+    model.load_state_dict(back["state"], strict=False)
+    model.tie_weights()
+    tokens = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = load_model_dir(folder).eval()(tokens).logits
+        assert (model(tokens).logits - want).abs().max().item() <= 1e-5
+
+
+def test_compressed_tensors_refuses_what_is_not_2_4(saved, tmp_path, tiny_model_dir):
+    records, _ = saved
+    structured = bench("export", records["loraprune"]["_path"], "--format", "compressed-tensors", "-o", tmp_path / "a")
+    assert structured.returncode == 2 and "per-layer widths" in structured.stderr, structured.stderr
+    dense = bench("export", tiny_model_dir, "--format", "compressed-tensors", "-o", tmp_path / "b")
+    assert dense.returncode == 2 and "is not 2:4" in dense.stderr and len(dense.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # the half-written folders went, too

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,8 +40,13 @@ def exports(tmp_path_factory):
                        export(pruned["_path"], "gguf", root / "pruned.gguf"))}
 
 
-def greedy_llama_cpp(gguf: Path, prompt: list[int]) -> list[int]:
-    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=256, n_threads=2, logits_all=True, verbose=False, seed=0)
+def open_llama_cpp(gguf: Path):
+    # a float32 KV cache (llama.cpp's default is float16, which moves logits by ~0.1 and flips near-ties)
+    return llama_cpp.Llama(model_path=str(gguf), n_ctx=256, n_threads=2, logits_all=True, verbose=False, seed=0,
+                           type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+
+
+def greedy_llama_cpp(llm, prompt: list[int]) -> list[int]:
     llm.reset()
     llm.eval(prompt)
     out = []
@@ -58,12 +64,21 @@ def test_llama_cpp_generates_what_transformers_generates(exports, which):
     folder, gguf = exports[which]
     model = load_model_dir(folder).eval()
     tokenizer = load_tokenizer(folder)
-    for prompt in PROMPTS:
-        ids = tokenizer(prompt, return_tensors="pt").input_ids
-        with torch.no_grad():  # greedy, never stopping at EOS (as the llama.cpp loop)
-            seq = ids
-            for _ in range(NEW_TOKENS):
-                seq = torch.cat([seq, model(seq).logits[:, -1:].argmax(-1)], dim=1)
-        want = seq[0, ids.shape[1]:].tolist()
-        got = greedy_llama_cpp(gguf, ids[0].tolist())
-        assert got == want, f"{which}: {prompt!r}: llama.cpp {got} != transformers {want}"
+    llm = open_llama_cpp(gguf)
+    try:
+        for prompt in PROMPTS:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
+            with torch.no_grad():  # greedy, never stopping at EOS (as the llama.cpp loop)
+                seq = ids
+                for _ in range(NEW_TOKENS):
+                    seq = torch.cat([seq, model(seq).logits[:, -1:].argmax(-1)], dim=1)
+                want_logits = model(seq).logits[0].numpy()
+            want = seq[0, ids.shape[1]:].tolist()
+            got = greedy_llama_cpp(llm, ids[0].tolist())
+            assert got == want, f"{which}: {prompt!r}: llama.cpp {got} != transformers {want}"
+            llm.reset()
+            llm.eval(seq[0].tolist())  # every position's logits along the same tokens
+            diff = float(np.abs(np.asarray(llm.scores[: seq.shape[1]]) - want_logits).max())
+            assert diff <= 2e-3, f"{which}: {prompt!r}: llama.cpp's logits differ by {diff}"
+    finally:
+        llm.close()

@@ -272,9 +272,13 @@ def _materialize(model: nn.Module) -> nn.Module:
 
 
 def load_tokenizer(path: str | os.PathLike):
+    """The folder's tokenizer; an ``hf`` export with per-layer widths is read through its plain Llama config, so
+    that transformers never asks to run the modeling code beside it (benchsuite does not need it)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(Path(path))
+    path = Path(path)
+    config = read_config(path) if (path / "config.json").is_file() else None
+    return AutoTokenizer.from_pretrained(path, **({"config": config} if config is not None else {}))
 
 
 def save_pruned(model: nn.Module, path: str | os.PathLike, tokenizer=None,

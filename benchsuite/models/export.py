@@ -5,6 +5,8 @@ where a plain config describes the model, else with its per-layer widths in ``co
 beside it (``trust_remote_code=True``). ``benchsuite run --save-models`` writes this format already; exporting
 such a folder copies it and writes its card from the run's record. ``gguf``
 (:mod:`benchsuite.models.gguf_file`): one float32 file for llama.cpp, per-layer widths as GGUF arrays.
+``compressed-tensors`` (:mod:`benchsuite.models.sparse24`): a 2:4 sparse model in the ``sparse-24-bitmask`` format
+that vLLM reads to run 2:4 sparse kernels.
 
 The weights are the saved safetensors as they are (no reload, no rounding). An export is written into a
 temporary folder beside its destination and renamed into place: an interrupted export leaves nothing behind.
@@ -20,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from benchsuite.api.errors import ConfigError
-from benchsuite.models.hf import MODEL_TYPE, REMOTE_CODE, write_layout
+from benchsuite.models.hf import MODEL_TYPE, REMOTE_CODE, hf_config, needs_remote_code, write_card, write_layout
 
-FORMATS = ("hf", "gguf")
+FORMATS = ("hf", "gguf", "compressed-tensors")
 #: files of a saved model that the export writes anew
 _REPLACED = {"README.md", REMOTE_CODE.name}
+#: the weights (and their index), which the compressed-tensors export writes anew, with its config
+_WEIGHT_FILES = (".safetensors", ".safetensors.index.json", "config.json")
 
 
 def model_dir_of(path: Path) -> tuple[Path, dict[str, Any] | None]:
@@ -50,26 +54,38 @@ def model_dir_of(path: Path) -> tuple[Path, dict[str, Any] | None]:
 
 
 def export(path: Path, fmt: str = "hf", out: Path | None = None) -> Path:
-    """Export the saved model that ``path`` names (see :func:`model_dir_of`) in ``fmt``; return the folder."""
+    """Export the saved model that ``path`` names (see :func:`model_dir_of`) in ``fmt``; return the folder (the
+    file, for ``gguf``)."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt}: unknown; choose one of {', '.join(FORMATS)}")
     source, record = model_dir_of(Path(path))
     if fmt == "gguf":
         return _export_gguf(source, Path(out) if out is not None else source.with_name(f"{source.name}.f32.gguf"))
-    out = Path(out) if out is not None else source.with_name(f"{source.name}.{fmt}")
+    out = Path(out) if out is not None else source.with_name(f"{source.name}.{'ct24' if fmt != 'hf' else fmt}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"-o {out} exists and is not an empty folder: give a new one")
     config = json.loads((source / "config.json").read_text())
     if config.get("model_type") not in ("llama", MODEL_TYPE):
-        raise ConfigError(f"{source}: model_type {config.get('model_type')!r}; the hf export writes Llama-family "
+        raise ConfigError(f"{source}: model_type {config.get('model_type')!r}; the {fmt} export writes Llama-family "
                           "checkpoints")
+    if fmt == "compressed-tensors" and (config.get("model_type") == MODEL_TYPE or needs_remote_code(config)):
+        granularity = ((record or {}).get("granularity") or {}).get("label", "structured")
+        raise ConfigError(f"{source}: compressed-tensors holds 2:4 sparse models with plain Llama shapes; this one "
+                          f"is {granularity} (per-layer widths): use --format hf or gguf")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for file in sorted(source.iterdir()):
-            if file.is_file() and file.name not in _REPLACED:
+            if file.is_file() and file.name not in _REPLACED and \
+                    not (fmt == "compressed-tensors" and file.name.endswith(_WEIGHT_FILES)):
                 shutil.copy2(file, tmp / file.name)
-        write_layout(tmp, record)
+        if fmt == "compressed-tensors":
+            from benchsuite.models.sparse24 import write_sparse24
+
+            write_sparse24(source, tmp, hf_config(config))
+            write_card(tmp, record)
+        else:
+            write_layout(tmp, record)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

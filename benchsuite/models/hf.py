@@ -92,7 +92,15 @@ def model_card(config: dict[str, Any], record: dict[str, Any] | None, provenance
              f"| parameters | {params:,} |" if isinstance(params, int) else "| parameters | see the record |",
              f"| weights sha256 of the base | {record.get('weights_sha256', provenance.get('weights_sha256', '-'))} |",
              ""]
-    if needs_remote_code(config):
+    sparsity = (config.get("quantization_config") or {}).get("sparsity_config") or {}
+    fmt = "hf"
+    if sparsity.get("format") == "sparse-24-bitmask":
+        fmt = "compressed-tensors"
+        lines += ["Stored in compressed-tensors' `sparse-24-bitmask` format: each 2:4 sparse projection as its kept "
+                  "values and a bitmask (`quantization_config` in `config.json`), the format vLLM reads to run 2:4 "
+                  "sparse kernels (`vllm serve DIR`). The export with `--format hf` holds the same weights "
+                  "stored dense, for plain transformers.", ""]
+    elif needs_remote_code(config):
         lines += ["Each decoder layer keeps its own head counts and MLP width (`benchsuite_layer_widths` in "
                   "`config.json`), so the folder carries its modeling code: open it with",
                   "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
@@ -104,7 +112,7 @@ def model_card(config: dict[str, Any], record: dict[str, Any] | None, provenance
     if rows:
         lines += ["## Measured", "", "As recorded by the run (intervals: 95% bootstrap).", "",
                   "| metric | value | 95% interval |", "| --- | --- | --- |", *rows, ""]
-    lines += ["## How it was made", "", "```bash", command, "benchsuite export <the run's record> --format hf",
+    lines += ["## How it was made", "", "```bash", command, f"benchsuite export <the run's record> --format {fmt}",
               "```", ""]
     return "\n".join(lines)
 

@@ -46,7 +46,19 @@ def environment() -> dict[str, Any]:
     import torch
 
     return {"torch": torch.__version__, "machine": platform.machine(), "processor": _cpu_model(),
-            "threads": torch.get_num_threads()}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+
+
+# What must agree for mask digests to be held exactly. The CPU's name alone is not enough: one "AMD EPYC"
+# runs torch's AVX2 kernels, another its AVX512 ones, whose reductions round differently and flip near-ties
+# in N:M selection. A key the baselines lack counts as different.
+STACK = ("torch", "machine", "processor", "cpu_capability", "threads")
+
+
+def stack_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The parts of the software/hardware stack in which ``current`` differs from ``recorded``."""
+    return [f"{key} {recorded.get(key, 'unrecorded')} -> {current.get(key)}" for key in STACK
+            if recorded.get(key) != current.get(key)]
 
 
 def _cpu_model() -> str:
@@ -96,8 +108,7 @@ def summarize(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
 def check(current: dict[str, dict[int, dict[str, Any]]], baselines: dict[str, Any]
           ) -> tuple[list[list[Any]], list[str], list[str]]:
     """Compare seed-0 runs with the baselines: (table rows, failures, warnings)."""
-    same_stack = baselines.get("environment", {}).get("torch") == environment()["torch"] and \
-        baselines.get("environment", {}).get("processor") == environment()["processor"]
+    differences = stack_differences(baselines.get("environment", {}), environment())
     rows, failures, warnings = [], [], []
     for method, runs in current.items():
         base = baselines["entries"].get(method)
@@ -109,9 +120,10 @@ def check(current: dict[str, dict[int, dict[str, Any]]], baselines: dict[str, An
             got = now["exact"][key]
             ok = got == expected
             status = "ok" if ok else "CHANGED"
-            if not ok and key == "mask_sha256" and not same_stack:
+            if not ok and key == "mask_sha256" and differences:
                 status = "changed (other torch/CPU: warning)"
-                warnings.append(f"{method}: mask digest differs from the baseline, made on another torch/CPU")
+                warnings.append(f"{method}: mask digest differs from the baseline, made on another stack "
+                                f"({', '.join(differences)})")
             elif not ok:
                 failures.append(f"{method}: {key} is {got}, the baseline has {expected}")
             rows.append([method, key, _short(expected), _short(got), "-", status])
