@@ -40,4 +40,3 @@ def test_the_unbroken_criterion_passes(tmp_path):
     runs = regression.run_matrix([0], tmp_path, ["magnitude-l2"], log=lambda _: None)
     rows, failures, _ = regression.check(runs, baselines)
     assert not failures and {row[1] for row in rows} >= {"params", "mask_sha256", "ppl_wiki"}
-
