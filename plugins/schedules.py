@@ -89,8 +89,10 @@ def cubic_ratio(step: int, total: int, init: float, final: float, warmup: float 
 class Iterative(Schedule):
     """Prune while fine-tuning with LoRA: every ``prune_freq`` optimizer steps the ratio follows the
     cubic curve towards the target and the lowest-scoring units are masked (cumulatively); LoRA
-    keeps training on the masked model, which is the recovery. At the end the masks become
-    physical removal. ``init_ratio == ratio`` gives a one-shot prune followed by fine-tuning."""
+    keeps training on the masked model, which is the recovery. The target is reached at the start of
+    the cool-down (also where that step is not a multiple of ``prune_freq``), so the last removals
+    always get the cool-down's steps to recover. At the end the masks become physical removal.
+    ``init_ratio == ratio`` gives a one-shot prune followed by fine-tuning."""
 
     name = "iterative"
     description = "cubic ratio schedule, pruning every prune_freq steps while LoRA fine-tunes"
@@ -141,20 +143,26 @@ class Iterative(Schedule):
             elif legacy:
                 criterion.observe(model, granularity, groups)
 
+        cooldown_start = total - round(self.cooldown * total)
+
         def after_step(step: int, model: nn.Module) -> None:
             done = step + 1
-            if done % freq == 0 and done < total:
+            if (done % freq == 0 or done == cooldown_start) and done < total:
                 target = self.ratio_at(done, total, ratio)
                 if target > 0:
                     prune_to(target, done)
 
         train = ctx.finetune(model, total, before_step=before_step, after_step=after_step,
                              desc="LoRAPrune: fine-tune + prune")
-        prune_to(ratio, total)  # reach the target exactly
+        before = history[-1]["units_pruned"] if history else 0
+        prune_to(ratio, total)  # the target exactly; a no-op unless the cool-down has no steps (tiny budgets)
+        at_target = next(e["step"] for e in history if e["units_pruned"] == history[-1]["units_pruned"])
         criterion.release()
         model = granularity.finalize(model, groups, masks)
         log = {"units_pruned": history[-1]["units_pruned"], "units_total": sum(g.size for g in groups),
-               "prune_freq": freq, "prune_events": history, "train": train}
+               "prune_freq": freq, "prune_events": history, "train": train,
+               "steps_on_final_masks": total - at_target,
+               "units_pruned_after_training": history[-1]["units_pruned"] - before}
         if running is not None:
             log["training_scores"] = running.stats()
         return PruneOutcome(model, groups, masks, log)

@@ -222,3 +222,16 @@ def test_oneshot_lora_scores_from_calibration():
     scores = Structured().score(crit, model, Structured().units(model, [1]))
     assert all(torch.isfinite(s).all() and s.abs().sum() > 0 for s in scores)
     assert not any(p.grad is not None for p in frozen_parameters(model))
+
+
+def test_the_target_is_reached_at_the_cool_down_whatever_prune_freq():
+    """Audit (docs/loraprune-audit.md, row 5): with prune_freq 10 over 40 steps no multiple of 10 lies in the
+    cool-down (steps 36-39), and the last units went after the last step, with no step to recover. They now go
+    at step 36, as in the reference and the paper (the last 10% of the steps at the target)."""
+    model = attach_lora(tiny_llama(6, 2), LORA)
+    outcome = Iterative(prune_freq=10).run(model, LoRAGuided(), Structured(), 0.5, [1, 2], _ctx(40))
+    events = outcome.log["prune_events"]
+    assert [e["step"] for e in events] == [10, 20, 30, 36, 40]
+    assert events[3]["ratio"] == 0.5 and events[3]["units_pruned"] == events[-1]["units_pruned"]
+    assert outcome.log["units_pruned_after_training"] == 0
+    assert outcome.log["steps_on_final_masks"] == 4
