@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--methods", help="only these methods (comma-separated; dense is always shown)")
     report.add_argument("--granularity", help="only this granularity (e.g. structured, 2:4)")
     report.add_argument("--ratios", type=_floats, help="only these ratios (comma-separated)")
+    report.add_argument("--seeds", type=_ints, help="only these seeds (comma-separated; e.g. 0 for what a default "
+                        "run measures, where more seeds are stored)")
     report.add_argument("--recovery", choices=["lora", "none"], help="only runs with (or without) LoRA recovery")
     report.add_argument("--settings", metavar="HASH",
                         help="only runs with these settings: the hash (or its start) that the 'settings' column "
@@ -378,6 +380,7 @@ def select_records(args, records: list[dict] | None = None) -> list[dict]:
             and (r.get("method") == "dense" or (
                 (methods is None or r.get("method") in methods or r.get("variant") in methods)
                 and (not args.ratios or any(abs(r.get("ratio", -1) - x) < 1e-9 for x in args.ratios))
+                and (not getattr(args, "seeds", None) or r.get("seed") in args.seeds)
                 and (not args.granularity or (r.get("granularity") or {}).get("label") == args.granularity)
                 and (not args.recovery or recovery_label(r).split(",")[0].lower() == args.recovery)
                 and (not args.settings or settings_hash(r["config"]).startswith(args.settings))))]

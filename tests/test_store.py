@@ -267,3 +267,14 @@ def test_ctrl_c_at_any_moment_is_one_line_and_death_by_sigint(tmp_path):
         assert proc.returncode == -signal.SIGINT, (delay, proc.returncode, err)
         assert err.strip() in ("", "benchsuite: interrupted"), (delay, err)
         assert out in ("", full), (delay, out[-200:])
+
+
+def test_report_seeds_keeps_those_seeds(tiny_model_dir, offline, tmp_path, capsys):
+    """``report --seeds 0`` shows what a default (seed 0) run measures where more seeds are stored."""
+    _run(tiny_model_dir, tmp_path, seeds=[0, 1], **offline)
+    for seeds, want in (("0", {0}), ("1", {1}), ("0,1", {0, 1}), (None, {0, 1})):
+        argv = ["report", "--results", str(tmp_path), "--format", "json"] + (["--seeds", seeds] if seeds else [])
+        assert cli_main(argv) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert {r["seed"] for r in rows if r["method"] == "random"} == want, seeds
+        assert any(r["method"] == "dense" for r in rows)

@@ -1,0 +1,40 @@
+"""The README's measured tables outside ``benchsuite report`` are what their scripts render from the committed
+results: the budget sweep (``benchmarks/budget_sweep.py --render``, from ``results/reference``) and llama.cpp's
+speed (``benchmarks/llama_cpp_speed.py --render``, from its JSON)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _block(mark: str, end: str) -> str:
+    assert mark in README and end in README, f"README has no {mark} block"
+    return README.split(mark, 1)[1].split(end, 1)[0].strip()
+
+
+def test_budget_sweep_section_is_rendered_from_the_records():
+    sweep = _script("budget_sweep")
+    runs = sweep.collect(ROOT / "results" / "reference")
+    assert runs, "no budget sweep records in results/reference"
+    assert _block(sweep.MARK, sweep.END) == sweep.render(runs).strip(), \
+        "run: python benchmarks/budget_sweep.py --render --readme README.md"
+
+
+def test_llama_cpp_table_is_rendered_from_its_json():
+    speed = _script("llama_cpp_speed")
+    result = json.loads((ROOT / "benchmarks" / "results" / "llama_cpp_speed.json").read_text())
+    assert _block(speed.MARK, speed.END) == speed.render(result).strip(), \
+        "run: python benchmarks/llama_cpp_speed.py --render benchmarks/results/llama_cpp_speed.json --readme README.md"
+    assert result["speedup_prompt"] > 1 and result["speedup_generation"] > 1  # a pruned model that is faster
