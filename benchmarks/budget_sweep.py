@@ -122,6 +122,7 @@ def figure(runs: dict, out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, len(RATIOS), figsize=(5 * len(RATIOS), 3.8))
     for ax, ratio in zip(axes, RATIOS):
@@ -140,6 +141,9 @@ def figure(runs: dict, out: Path) -> None:
                         label=method)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xlim(30, 2700)
+        ax.set_xticks(sorted(BUDGETS), [f"{b:,}" for b in sorted(BUDGETS)])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("LoRA steps (2 x 128 tokens each)")
         ax.set_ylabel("wiki perplexity")
         ax.set_title(f"SmolLM2-135M, {ratio:.0%} structured")

@@ -28,8 +28,10 @@ def results(tmp_path_factory) -> Path:
     folder.mkdir(parents=True)
     for name in SUBSET:
         src = REFERENCE / name
-        if src.is_dir():
-            shutil.copytree(src, folder / name)
+        if src.is_dir():  # seed 0 (the budget sweep stores more seeds beside it)
+            (folder / name).mkdir()
+            for record in src.glob("*_seed-0.*.json"):
+                shutil.copy(record, folder / name / record.name)
         else:
             shutil.copy(src, folder / name)
     return tmp_path / "results"
