@@ -25,6 +25,8 @@ from benchsuite.api.errors import ConfigError
 from benchsuite.models.hf import MODEL_TYPE, REMOTE_CODE, hf_config, needs_remote_code, write_card, write_layout
 
 FORMATS = ("hf", "gguf", "compressed-tensors")
+#: the default export folder's suffix per folder format (``-o`` names it otherwise)
+_SUFFIX = {"hf": "hf", "compressed-tensors": "ct24"}
 #: files of a saved model that the export writes anew
 _REPLACED = {"README.md", REMOTE_CODE.name}
 #: the weights (and their index), which the compressed-tensors export writes anew, with its config
@@ -61,7 +63,7 @@ def export(path: Path, fmt: str = "hf", out: Path | None = None) -> Path:
     source, record = model_dir_of(Path(path))
     if fmt == "gguf":
         return _export_gguf(source, Path(out) if out is not None else source.with_name(f"{source.name}.f32.gguf"))
-    out = Path(out) if out is not None else source.with_name(f"{source.name}.{'ct24' if fmt != 'hf' else fmt}")
+    out = Path(out) if out is not None else source.with_name(f"{source.name}.{_SUFFIX[fmt]}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"-o {out} exists and is not an empty folder: give a new one")
     config = json.loads((source / "config.json").read_text())
