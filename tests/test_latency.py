@@ -110,9 +110,11 @@ def test_concurrent_cpu_load_is_flagged():
     assert result["load"]["busy_other_pct"] > MAX_BUSY_OTHER_PCT
 
 
-def test_quiet_machine_is_not_flagged():
+def test_quiet_machine_is_not_flagged(one_thread):
+    # one thread: with two on a 2-core CI machine, each barrier waits on whatever else the OS runs, and the
+    # spread alone (IQR/median 10.4% there, three tries in a row) flagged a machine with no other work
     model = tiny_llama()
-    result = settled(lambda: latency(model, 1, 32, 20), lambda r: not r["noisy"])
+    result = settled(lambda: latency(model, 1, 32, 30), lambda r: not r["noisy"])
     assert not result["noisy"], result
 
 
