@@ -28,7 +28,7 @@ METHODS = ["loraprune", "llm-pruner", "random+lora"]
 RATIOS = [0.5, 0.2]
 BUDGETS = {40: [0, 1, 2], 200: [0, 1, 2], 1000: [0, 1], 2000: [0, 1]}
 PROFILE_STEPS = 40  # the quick profile's own budget
-MARK, END = "<!-- budget-sweep -->", "<!-- /budget-sweep -->"
+BLOCK = "budget-sweep"  # the README block this script owns
 
 
 def profile_name(steps: int) -> str:
@@ -156,15 +156,6 @@ def figure(runs: dict, out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
-def update_readme(readme: Path, text: str) -> None:
-    content = readme.read_text()
-    if MARK not in content or END not in content:
-        raise SystemExit(f"{readme}: no {MARK} ... {END} block to rewrite")
-    head, rest = content.split(MARK, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{MARK}\n\n{text}\n{END}{tail}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=Path("results/reference"))
@@ -185,7 +176,9 @@ def main() -> None:
     print(text)
     figure(runs, args.figure)
     if args.readme:
-        update_readme(args.readme, text)
+        from benchsuite.reporting.blocks import update_block
+
+        update_block(args.readme, BLOCK, "\n" + text)
 
 
 if __name__ == "__main__":

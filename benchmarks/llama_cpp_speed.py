@@ -39,7 +39,7 @@ def timed(llm, prompt: list[int], new: int) -> tuple[float, float]:
     return prefill, new / (time.perf_counter() - start)
 
 
-MARK, END = "<!-- llama-cpp-speed -->", "<!-- /llama-cpp-speed -->"
+BLOCK = "llama-cpp-speed"  # the README block this script owns
 
 
 def render(result: dict) -> str:
@@ -60,12 +60,9 @@ def render(result: dict) -> str:
 
 
 def update_readme(readme: Path, result: dict) -> None:
-    text = readme.read_text()
-    if MARK not in text or END not in text:
-        raise SystemExit(f"{readme}: no {MARK} ... {END} block to rewrite")
-    head, rest = text.split(MARK, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{MARK}\n{render(result)}\n{END}{tail}")
+    from benchsuite.reporting.blocks import update_block
+
+    update_block(readme, BLOCK, render(result))
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ _LAZY: dict[str, str] = {
         "module_key", "unit_sums"), "benchsuite.api.components"),
     "ConfigError": "benchsuite.api.errors",
     **dict.fromkeys(("PROJECTIONS", "base_linear", "decoder_layers", "linear_modules"), "benchsuite.api.model"),
-    "calibrate": "benchsuite.pruning.calibration",
+    **dict.fromkeys(("LayerInputs", "calibrate"), "benchsuite.pruning.calibration"),
     "RunningScores": "benchsuite.pruning.scoring",
     "checked_scores": "benchsuite.pruning.scoring",
     "tensor_bytes": "benchsuite.evaluation.memory",
@@ -36,7 +36,7 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "API_VERSION", "NEEDS", "PAPER_LORA", "PROJECTIONS", "REDUCTIONS", "ConfigError", "Coupling", "Criterion",
-    "Granularity", "GroupSet", "Method", "ModelSpec", "Parametrized", "PruneContext", "PruneOutcome",
+    "Granularity", "GroupSet", "LayerInputs", "Method", "ModelSpec", "Parametrized", "PruneContext", "PruneOutcome",
     "Reduction", "RunningScores", "Schedule", "__version__", "base_linear", "calibrate", "combine",
     "decoder_layers", "hookimpl", "linear_modules", "module_key", "tensor_bytes", "unit_sums", "checked_scores",
     "Metric", "MetricResult", "MeasureContext", "Column", "Corpus", "FileCorpus", "HubCorpus",
@@ -73,7 +73,7 @@ if TYPE_CHECKING:
     from benchsuite.api.model import PROJECTIONS, base_linear, decoder_layers, linear_modules
     from benchsuite.data.corpora import FileCorpus, HubCorpus
     from benchsuite.evaluation.memory import tensor_bytes
-    from benchsuite.pruning.calibration import calibrate
+    from benchsuite.pruning.calibration import LayerInputs, calibrate
     from benchsuite.pruning.scoring import RunningScores, checked_scores
     from benchsuite.running.finetune import PAPER_LORA
 

@@ -175,6 +175,8 @@ class WandaSP(Criterion):
     name = "wanda-sp"
     description = "Wanda-sp: Wanda's |W| x input-norm summed over each head's/channel's o_proj/down_proj columns"
     needs = frozenset({"calibration", "activations"})
+    #: a layer's scores come from that layer's input norms alone
+    layer_local = True
     #: the FLAP repository's Wanda-sp: 128 samples of 128 tokens from C4
     calibration = ("c4", 128, 128)
 

@@ -101,6 +101,9 @@ class Structured(Granularity):
 class _ElementLevel(Granularity):
     """Shared parts of the element-level granularities: masks on the weights, exact through LoRA."""
 
+    #: each matrix's mask from its own scores (and previous mask) alone
+    local_selection = True
+
     #: the projections to sparsify (paths inside a decoder layer)
     modules: tuple[str, ...] = PROJECTIONS
 

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from benchsuite import hookimpl
+from benchsuite import LayerInputs, hookimpl
 from benchsuite.api import Criterion, Granularity, GroupSet, PruneContext, PruneOutcome, Schedule
 from benchsuite.pruning.scoring import RunningScores, checked_scores
 
@@ -43,9 +43,14 @@ class OneShot(Schedule):
 class Sequential(Schedule):
     """Prune one layer at a time, in order: before each layer the criterion prepares again (e.g.
     gathers activations) on the model whose earlier layers are already pruned, as Wanda's reference
-    code does. Costs one calibration pass per pruned layer; only the current layer is scored again
-    (earlier layers keep their masks whatever their scores, later ones are reset). The per-layer
-    counts are those of a one-shot prune at the same ratio (the allocation does not depend on scores)."""
+    code does. Only the current layer is scored again (earlier layers keep their masks whatever their
+    scores, later ones are reset). The per-layer counts are those of a one-shot prune at the same ratio
+    (the allocation does not depend on scores).
+
+    Costs one calibration pass per pruned layer: of the whole model, or, for a ``layer_local`` criterion
+    (Wanda), of that layer alone on its inputs kept from the layer before (``LayerInputs``; the same
+    inputs bit for bit, a pass of one layer instead of all). With a ``local_selection`` granularity
+    (N:M, unstructured) only the current layer's masks are selected."""
 
     name = "sequential"
     description = "layer by layer: each layer scored on calibration inputs through the already-pruned layers"
@@ -53,23 +58,43 @@ class Sequential(Schedule):
     def run(self, model: nn.Module, criterion: Criterion, granularity: Granularity,
             ratio: float, layers: list[int], ctx: PruneContext) -> PruneOutcome:
         groups = granularity.units(model, layers)
-        masks: list[torch.Tensor] | None = None
-        scores: list[torch.Tensor] = []
-        for layer in sorted(set(layers)):
-            criterion.prepare(model, ctx)
-            if not scores:  # the first pass scores everything (select needs a score per group)
-                scores = checked_scores(criterion, granularity, model, groups)
+        order = sorted(set(layers))
+        local = granularity.local_selection
+        kept: LayerInputs | None = None
+        masks: list[torch.Tensor | None] = [None] * len(groups)
+        scores: list[torch.Tensor | None] = [None] * len(groups)
+        full_passes = 0
+        for layer in order:
+            current = [i for i, g in enumerate(groups) if g.layer == layer]
+            if criterion.layer_local and (local or full_passes):
+                if kept is None:
+                    kept = LayerInputs(model, ctx.calibration_batches(), ctx.device, start=order[0])
+                kept.advance(to=layer)  # through the finished (pruned) layers before this one
+                with kept.active():
+                    criterion.prepare(model, ctx)
             else:
-                current = [i for i, g in enumerate(groups) if g.layer == layer]
-                fresh = checked_scores(criterion, granularity, model, [groups[i] for i in current])
-                for i, value in zip(current, fresh):
-                    scores[i] = value
+                criterion.prepare(model, ctx)
+                full_passes += 1
+            # select needs a score per group it is given: all of them once, unless selection is local
+            todo = current if local or all(s is not None for s in scores) else range(len(groups))
+            fresh = checked_scores(criterion, granularity, model, [groups[i] for i in todo])
+            for i, value in zip(todo, fresh):
+                scores[i] = value
             criterion.release()
-            chosen = granularity.select(groups, scores, ratio, previous=masks)
-            masks = [keep if g.layer <= layer else torch.ones_like(keep) for g, keep in zip(groups, chosen)]
-            del chosen
-            granularity.apply_masks(model, groups, masks)
-        return finalized(model, granularity, groups, masks, calibration_passes=len(set(layers)))
+            if local:
+                chosen = granularity.select([groups[i] for i in current], [scores[i] for i in current], ratio,
+                                            previous=None)
+                for i, keep in zip(current, chosen):
+                    masks[i] = keep
+                granularity.apply_masks(model, [groups[i] for i in current], [masks[i] for i in current])
+            else:
+                previous = None if masks[0] is None else masks
+                chosen = granularity.select(groups, scores, ratio, previous=previous)
+                masks = [keep if g.layer <= layer else torch.ones_like(keep) for g, keep in zip(groups, chosen)]
+                del chosen
+                granularity.apply_masks(model, groups, masks)
+        return finalized(model, granularity, groups, masks, calibration_passes=len(order),
+                         whole_model_passes=full_passes)
 
 
 def cubic_ratio(step: int, total: int, init: float, final: float, warmup: float = 0.1,

@@ -40,7 +40,7 @@ in the log as ``dead_inputs``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -50,6 +50,7 @@ from benchsuite import (
     Criterion,
     Granularity,
     GroupSet,
+    LayerInputs,
     Method,
     PruneContext,
     PruneOutcome,
@@ -166,50 +167,8 @@ class SparseGPT(Criterion):
         return self.element_scores(group.name, layer)
 
 
-class _Stop(Exception):
-    """Raised by the hook that caught the first pruned layer's inputs."""
-
-
-def _layer_inputs(model: nn.Module, layer: nn.Module, batches: Iterable[torch.Tensor],
-                  device: torch.device) -> list[tuple[tuple, dict]]:
-    """The positional and keyword arguments ``layer`` receives for each calibration batch (one
-    embedding pass; the model stops at the layer)."""
-    cached: list[tuple[tuple, dict]] = []
-
-    def hook(_module, args, kwargs):
-        cached.append((args, kwargs))
-        raise _Stop
-
-    handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        for batch in batches:
-            try:
-                model(input_ids=batch.to(device), use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    return cached
-
-
-def _run_layer(layer: nn.Module, cached: list[tuple[tuple, dict]]) -> list[tuple[tuple, dict]]:
-    """Pass every cached input through ``layer``; the inputs of the next layer."""
-    out = []
-    for args, kwargs in cached:
-        if args:
-            result = layer(*args, **kwargs)
-        else:
-            result = layer(**kwargs)
-        hidden = result[0] if isinstance(result, tuple) else result
-        if args:
-            out.append(((hidden, *args[1:]), kwargs))
-        else:
-            out.append(((), {**kwargs, "hidden_states": hidden}))
-    return out
-
-
-def _hessians(layer: nn.Module, paths: list[str], cached: list[tuple[tuple, dict]]) -> dict[str, torch.Tensor]:
-    """``H = 2/N X X^T`` (float32) of the inputs of each projection in ``paths`` over the cached batches
+def _hessians(layer: nn.Module, paths: list[str], kept: LayerInputs) -> dict[str, torch.Tensor]:
+    """``H = 2/N X X^T`` (float32) of the inputs of each projection in ``paths`` over the kept batches
     (N calibration tokens), with the layer's current weights. Projections that receive the same input tensor
     (q/k/v, gate/up) get the same Hessian object, computed once."""
     sums: dict[str, torch.Tensor] = {}
@@ -238,7 +197,7 @@ def _hessians(layer: nn.Module, paths: list[str], cached: list[tuple[tuple, dict
         # the module itself, not its base Linear: a masked LoRA wrapper computes the base product directly
         handles.append(layer.get_submodule(path).register_forward_pre_hook(make(path)))
     try:
-        _run_layer(layer, cached)
+        kept.run(layer)
     finally:
         for handle in handles:
             handle.remove()
@@ -333,8 +292,8 @@ class SparseGPTSchedule(Schedule):
         model.eval()
         try:
             with torch.no_grad():
-                cached = _layer_inputs(model, all_layers[order[0]], ctx.calibration_batches(), ctx.device)
-                if not cached:
+                kept = LayerInputs(model, ctx.calibration_batches(), ctx.device, start=order[0])
+                if not len(kept):
                     raise ValueError("sparsegpt needs calibration batches (the context gave none)")
                 for index in range(order[0], order[-1] + 1):
                     layer = all_layers[index]
@@ -344,14 +303,14 @@ class SparseGPTSchedule(Schedule):
                             scores = self._fixed_masks(model, criterion, granularity, groups, masks, scores,
                                                        current, ratio, ctx)
                         losses = self._prune_layer(model, layer, index, groups, masks, current, granularity,
-                                                   ratio, adaptive, element, window, cached, log)
+                                                   ratio, adaptive, element, window, kept, log)
                         log["obs_loss"][str(index)] = round(losses, 6)
                         if not (adaptive and element):  # else the solver's zeros are the masks (finalize applies them)
                             granularity.apply_masks(model, groups, masks)
                     if index < order[-1]:
-                        cached = _run_layer(layer, cached)
+                        kept.advance()
                         log["layer_passes"] += 1
-                del cached
+                del kept
         finally:
             model.train(was_training)
         criterion.release()
@@ -383,7 +342,7 @@ class SparseGPTSchedule(Schedule):
         return scores
 
     def _prune_layer(self, model, layer, index, groups, masks, current, granularity, ratio, adaptive, element,
-                     window, cached, log) -> float:
+                     window, kept, log) -> float:
         """Solve every matrix of one decoder layer, stage by stage; returns the layer's OBS loss."""
         total = 0.0
         if element:
@@ -393,7 +352,7 @@ class SparseGPTSchedule(Schedule):
             jobs = [[(i, m.module, m) for m in groups[i].members if m.dim == 1] for i in current]
         for number, stage in enumerate(jobs):
             if stage:
-                hessians = _hessians(layer, [path for _, path, _ in stage], cached)
+                hessians = _hessians(layer, [path for _, path, _ in stage], kept)
                 factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # inputs shared by q/k/v, gate/up
             for i, path, member in stage:
                 weight = base_linear(layer.get_submodule(path)).weight

@@ -22,6 +22,8 @@ class Wanda(Criterion):
     name = "wanda"
     description = "Wanda: |W| x input-activation L2 norm per input column (calibration forward passes)"
     needs = frozenset({"calibration", "activations"})
+    #: its statistics of a layer are that layer's input norms: a pass of that layer is enough
+    layer_local = True
     #: Wanda: 128 samples of 2,048 tokens from C4
     calibration = ("c4", 128, 2048)
 

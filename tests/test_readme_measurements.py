@@ -8,6 +8,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+from benchsuite.reporting.blocks import read_block
+
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
 
@@ -19,22 +21,23 @@ def _script(name: str):
     return module
 
 
-def _block(mark: str, end: str) -> str:
-    assert mark in README and end in README, f"README has no {mark} block"
-    return README.split(mark, 1)[1].split(end, 1)[0].strip()
+def _block(name: str) -> str:
+    text = read_block(README, name)
+    assert text is not None, f"README has no <!-- {name} --> block"
+    return text.strip()
 
 
 def test_budget_sweep_section_is_rendered_from_the_records():
     sweep = _script("budget_sweep")
     runs = sweep.collect(ROOT / "results" / "reference")
     assert runs, "no budget sweep records in results/reference"
-    assert _block(sweep.MARK, sweep.END) == sweep.render(runs).strip(), \
+    assert _block(sweep.BLOCK) == sweep.render(runs).strip(), \
         "run: python benchmarks/budget_sweep.py --render --readme README.md"
 
 
 def test_llama_cpp_table_is_rendered_from_its_json():
     speed = _script("llama_cpp_speed")
     result = json.loads((ROOT / "benchmarks" / "results" / "llama_cpp_speed.json").read_text())
-    assert _block(speed.MARK, speed.END) == speed.render(result).strip(), \
+    assert _block(speed.BLOCK) == speed.render(result).strip(), \
         "run: python benchmarks/llama_cpp_speed.py --render benchmarks/results/llama_cpp_speed.json --readme README.md"
     assert result["speedup_prompt"] > 1 and result["speedup_generation"] > 1  # a pruned model that is faster

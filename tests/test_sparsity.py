@@ -142,6 +142,75 @@ def test_sequential_scores_each_layer_through_the_pruned_layers_before_it():
     assert all(torch.equal(x, y) for x, y in zip(a.masks, b.masks))
 
 
+def test_layer_inputs_are_those_of_a_whole_model_pass_bit_for_bit():
+    """LayerInputs (captured once, moved on layer by layer) hand every layer what a full forward pass does."""
+    from benchsuite import LayerInputs
+
+    model = tiny_llama(6, 2).eval()  # GQA
+    batches = list(DATA[:8].split(4))
+    seen: dict[int, list[torch.Tensor]] = {}
+    handles = [layer.register_forward_pre_hook(lambda _m, args, i=i: seen.setdefault(i, []).append(args[0]))
+               for i, layer in enumerate(decoder_layers(model))]
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    for h in handles:
+        h.remove()
+    kept = LayerInputs(model, batches, "cpu", start=1)
+    assert len(kept) == 2 and kept.index == 1 and kept.tokens == DATA[:8].numel()
+    for index in range(1, len(decoder_layers(model))):
+        hidden = [args[0] if args else kwargs["hidden_states"] for args, kwargs in kept.cached]
+        assert all(torch.equal(a, b) for a, b in zip(hidden, seen[index])), f"layer {index}"
+        kept.advance()
+
+
+def test_calibrate_inside_layer_inputs_runs_only_the_current_layer():
+    from benchsuite import LayerInputs, calibrate
+
+    model = tiny_llama(6, 2).eval()
+    ctx = PruneContext(seed=0, device=torch.device("cpu"), profile={},
+                       calibration_batches=lambda: iter(DATA[:8].split(4)))
+    full: dict[str, torch.Tensor] = {}
+    calibrate(model, ctx, desc="full", inputs={"layers.2.mlp.down_proj": lambda k, x: full.setdefault(k, x),
+                                                "layers.0.mlp.down_proj": lambda k, x: full.setdefault(k, x)})
+    kept = LayerInputs(model, ctx.calibration_batches(), ctx.device)
+    kept.advance(to=2)
+    got: dict[str, list[torch.Tensor]] = {}
+    with kept.active():
+        stats = calibrate(model, ctx, desc="window", inputs={
+            key: lambda k, x: got.setdefault(k, []).append(x) for key in ("layers.2.mlp.down_proj",
+                                                                           "layers.0.mlp.down_proj")})
+        calibrate(tiny_llama(6, 2), ctx, desc="another model: a whole pass", inputs={
+            "layers.0.mlp.down_proj": lambda k, x: got.setdefault("other", []).append(x)})
+    assert set(got) == {"layers.2.mlp.down_proj", "other"}  # layer 0 did not run: its inputs are kept
+    assert torch.equal(got["layers.2.mlp.down_proj"][0], full["layers.2.mlp.down_proj"])
+    assert stats == {"batches": 2, "samples": 8, "tokens": DATA[:8].numel()}
+
+
+@pytest.mark.parametrize("criterion, granularity", [(Wanda, lambda: NM(n=2, m=4)),
+                                                    (Wanda, lambda: Unstructured(per_row=True)),
+                                                    ("wanda-sp", Structured)])
+def test_sequential_on_kept_layer_inputs_gives_the_whole_pass_masks(criterion, granularity, monkeypatch):
+    """layer_local criteria calibrate one layer on kept inputs and local granularities select one layer's
+    masks: the masks are those of a whole-model pass and a selection over every group, bit for bit."""
+    from benchsuite_plugins.flap import WandaSP
+
+    cls = WandaSP if criterion == "wanda-sp" else criterion
+    ctx = PruneContext(seed=0, device=torch.device("cpu"), profile={},
+                       calibration_batches=lambda: iter(DATA[:8].split(4)))
+    layers = [1, 2, 3]
+    fast = Sequential().run(tiny_llama(6, 2), cls(), granularity(), 0.5, layers, ctx)
+    gran = granularity()
+    monkeypatch.setattr(cls, "layer_local", False)
+    monkeypatch.setattr(type(gran), "local_selection", False)
+    slow = Sequential().run(tiny_llama(6, 2), cls(), gran, 0.5, layers, ctx)
+    assert len(fast.masks) == len(slow.masks)
+    assert all(torch.equal(a, b) for a, b in zip(fast.masks, slow.masks))
+    assert slow.log["whole_model_passes"] == 3
+    assert fast.log["whole_model_passes"] == (1 if criterion == "wanda-sp" else 0)  # structured: scores all once
+    assert fast.log["calibration_passes"] == slow.log["calibration_passes"] == 3
+
+
 def test_lora_through_element_masks_keeps_a_half_precision_models_dtype():
     """peft keeps LoRA adapters in float32 on a bf16 model; the masked LoRA path must hand the next layer
     bf16 again (on CUDA, loraprune-2:4 failed with "expected mat1 and mat2 to have the same dtype")."""

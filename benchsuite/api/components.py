@@ -269,6 +269,11 @@ class Criterion(Parametrized, ABC):
     #: training-time schedules score every group after each backward (while the LoRA gradients are
     #: present), fold the scores into a running score with :meth:`accumulate`, and prune by it.
     observes_training: ClassVar[bool] = False
+    #: True when what :meth:`prepare` learns about a decoder layer comes only from the inputs of that layer's
+    #: modules in passes without gradients (``calibrate(..., grad="none")``; Wanda): a layer-by-layer schedule
+    #: may then calibrate each layer on its cached inputs instead of running the whole model (the same inputs,
+    #: bit for bit; ``LayerInputs``). Leave it False if prepare reads anything else (outputs, losses, other hooks).
+    layer_local: ClassVar[bool] = False
     #: How per-module unit scores combine across coupled modules, and whether each module's vector
     #: is divided by its L2 norm first. Declare them as parameters to make them settable.
     reduction: ClassVar[str] = "sum"
@@ -371,6 +376,9 @@ class Granularity(Parametrized, ABC):
     #: global threshold): the target then holds for the parameters removed in all (``ratio`` times the
     #: units' :meth:`unit_params`), not group by group.
     adaptive: ClassVar[bool] = False
+    #: True when :meth:`select`'s mask of a group depends only on that group's scores and previous mask (N:M,
+    #: unstructured): schedules may then call :meth:`select` and :meth:`apply_masks` with some of the groups.
+    local_selection: ClassVar[bool] = False
 
     @classmethod
     def kind(cls) -> str:
