@@ -1,0 +1,71 @@
+"""The README's section "Against other libraries", rendered from the peer scripts' JSON (measuring nothing).
+
+    python benchmarks/peers/report.py --readme README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402 - the sibling module, also when run as a script
+
+BLOCK = "peers"  # the README block this script owns
+PEERS = {"llm_compressor": "llm-compressor"}
+
+
+def _verdict(job: dict[str, Any]) -> str:
+    """Whether both perplexities' intervals overlap (wiki and c4)."""
+    s, p = job["suite"]["ppl"], job["peer"]["ppl"]
+    overlap = all(s[k]["ci_lo"] <= p[k]["ci_hi"] and p[k]["ci_lo"] <= s[k]["ci_hi"] for k in s)
+    return "overlap" if overlap else "differ"
+
+
+def render(results: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    for name, result in results.items():
+        jobs = result["jobs"]
+        peer_versions = jobs[0]["peer"]["phase"]["versions"] if jobs else {}
+        lines += [f"**{PEERS.get(name, name)}** ({', '.join(f'{k} {v}' for k, v in peer_versions.items())}; "
+                  f"{result['model']}, {result['dtype']}, {result['device']}, "
+                  f"{result['machine']['threads']} threads, {result['machine']['processor']}):", ""]
+        lines.append("| job | calibration | time suite / peer | peak memory suite / peer | wiki ppl suite | "
+                     "wiki ppl peer | c4 ppl suite | c4 ppl peer | intervals | equal decisions | Jaccard |")
+        lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for j in jobs:
+            s, p = j["suite"], j["peer"]
+            mem = "-" if j["memory_ratio"] is None else f"{j['memory_ratio']:.2f}x"
+            lines.append(
+                f"| {j['job']} | {j['calibration']['samples']} x {j['calibration']['length']} | "
+                f"**{j['time_ratio']:.2f}x** ({s['phase']['seconds']:.1f} s / {p['phase']['seconds']:.1f} s) | "
+                f"{mem} ({common.fmt_mb(s['phase']['memory'])} / {common.fmt_mb(p['phase']['memory'])}) | "
+                f"{common.fmt_ppl(s['ppl']['wiki'])} | {common.fmt_ppl(p['ppl']['wiki'])} | "
+                f"{common.fmt_ppl(s['ppl']['c4'])} | {common.fmt_ppl(p['ppl']['c4'])} | {_verdict(j)} | "
+                f"{j['agreement']['equal_decisions']:.3f} | {j['agreement']['jaccard']:.3f} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def load(folder: Path = common.RESULTS) -> dict[str, dict[str, Any]]:
+    return {name: json.loads((folder / f"{name}.json").read_text()) for name in PEERS
+            if (folder / f"{name}.json").exists()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--readme", type=Path, help="rewrite this README's peers block")
+    args = parser.parse_args()
+    text = render(load())
+    print(text)
+    if args.readme:
+        from benchsuite.reporting.blocks import update_block
+
+        update_block(args.readme, BLOCK, text)
+
+
+if __name__ == "__main__":
+    main()
