@@ -242,3 +242,26 @@ def fmt_ppl(ppl: Mapping[str, Any]) -> str:
 
 def fmt_mb(memory: Mapping[str, Any]) -> str:
     return f"{memory['peak_mb']:,.0f} MB"
+
+
+def overlap(job: Mapping[str, Any]) -> str:
+    """Whether suite's and peer's perplexity intervals overlap on every corpus."""
+    s, p = job["suite"]["ppl"], job["peer"]["ppl"]
+    return "overlap" if all(s[k]["ci_lo"] <= p[k]["ci_hi"] and p[k]["ci_lo"] <= s[k]["ci_hi"] for k in s) else "differ"
+
+
+HEADER = ("| job | calibration | time suite / peer | peak memory suite / peer | wiki ppl suite | wiki ppl peer | "
+          "c4 ppl suite | c4 ppl peer | intervals | equal decisions | Jaccard |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+
+
+def job_row(j: Mapping[str, Any]) -> str:
+    """One job's row of the comparison table (the script's markdown and the README)."""
+    s, p = j["suite"], j["peer"]
+    mem = "-" if j["memory_ratio"] is None else f"{j['memory_ratio']:.2f}x"
+    return (f"| {j['job']} | {j['calibration']['samples']} x {j['calibration']['length']} | "
+            f"**{j['time_ratio']:.2f}x** ({s['phase']['seconds']:.1f} s / {p['phase']['seconds']:.1f} s) | "
+            f"{mem} ({fmt_mb(s['phase']['memory'])} / {fmt_mb(p['phase']['memory'])}) | "
+            f"{fmt_ppl(s['ppl']['wiki'])} | {fmt_ppl(p['ppl']['wiki'])} | "
+            f"{fmt_ppl(s['ppl']['c4'])} | {fmt_ppl(p['ppl']['c4'])} | {overlap(j)} | "
+            f"{j['agreement']['equal_decisions']:.3f} | {j['agreement']['jaccard']:.3f} |")

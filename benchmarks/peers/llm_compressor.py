@@ -153,20 +153,7 @@ def _slim(ppl: dict[str, Any]) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    rows = ["| job | calibration | suite / peer time | suite / peer peak memory | wiki: suite | wiki: peer | "
-            "c4: suite | c4: peer | equal decisions | Jaccard (pruned) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in result["jobs"]:
-        s, p = r["suite"], r["peer"]
-        mem = "-" if r["memory_ratio"] is None else f"{r['memory_ratio']:.2f}x"
-        rows.append(
-            f"| {r['job']} | {r['calibration']['samples']} x {r['calibration']['length']} | "
-            f"{r['time_ratio']:.2f}x ({s['phase']['seconds']:.1f} s / {p['phase']['seconds']:.1f} s) | "
-            f"{mem} ({common.fmt_mb(s['phase']['memory'])} / {common.fmt_mb(p['phase']['memory'])}) | "
-            f"{common.fmt_ppl(s['ppl']['wiki'])} | {common.fmt_ppl(p['ppl']['wiki'])} | "
-            f"{common.fmt_ppl(s['ppl']['c4'])} | {common.fmt_ppl(p['ppl']['c4'])} | "
-            f"{r['agreement']['equal_decisions']:.3f} | {r['agreement']['jaccard']:.3f} |")
-    return "\n".join(rows)
+    return "\n".join([common.HEADER, *(common.job_row(r) for r in result["jobs"])])
 
 
 def main() -> None:

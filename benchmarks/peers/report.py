@@ -18,13 +18,6 @@ BLOCK = "peers"  # the README block this script owns
 PEERS = {"llm_compressor": "llm-compressor"}
 
 
-def _verdict(job: dict[str, Any]) -> str:
-    """Whether both perplexities' intervals overlap (wiki and c4)."""
-    s, p = job["suite"]["ppl"], job["peer"]["ppl"]
-    overlap = all(s[k]["ci_lo"] <= p[k]["ci_hi"] and p[k]["ci_lo"] <= s[k]["ci_hi"] for k in s)
-    return "overlap" if overlap else "differ"
-
-
 def render(results: dict[str, dict[str, Any]]) -> str:
     lines = []
     for name, result in results.items():
@@ -33,19 +26,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         lines += [f"**{PEERS.get(name, name)}** ({', '.join(f'{k} {v}' for k, v in peer_versions.items())}; "
                   f"{result['model']}, {result['dtype']}, {result['device']}, "
                   f"{result['machine']['threads']} threads, {result['machine']['processor']}):", ""]
-        lines.append("| job | calibration | time suite / peer | peak memory suite / peer | wiki ppl suite | "
-                     "wiki ppl peer | c4 ppl suite | c4 ppl peer | intervals | equal decisions | Jaccard |")
-        lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for j in jobs:
-            s, p = j["suite"], j["peer"]
-            mem = "-" if j["memory_ratio"] is None else f"{j['memory_ratio']:.2f}x"
-            lines.append(
-                f"| {j['job']} | {j['calibration']['samples']} x {j['calibration']['length']} | "
-                f"**{j['time_ratio']:.2f}x** ({s['phase']['seconds']:.1f} s / {p['phase']['seconds']:.1f} s) | "
-                f"{mem} ({common.fmt_mb(s['phase']['memory'])} / {common.fmt_mb(p['phase']['memory'])}) | "
-                f"{common.fmt_ppl(s['ppl']['wiki'])} | {common.fmt_ppl(p['ppl']['wiki'])} | "
-                f"{common.fmt_ppl(s['ppl']['c4'])} | {common.fmt_ppl(p['ppl']['c4'])} | {_verdict(j)} | "
-                f"{j['agreement']['equal_decisions']:.3f} | {j['agreement']['jaccard']:.3f} |")
+        lines += [common.HEADER, *(common.job_row(j) for j in jobs)]
         lines.append("")
     return "\n".join(lines).rstrip()
 
