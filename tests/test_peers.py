@@ -71,3 +71,51 @@ def test_readme_section_is_rendered_from_the_json():
     assert {j["job"] for j in jobs} >= {"sparsegpt-50%", "sparsegpt-2:4", "wanda-50%", "wanda-2:4"}
     for j in jobs:  # what the table states is what was measured
         assert j["time_ratio"] == j["suite"]["phase"]["seconds"] / j["peer"]["phase"]["seconds"]
+
+
+def _removed(dense: torch.nn.Module, heads: dict[int, list[int]], channels: dict[int, list[int]]) -> torch.nn.Module:
+    """A copy of ``dense`` with the given query heads / MLP channels of some layers physically removed."""
+    import copy
+
+    from benchsuite.pruning.structure import attention_group, mlp_group, remove_units
+
+    model = copy.deepcopy(dense)
+    groups, masks = [], []
+    for i, layer in enumerate(model.model.layers):
+        for group, drop in ((attention_group(layer, i, "heads"), heads.get(i, [])),
+                            (mlp_group(layer, i), channels.get(i, []))):
+            keep = torch.ones(group.size, dtype=torch.bool)
+            keep[drop] = False
+            groups.append(group)
+            masks.append(keep)
+    return remove_units(model, groups, masks)
+
+
+def test_torch_pruning_kept_units_are_read_back_from_the_removed_rows():
+    tp = _module("torchpruning")
+    dense = tiny_llama(6, 2, layers=3).eval()
+    channels = dense.model.layers[0].mlp.gate_proj.out_features
+    a = _removed(dense, {1: [0, 3]}, {1: [5, 7, 9], 2: [0]})
+    kept = tp.kept_units(dense, a)
+    assert kept[0] == {"heads": list(range(6)), "channels": list(range(channels))}
+    assert kept[1]["heads"] == [1, 2, 4, 5]
+    assert kept[1]["channels"] == [c for c in range(channels) if c not in (5, 7, 9)]
+    assert kept[2]["channels"] == list(range(1, channels))
+    # agreement over the pruned layers only (layer 0 is left out): b drops head 1 instead of 0, channel 8 for 9
+    b = _removed(dense, {1: [1, 3]}, {1: [5, 7, 8], 2: [0]})
+    agreement = tp.unit_agreement(dense, kept, tp.kept_units(dense, b))
+    assert [r["layer"] for r in agreement["per_layer"]] == [1, 2]
+    assert agreement["per_layer"][0]["heads"] == 4 / 6
+    assert agreement["per_layer"][0]["channels"] == (channels - 2) / channels
+    assert agreement["equal_decisions"] == (2 * 6 + 2 * channels - 4) / (2 * 6 + 2 * channels)
+    assert tp.unit_agreement(dense, kept, kept)["equal_decisions"] == 1.0
+
+
+def test_torch_pruning_probe_failures_are_described_with_what_was_measured():
+    tp = _module("torchpruning")
+    hang = {"status": "timeout", "seconds": 120.4, "attention": "eager", "groups_started": 3,
+            "last_root": "model.layers.27.self_attn.k_proj", "root_width": 192, "deps_in_last_group": 30500,
+            "max_index_in_last_group": 183167}
+    text = tp.describe_probe(hang)
+    assert "120 s" in text and "model.layers.27.self_attn.k_proj (192 channels)" in text and "183,167" in text
+    assert tp.describe_probe({"status": "ok", "seconds": 1.25}) == "dependency graph built in 1.2 s"

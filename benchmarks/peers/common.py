@@ -50,17 +50,31 @@ def calibration_tokens(path: Path, samples: int, length: int, seed: int = 0, cor
     return calibration_samples(load_tokenizer(path), corpus, samples, length, seed)
 
 
+class WorkerTimeout(RuntimeError):
+    """A worker that had not finished within its time limit (it is killed)."""
+
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+
+
 def run_worker(script: Path, side: str, job: str, tokens: Path, out: Path, model: Path,
-               site: Path | None = None, extra: list[str] | None = None) -> dict[str, Any]:
+               site: Path | None = None, extra: list[str] | None = None,
+               timeout: float | None = None) -> dict[str, Any]:
     """Run ``script --worker side`` in a fresh process (``site`` first on its PYTHONPATH) and return the phase
-    JSON it wrote. A failing worker raises with the tail of its output."""
+    JSON it wrote. A failing worker raises with the tail of its output; one still running after ``timeout``
+    seconds is killed and raises :class:`WorkerTimeout`."""
     env = dict(os.environ)
     if site is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
     cmd = [sys.executable, str(script), "--worker", side, "--job", job, "--tokens", str(tokens),
            "--out", str(out), "--model-path", str(model), *(extra or [])]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise WorkerTimeout(f"{side} worker for {job} still running after {timeout} s: killed",
+                            round(time.perf_counter() - start, 1)) from exc
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise RuntimeError(f"{side} worker for {job} failed (exit {proc.returncode}):\n{tail}")
@@ -225,6 +239,14 @@ def versions(*names: str) -> dict[str, str | None]:
         except PackageNotFoundError:
             out[name] = None
     return out
+
+
+def versions_at(site: Path, *names: str) -> dict[str, str | None]:
+    """Versions of distributions installed in the folder ``site`` (a peer's, not this process's path)."""
+    from importlib.metadata import distributions
+
+    found = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in distributions(path=[str(site)])}
+    return {name: found.get(name.lower().replace("_", "-")) for name in names}
 
 
 def peer_site(variable: str, install: str) -> Path:

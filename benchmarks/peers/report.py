@@ -15,19 +15,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402 - the sibling module, also when run as a script
 
 BLOCK = "peers"  # the README block this script owns
-PEERS = {"llm_compressor": "llm-compressor"}
+PEERS = {"llm_compressor": "llm-compressor", "torch_pruning": "Torch-Pruning"}
+
+
+def _versions(name: str, result: dict[str, Any]) -> dict[str, Any]:
+    if "peer_versions" in result:
+        return result["peer_versions"]
+    jobs = result["jobs"]
+    return jobs[0]["peer"]["phase"]["versions"] if jobs else {}
+
+
+def _table(name: str, result: dict[str, Any]) -> str:
+    if name == "torch_pruning":
+        import torchpruning
+
+        return torchpruning.table(result)
+    return "\n".join([common.HEADER, *(common.job_row(j) for j in result["jobs"])])
 
 
 def render(results: dict[str, dict[str, Any]]) -> str:
     lines = []
     for name, result in results.items():
-        jobs = result["jobs"]
-        peer_versions = jobs[0]["peer"]["phase"]["versions"] if jobs else {}
-        lines += [f"**{PEERS.get(name, name)}** ({', '.join(f'{k} {v}' for k, v in peer_versions.items())}; "
+        lines += [f"**{PEERS.get(name, name)}** ({', '.join(f'{k} {v}' for k, v in _versions(name, result).items())}; "
                   f"{result['model']}, {result['dtype']}, {result['device']}, "
-                  f"{result['machine']['threads']} threads, {result['machine']['processor']}):", ""]
-        lines += [common.HEADER, *(common.job_row(j) for j in jobs)]
-        lines.append("")
+                  f"{result['machine']['threads']} threads, {result['machine']['processor']}):", "",
+                  _table(name, result), ""]
     return "\n".join(lines).rstrip()
 
 
