@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rerun", action="store_true", help="run again even where a finished record exists")
     run.add_argument("--save-models", action="store_true",
                      help="save each pruned model (safetensors + per-layer widths) beside its record")
+    run.add_argument("--timings", type=Path, default=None, metavar="PATH",
+                     help="write where the time went to this JSON file: the setup steps and every stage of every "
+                     "run, in order, with seconds (the same clock as the progress view; the run's end prints "
+                     "the totals by stage)")
     run.add_argument("--tasks", default=None,
                      help="zero-shot tasks through lm-eval, comma-separated: boolq, piqa, hellaswag, winogrande, "
                      "arc_easy, arc_challenge, openbookqa, or 'none' (default: the profile's: all seven)")
@@ -326,6 +330,9 @@ def cmd_run(args) -> int:
     except KeyboardInterrupt:
         print("\nbenchsuite: interrupted; finished runs are saved, the same command resumes.", file=sys.stderr)
         return 130
+    timings = view.summary()
+    if args.timings is not None:
+        write_atomic(args.timings, json.dumps(timings, indent=1) + "\n")
     found, problems = scan(args.results)
     if problems:
         print(f"benchsuite: warning: {problems_message(problems, args.results)}", file=sys.stderr)
@@ -338,6 +345,9 @@ def cmd_run(args) -> int:
     if not quiet:
         print(table)
         print(f"\nrecords and table: {out.parent}", file=sys.stderr)
+        report = view.time_report()
+        if report:
+            print(report, file=sys.stderr)
     return 1 if failed else 0
 
 

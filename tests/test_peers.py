@@ -4,9 +4,11 @@ from the committed JSON (the peers themselves run in tox -e peers)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from benchsuite.reporting.blocks import read_block
@@ -119,3 +121,36 @@ def test_torch_pruning_probe_failures_are_described_with_what_was_measured():
     text = tp.describe_probe(hang)
     assert "120 s" in text and "model.layers.27.self_attn.k_proj (192 channels)" in text and "183,167" in text
     assert tp.describe_probe({"status": "ok", "seconds": 1.25}) == "dependency graph built in 1.2 s"
+
+
+def test_torch_pruning_unit_counts_are_per_key_value_group():
+    tp = _module("torchpruning")
+    dense = tiny_llama(6, 2, layers=3).eval()
+    counts = tp.unit_counts(dense, _removed(dense, {1: [0, 3]}, {1: [5, 7, 9], 2: [0]}))
+    assert counts == {"heads": {1: 1, 2: 0}, "channels": {1: 3, 2: 1}}
+
+
+def test_torch_pruning_removes_the_asked_units_exactly(monkeypatch):
+    """Its graph traced as the script traces it (eager, no KV cache) builds; one and two query heads per key/value
+    group (the second leaves one per group, where its own GQA check misses) and MLP channels are removed as asked,
+    and the logits are those of the same units removed by hand (sdpa)."""
+    import copy
+
+    if os.environ.get("BENCHSUITE_PEERS_TORCH_PRUNING"):
+        monkeypatch.syspath_prepend(os.environ["BENCHSUITE_PEERS_TORCH_PRUNING"])
+    pytest.importorskip("torch_pruning")
+    tp = _module("torchpruning")
+    dense = tiny_llama(6, 2, layers=3).eval()
+    model = copy.deepcopy(dense)
+    heads, channels = {0: 1, 2: 2}, {0: 5, 2: 30}
+    tokens = torch.randint(0, dense.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
+    applied = tp.tp_prune(model, "GroupMagnitudeImportance", heads, channels, tokens)
+    assert tp.unit_counts(dense, model) == {"heads": heads, "channels": channels}
+    assert sorted(applied) == ["model.layers.2.self_attn.k_proj", "model.layers.2.self_attn.v_proj"]
+    kept = tp.kept_units(dense, model)
+    width = dense.config.intermediate_size
+    by_hand = _removed(dense, {i: [h for h in range(6) if h not in k["heads"]] for i, k in enumerate(kept)},
+                       {i: [c for c in range(width) if c not in k["channels"]] for i, k in enumerate(kept)})
+    assert model.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        assert torch.equal(model(tokens).logits, by_hand(tokens).logits)

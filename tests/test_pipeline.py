@@ -58,8 +58,10 @@ def test_each_stage_feeds_its_fields(tiny_model_dir, tmp_path, text_file, monkey
     # one source for each number that appears twice
     assert m["weight_grad_mb"] == log["weight_grad_bytes"] / 2**20 > 0  # Taylor holds full weight gradients
     assert m["total_time_s"] == m["prune_time_s"] + m["recover_time_s"]
-    assert pruned["timings"] == {"prune_s": m["prune_time_s"], "recover_s": m["recover_time_s"],
-                                 "eval_s": pruned["timings"]["eval_s"]}
+    timings = pruned["timings"]
+    assert timings == {"prune_s": m["prune_time_s"], "recover_s": m["recover_time_s"], "eval_s": timings["eval_s"],
+                       "eval_metric_s": timings["eval_metric_s"]}
+    assert 0 < sum(timings["eval_metric_s"].values()) <= timings["eval_s"]  # each metric's share of the evaluation
     assert m["peak_mem_mb"] == max(m["peak_mem_prune_mb"], m["peak_mem_recover_mb"], m["peak_mem_eval_mb"])
     assert pruned["recovery_setup"]["steps"] == pruned["recovery_log"]["steps"] == 4
     assert pruned["calibration"]["corpus"] == text_file and pruned["granularity"]["label"] == "structured"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import subprocess
@@ -68,6 +69,48 @@ def test_kept_runs_teach_nothing():
     clock.now = 5
     view.finish_run(measured=False)  # a record kept from before: instantaneous, says nothing
     assert not view.run_times and view.done == 1
+
+
+def test_the_timeline_says_where_the_time_went():
+    clock = Clock()
+    view = Progress(io.StringIO(), clock=clock)
+    with view.setup("plan"):
+        clock.now = 4
+    view.start_matrix(["dense", "a"])
+    view.start_run("dense", "dense")
+    view.set_stage("evaluate")
+    clock.now = 10
+    view.finish_run()
+    view.start_run("a ratio=0.5", "a")
+    view.set_stage("prune")
+    clock.now = 13
+    view.set_stage("evaluate")
+    clock.now = 20
+    view.finish_run()
+    clock.now = 21  # after the runs: writing the table
+    summary = view.summary()
+    assert [(e["run"], e["stage"], e["seconds"]) for e in summary["timeline"]] == [
+        ("setup", "plan", 4), ("dense", "evaluate", 6), ("a ratio=0.5", "prune", 3), ("a ratio=0.5", "evaluate", 7)]
+    assert summary["total_s"] == 21
+    assert summary["by_stage"] == {"setup": 4, "evaluate": 13, "prune": 3, "other": 1}
+    assert summary["runs"]["a ratio=0.5"] == {"prune": 3, "evaluate": 7}
+    assert view.time_report() == ("time: 21s in all · setup 4.0s (19%) · evaluate 13s (62%) · prune 3.0s (14%) · "
+                                  "other 1.0s (5%)")
+
+
+def test_a_kept_run_is_not_in_the_timeline():
+    clock = Clock()
+    view = Progress(io.StringIO(), clock=clock)
+    view.start_matrix(["dense"])
+    view.start_run("dense", "dense")
+    view.set_stage("evaluate")
+    clock.now = 5
+    view.finish_run(measured=False)
+    assert view.summary()["timeline"] == [] and view.time_report() == ""
+    silent = Progress(enabled=False)
+    with silent.setup("plan"):
+        pass
+    assert silent.summary()["timeline"] == []
 
 
 def test_plain_lines_have_no_carriage_return():
@@ -168,6 +211,7 @@ def test_stdout_is_the_table_and_stderr_is_clean(tmp_path, tiny_model_dir, offli
     assert not [f for f in FOREIGN if f in result.stderr], result.stderr
     lines = result.stderr.splitlines()
     assert lines[0].startswith("[1/2] dense: evaluating") and any(x.startswith("[2/2] magnitude-l2") for x in lines)
+    assert lines[-1].startswith("time: ") and " in all · setup " in lines[-1] and "evaluate " in lines[-1]
     # again: both kept, and --quiet prints nothing at all on success
     quiet = bench(*_run_args(tmp_path, tiny_model_dir, offline), "--quiet")
     assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
@@ -185,3 +229,23 @@ def test_a_real_process_pipes_only_the_table(tmp_path, tiny_model_dir, offline):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == _table(tmp_path)
     assert "\r" not in proc.stderr and not [f for f in FOREIGN if f in proc.stderr], proc.stderr
+
+
+def test_timings_file_and_records_agree(tmp_path, tiny_model_dir, offline):
+    out = tmp_path / "timings.json"
+    result = bench(*_run_args(tmp_path, tiny_model_dir, offline), "--timings", out)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(out.read_text())
+    assert list(summary["runs"]) == ["setup", "dense", "magnitude-l2 ratio=0.5 seed=0"]
+    assert list(summary["runs"]["setup"]) == ["memory check", "plan"]
+    assert list(summary["runs"]["magnitude-l2 ratio=0.5 seed=0"]) == ["prune", "evaluate"]
+    assert summary["total_s"] >= sum(e["seconds"] for e in summary["timeline"])
+    record = json.loads(next((tmp_path / "r").rglob("ratio-0.5_seed-0.*.json")).read_text())
+    timings = record["timings"]
+    # the record's own clock sits inside the view's stage; each metric's time inside the evaluation's
+    assert summary["runs"]["magnitude-l2 ratio=0.5 seed=0"]["evaluate"] >= timings["eval_s"]
+    assert set(timings["eval_metric_s"]) == {"perplexity", "zeroshot", "params", "flops", "latency", "sparse-latency"}
+    assert sum(timings["eval_metric_s"].values()) <= timings["eval_s"]
+    # a second run keeps both records: nothing ran, nothing is in the timeline but the setup
+    again = bench(*_run_args(tmp_path, tiny_model_dir, offline), "--timings", out)
+    assert again.returncode == 0 and list(json.loads(out.read_text())["runs"]) == ["setup"]

@@ -10,11 +10,27 @@ and the key/value heads are left as the suite leaves them). Torch-Pruning is dri
 (``examples/LLMs/prune_llm.py``) drives it: ``BasePruner`` with ``num_heads`` for q/k/v, ``prune_num_heads=True``,
 ``prune_head_dims=False``, local ranking.
 
-Torch-Pruning first traces the model into its dependency graph. That step is probed alone, in a worker of its own
-with a time limit, once per attention implementation (``sdpa``, the default, and ``eager``); the probe records the
-pruning groups it built (root layer, dependencies added, the largest channel index it reached against the layer's
-width). Only where a probe finishes do the peer's jobs run; where none does, the JSON, the table and the README say
-how it failed, and the suite's side is still measured.
+Torch-Pruning first traces the model into its dependency graph, and as transformers 5 runs a LLaMA by default that
+build never ends: the KV cache's first ``torch.cat([empty, keys], dim=-2)`` hides the keys' width from Torch-Pruning's
+shape inference, so it maps the rotary embedding's ``cat((-x2, x1), dim=-1)`` as a concat of channels (its guard on
+the dim cannot tell ``-1``, which autograd reports as 2**64 - 1, from an unset one), and each pass round the loop
+slice -> cat -> mul -> add -> mul -> slice shifts the key indices by the keys' width (``get_pruning_group`` stops
+only on a repeated index list). And under SDPA, transformers 5 shares key/value heads through ``enable_gqa``, not
+``repeat_kv``'s expand, the only GQA Torch-Pruning's index mapping knows. So for ``BasePruner(...)`` only the model
+runs without its cache (``use_cache=False`` in the example inputs) and with eager attention (the same function):
+the graph and its coupling of heads and channels are the model's. Importance, pruning and the pruned model use sdpa.
+
+Two more settings make Torch-Pruning do what it is asked. It ranks heads only inside a width scope that prunes
+something (its example gives the width the head ratio), so ``q_proj`` gets the head ratio as width ratio too,
+unused with ``prune_head_dims=False``. And its rule that a GQA layer's key/value projections keep all their rows
+is applied to each group it yields (:func:`_keep_kv_rows`): its own test misses a layer left with one query head
+per key/value head (at 50% here, every pruned layer), which would ask for key/value rows that do not exist and be
+dropped unpruned. The phase JSON counts where that happened.
+
+The build is still probed alone first, in a worker with a time limit, recording the pruning groups it built (root
+layer, dependencies added, the largest channel index reached against the layer's width); only where it finishes
+do the peer's jobs run, else the JSON, the table and the README say how it failed, and the suite's side is still
+measured.
 
     python benchmarks/peers/torchpruning.py [--jobs magnitude-50%,...]        (tox -e peers)
     python benchmarks/peers/report.py --readme README.md
@@ -52,8 +68,9 @@ JOBS = {
 }
 CALIBRATION = (10, 64)  # the quick profile's (LLM-Pruner's 10 samples of 64 tokens)
 BATCH = 2
-ATTENTION = ("sdpa", "eager")
-PROBE_LIMIT_S = 120  # a 4-layer LLaMA never finished in 5 minutes (a build that works takes seconds)
+ATTENTION = "sdpa"  # the attention the model is loaded, scored, pruned and evaluated with
+TRACE = {"attention": "eager", "use_cache": False}  # how BasePruner(...) traces it (the module doc says why)
+PROBE_LIMIT_S = 120  # traced with the cache, a 4-layer LLaMA never finished in 5 minutes (this build takes seconds)
 HEADER = ("| job | time suite / peer | peak memory suite / peer | parameters suite / peer | wiki ppl suite | "
           "wiki ppl peer | c4 ppl suite | c4 ppl peer | intervals | kept units: equal decisions |\n"
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -124,9 +141,11 @@ class Progress:
         tp_group.Group.add_dep = add
 
 
-def build_pruner(model: torch.nn.Module, importance: Any, heads: dict[int, int], channels: dict[int, int]):
+def build_pruner(model: torch.nn.Module, importance: Any, heads: dict[int, int],
+                 channels: dict[int, int]) -> tuple[Any, list[str]]:
     """Torch-Pruning's BasePruner as its LLM example sets it up, asked for exact per-layer counts: ``heads[i]``
-    query heads per key/value group and ``channels[i]`` MLP channels in layer ``i``; other layers ignored."""
+    query heads per key/value group and ``channels[i]`` MLP channels in layer ``i``; other layers ignored. Traced
+    as :data:`TRACE` says. Also returns the list its GQA rule fills (:func:`_keep_kv_rows`)."""
     import torch_pruning as tp
 
     cfg, layers = model.config, model.model.layers
@@ -135,21 +154,73 @@ def build_pruner(model: torch.nn.Module, importance: Any, heads: dict[int, int],
         a = layer.self_attn
         num_heads |= {a.q_proj: cfg.num_attention_heads, a.k_proj: cfg.num_key_value_heads,
                       a.v_proj: cfg.num_key_value_heads}
-    rep = cfg.num_attention_heads // cfg.num_key_value_heads
-    # its local head count: ceil(ratio * heads), then ceil(that / kv heads) per group; half a head below the
-    # wanted count gives exactly it. Channels: heads - int(width * (1 - ratio)); a quarter below, exactly it.
-    head_ratios = {layers[i].self_attn.q_proj: (rep * n - 0.5) / cfg.num_attention_heads
-                   for i, n in heads.items() if n}
+    kv = cfg.num_key_value_heads
+    # its local head count: ceil(ratio * heads), then ceil(that / kv heads) per group; half a head below n per
+    # group in every group gives exactly n. Channels: width - int(width * (1 - ratio)); a quarter below, exactly it.
+    # Head ratios go to the whole attention module: it reads them off whichever of q/k/v its group lists first.
+    head_ratios = {layers[i].self_attn: (kv * n - 0.5) / cfg.num_attention_heads for i, n in heads.items() if n}
     width = cfg.intermediate_size
     channel_ratios = {layers[i].mlp.gate_proj: (n - 0.25) / width for i, n in channels.items() if n}
+    channel_ratios |= {attn.q_proj: ratio for attn, ratio in head_ratios.items()}  # opens the head ranking
     pruned = set(heads) | set(channels)
     ignored = [model.lm_head] + [layers[i] for i in range(len(layers)) if i not in pruned]
-    example = torch.randint(0, cfg.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
-    return tp.pruner.BasePruner(
-        model, example_inputs=example, importance=importance, global_pruning=False,
-        output_transform=lambda x: x.logits, pruning_ratio=0.0, pruning_ratio_dict=channel_ratios,
-        ignored_layers=ignored, num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
-        head_pruning_ratio=0.0, head_pruning_ratio_dict=head_ratios)
+    tokens = torch.randint(0, cfg.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
+    attention = cfg._attn_implementation
+    model.set_attn_implementation(TRACE["attention"])
+    try:
+        pruner = tp.pruner.BasePruner(
+            model, example_inputs={"input_ids": tokens, "use_cache": TRACE["use_cache"]}, importance=importance,
+            global_pruning=False, output_transform=lambda x: x.logits, pruning_ratio=0.0,
+            pruning_ratio_dict=channel_ratios, ignored_layers=ignored, num_heads=num_heads, prune_num_heads=True,
+            prune_head_dims=False, head_pruning_ratio=0.0, head_pruning_ratio_dict=head_ratios)
+    finally:
+        model.set_attn_implementation(attention)
+    kv_layers = {m for layer in layers for m in (layer.self_attn.k_proj, layer.self_attn.v_proj)} \
+        if kv < cfg.num_attention_heads else set()
+    return pruner, _keep_kv_rows(pruner, kv_layers)
+
+
+def _keep_kv_rows(pruner: Any, kv_layers: set[torch.nn.Module]) -> list[str]:
+    """Torch-Pruning's GQA rule (``BasePruner._prune``: with ``prune_num_heads``, a GQA layer's key/value
+    projections keep all rows, ``group[i] = (dep, [])``) applied to every group before its own check. It decides
+    GQA from the head counts it has just lowered, so a layer left with one query head per key/value head looks like
+    MHA to it; that group keeps the query rows' indices for key/value, fails the check and is dropped unpruned.
+    Returns the key/value projections where the rule was applied here and not by it."""
+    graph, applied = pruner.DG, []
+    check = graph.check_pruning_group
+
+    def checked(group) -> bool:
+        for i, (dep, idxs) in enumerate(group):
+            if len(idxs) and dep.target.module in kv_layers and graph.is_out_channel_pruning_fn(dep.handler):
+                group[i] = (dep, [])
+                applied.append(graph._module2name[dep.target.module])
+        return check(group)
+
+    graph.check_pruning_group = checked
+    return applied
+
+
+def tp_prune(model: torch.nn.Module, importance_name: str, heads: dict[int, int], channels: dict[int, int],
+             tokens: torch.Tensor) -> list[str]:
+    """Torch-Pruning's pruning of ``model`` in place (:func:`build_pruner`); Taylor's gradients from the mean loss
+    on ``tokens`` (batches of :data:`BATCH`). Returns where the GQA rule was applied for it."""
+    import torch_pruning as tp
+
+    importance = getattr(tp.importance, importance_name)(p=2) if importance_name == "GroupMagnitudeImportance" \
+        else getattr(tp.importance, importance_name)()
+    pruner, applied = build_pruner(model, importance, heads, channels)
+    if importance_name == "GroupTaylorImportance":
+        model.zero_grad()
+        for batch in tokens.split(BATCH):
+            loss = model(batch, labels=batch).loss * len(batch) / len(tokens)
+            loss.backward()
+    for group in pruner.step(interactive=True):
+        group.prune()
+    model.zero_grad(set_to_none=True)
+    for layer in model.model.layers:  # the attributes HF's attention reads, as Torch-Pruning's example sets them
+        a = layer.self_attn
+        a.num_key_value_groups = (a.q_proj.out_features // a.head_dim) // (a.k_proj.out_features // a.head_dim)
+    return applied
 
 
 def _counts(spec: Path) -> tuple[dict[int, int], dict[int, int]]:
@@ -157,12 +228,12 @@ def _counts(spec: Path) -> tuple[dict[int, int], dict[int, int]]:
     return ({int(k): v for k, v in data["heads"].items()}, {int(k): v for k, v in data["channels"].items()})
 
 
-def probe_worker(attention: str, model_path: Path, out: Path) -> None:
+def probe_worker(model_path: Path, out: Path) -> None:
     """Build Torch-Pruning's pruner (its dependency graph) for the 50% counts, nothing else."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32,
-                                                 attn_implementation=attention).eval()
+                                                 attn_implementation=ATTENTION).eval()
     import torch_pruning as tp
 
     Progress(out / "progress.jsonl", model)
@@ -173,35 +244,18 @@ def probe_worker(attention: str, model_path: Path, out: Path) -> None:
     (out / "phase.json").write_text(json.dumps({"seconds": round(time.perf_counter() - start, 3)}))
 
 
-def peer_worker(job: str, tokens: torch.Tensor, model_path: Path, attention: str,
+def peer_worker(job: str, tokens: torch.Tensor, model_path: Path,
                 out: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Torch-Pruning on the suite's per-layer counts; Taylor's gradients from the mean loss on the same tokens."""
-    import torch_pruning as tp
+    """Torch-Pruning on the suite's per-layer counts (:func:`tp_prune`), timed."""
     from transformers import AutoModelForCausalLM
 
     _, importance_name, _ = JOBS[job]
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32,
-                                                 attn_implementation=attention).eval()
+                                                 attn_implementation=ATTENTION).eval()
     heads, channels = _counts(out / "counts.json")
-    importance = getattr(tp.importance, importance_name)(p=2) if importance_name == "GroupMagnitudeImportance" \
-        else getattr(tp.importance, importance_name)()
-
-    def run() -> None:
-        pruner = build_pruner(model, importance, heads, channels)
-        if importance_name == "GroupTaylorImportance":
-            model.zero_grad()
-            for batch in tokens.split(BATCH):
-                loss = model(batch, labels=batch).loss * len(batch) / len(tokens)
-                loss.backward()
-        for group in pruner.step(interactive=True):
-            group.prune()
-        model.zero_grad(set_to_none=True)
-
-    _, phase = common.timed_phase(run)
-    for layer in model.model.layers:  # the attributes HF's attention reads, as Torch-Pruning's example sets them
-        a = layer.self_attn
-        a.num_key_value_groups = (a.q_proj.out_features // a.head_dim) // (a.k_proj.out_features // a.head_dim)
-    phase |= {"importance": importance_name, "attention": attention,
+    applied, phase = common.timed_phase(lambda: tp_prune(model, importance_name, heads, channels, tokens))
+    phase |= {"importance": importance_name, "attention": ATTENTION, "trace": TRACE,
+              "gqa_rule_applied_for_it": len(applied),
               "versions": common.versions("torch-pruning", "torch", "transformers")}
     return model, phase
 
@@ -209,12 +263,12 @@ def peer_worker(job: str, tokens: torch.Tensor, model_path: Path, attention: str
 def worker(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if args.worker == "probe":
-        return probe_worker(args.attention, Path(args.model_path), out)
+        return probe_worker(Path(args.model_path), out)
     tokens = torch.load(args.tokens)
     if args.worker == "suite":
         model, phase = suite_worker(args.job, tokens)
     else:
-        model, phase = peer_worker(args.job, tokens, Path(args.model_path), args.attention, out)
+        model, phase = peer_worker(args.job, tokens, Path(args.model_path), out)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model, out / "model.pt")
     (out / "phase.json").write_text(json.dumps(phase, indent=1))
@@ -255,30 +309,28 @@ def unit_agreement(dense: torch.nn.Module, a: list[dict], b: list[dict]) -> dict
 
 
 def probe(path: Path, site: Path, work: Path, counts: dict[str, dict[int, int]]) -> list[dict[str, Any]]:
-    results = []
-    for attention in ATTENTION:
-        out = work / f"probe-{attention}"
-        out.mkdir()
-        (out / "counts.json").write_text(json.dumps(counts))
-        print(f"  torch-pruning: building its dependency graph (attention {attention}, limit {PROBE_LIMIT_S} s)",
-              flush=True)
-        entry: dict[str, Any] = {"attention": attention, "limit_s": PROBE_LIMIT_S}
-        try:
-            phase = common.run_worker(Path(__file__), "probe", "probe", out / "none", out, path, site=site,
-                                      extra=["--attention", attention], timeout=PROBE_LIMIT_S)
-            entry |= {"status": "ok", "seconds": phase["seconds"]}
-        except common.WorkerTimeout as exc:
-            entry |= {"status": "timeout", "seconds": exc.seconds}
-        except RuntimeError as exc:
-            entry |= {"status": "error", "error": str(exc).splitlines()[-1][:300]}
-        lines = (out / "progress.jsonl").read_text().splitlines() if (out / "progress.jsonl").exists() else []
-        if lines:
-            last = json.loads(lines[-1])
-            entry |= {"groups_started": last["roots"], "last_root": last["root"], "root_width": last["width"],
-                      "deps_in_last_group": last["deps"], "max_index_in_last_group": last["max_index"]}
-        print(f"  torch-pruning ({attention}): {describe_probe(entry)}", flush=True)
-        results.append(entry)
-    return results
+    """The dependency-graph build alone, traced as :data:`TRACE` says (one entry: the JSON keeps a list)."""
+    out = work / "probe"
+    out.mkdir()
+    (out / "counts.json").write_text(json.dumps(counts))
+    print(f"  torch-pruning: building its dependency graph ({TRACE}, limit {PROBE_LIMIT_S} s)", flush=True)
+    entry: dict[str, Any] = {"attention": TRACE["attention"], "use_cache": TRACE["use_cache"],
+                             "limit_s": PROBE_LIMIT_S}
+    try:
+        phase = common.run_worker(Path(__file__), "probe", "probe", out / "none", out, path, site=site,
+                                  timeout=PROBE_LIMIT_S)
+        entry |= {"status": "ok", "seconds": phase["seconds"]}
+    except common.WorkerTimeout as exc:
+        entry |= {"status": "timeout", "seconds": exc.seconds}
+    except RuntimeError as exc:
+        entry |= {"status": "error", "error": str(exc).splitlines()[-1][:300]}
+    lines = (out / "progress.jsonl").read_text().splitlines() if (out / "progress.jsonl").exists() else []
+    if lines:
+        last = json.loads(lines[-1])
+        entry |= {"groups_started": last["roots"], "last_root": last["root"], "root_width": last["width"],
+                  "deps_in_last_group": last["deps"], "max_index_in_last_group": last["max_index"]}
+    print(f"  torch-pruning: {describe_probe(entry)}", flush=True)
+    return [entry]
 
 
 def describe_probe(p: dict[str, Any]) -> str:
@@ -295,14 +347,21 @@ def describe_probe(p: dict[str, Any]) -> str:
 
 
 def suite_counts(phase_dir: Path, dense: torch.nn.Module) -> dict[str, dict[int, int]]:
-    """The suite's pruned units per layer (from its model): query heads per kv group, MLP channels."""
-    pruned = torch.load(phase_dir / "model.pt", weights_only=False)
-    rep = dense.config.num_attention_heads // dense.config.num_key_value_heads
+    """The suite's pruned units per layer, read from its model (:func:`unit_counts`)."""
+    return unit_counts(dense, torch.load(phase_dir / "model.pt", weights_only=False))
+
+
+def unit_counts(dense: torch.nn.Module, pruned: torch.nn.Module) -> dict[str, dict[int, int]]:
+    """Per layer either side pruned: query heads removed from each key/value group (the suite removes as many from
+    every group), MLP channels removed."""
+    kv = dense.config.num_key_value_heads
     heads, channels = {}, {}
     for i, (w_dense, w) in enumerate(zip(_widths(dense), _widths(pruned))):
         h, c = w_dense["heads"] - w["heads"], w_dense["channels"] - w["channels"]
+        if h % kv:
+            raise ValueError(f"layer {i}: {h} query heads removed, not as many from each of {kv} key/value groups")
         if h or c:
-            heads[i], channels[i] = h // rep, c
+            heads[i], channels[i] = h // kv, c
     return {"heads": heads, "channels": channels}
 
 
@@ -321,8 +380,7 @@ def compare(job: str, path: Path, site: Path, dense: torch.nn.Module, tokens_fil
     print(f"  {job}: evaluating the suite's model", flush=True)
     entry["suite"] = {"phase": s, "params": sum(p.numel() for p in suite_model.parameters()),
                       "ppl": {k: _slim(v) for k, v in common.evaluate(suite_model, path).items()}}
-    working = next((p["attention"] for p in probes if p["status"] == "ok"), None)
-    if working is None:
+    if not any(p["status"] == "ok" for p in probes):
         entry["peer"] = {"failed": "; ".join(f"{p['attention']}: {describe_probe(p)}" for p in probes)}
         return entry
     peer_dir = work / "peer"
@@ -330,8 +388,7 @@ def compare(job: str, path: Path, site: Path, dense: torch.nn.Module, tokens_fil
     (peer_dir / "counts.json").write_text(json.dumps(counts))
     print(f"  {job}: torch-pruning pruning", flush=True)
     try:
-        p = common.run_worker(Path(__file__), "peer", job, tokens_file, peer_dir, path, site=site,
-                              extra=["--attention", working])
+        p = common.run_worker(Path(__file__), "peer", job, tokens_file, peer_dir, path, site=site)
     except RuntimeError as exc:
         entry["peer"] = {"failed": str(exc).splitlines()[-1][:300]}
         return entry
@@ -379,7 +436,7 @@ def table(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", default=",".join(JOBS), help=f"comma-separated, of {', '.join(JOBS)}")
-    for name in ("worker", "job", "tokens", "out", "model-path", "attention"):
+    for name in ("worker", "job", "tokens", "out", "model-path"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

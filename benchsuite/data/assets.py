@@ -347,9 +347,10 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
     log.info("converting GGUF -> safetensors (about 30 s)")
     with progress.bar(4, "converting SmolLM2 GGUF -> safetensors", unit="step") as bar:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        bar.update()
-        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        with progress.captured_stderr("transformers' GGUF reader"):  # its own bar: ours counts the steps
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            bar.update()
+            loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         bar.update()
         # save_pretrained refuses GGUF-loaded models: rebuild a plain one from config + weights.
         config = loaded.config

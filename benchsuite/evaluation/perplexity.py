@@ -26,7 +26,7 @@ def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
     window_nll: list[float] = []
     for start in track(range(0, len(windows), batch_size), desc):
         batch = windows[start:start + batch_size].to(device)
-        logits = model(batch).logits[:, :-1].float()
+        logits = model(batch, use_cache=False).logits[:, :-1].float()  # one pass: no KV cache to build
         targets = batch[:, 1:].to(logits.device)
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
         window_nll.extend(nll.view(len(batch), -1).double().sum(dim=1).tolist())

@@ -253,6 +253,8 @@ class Measurement:
     details: dict[str, Any]
     columns: list[Column]
     seconds: float
+    #: each metric's own seconds (the record's ``timings.eval_metric_s``)
+    metric_seconds: dict[str, float]
 
 
 def measure(model: nn.Module, metrics: list[Metric], ctx: MeasureContext, device: torch.device) -> Measurement:
@@ -271,22 +273,27 @@ def measure(model: nn.Module, metrics: list[Metric], ctx: MeasureContext, device
                 writers[kind + key] = name
             known.update(new)
 
+    seconds: dict[str, float] = {}
+
+    def run(metric: Metric) -> None:
+        began = time.perf_counter()
+        result = metric.measure(model, ctx)
+        seconds[metric.name] = time.perf_counter() - began
+        check_values(metric.name, result.values)
+        add(metric.name, result.values, result.details)
+
     model.eval()
     with PeakMemory(device) as mem:
         for metric in metrics:
             if metric.phase == "evaluation":
-                result = metric.measure(model, ctx)
-                check_values(metric.name, result.values)
-                add(metric.name, result.values, result.details)
+                run(metric)
     memory = mem.result()
     add("the runner", {"peak_mem_eval_mb": memory["peak_mb"]}, {"peak_mem_eval_mb": memory})
     for metric in metrics:
         if metric.phase != "evaluation":
-            result = metric.measure(model, ctx)
-            check_values(metric.name, result.values)
-            add(metric.name, result.values, result.details)
+            run(metric)
     columns = [column for metric in metrics for column in metric.columns(ctx)]
-    return Measurement(values, details, columns, time.perf_counter() - start)
+    return Measurement(values, details, columns, time.perf_counter() - start, seconds)
 
 
 # -- record ---------------------------------------------------------------------------------------------
@@ -426,6 +433,7 @@ def record(plan: RunPlan, model_plan: ModelPlan, spec: RunSpec, stages: RunStage
         timings["recover_s"] = recovered.seconds
     if measured is not None:
         timings["eval_s"] = measured.seconds
+        timings["eval_metric_s"] = measured.metric_seconds
     out["timings"] = timings
     out["finished_at"] = finished_at
     return out

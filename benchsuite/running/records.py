@@ -317,6 +317,9 @@ def hardware(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
                             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                             "device": device}
+    # the CPU kernels torch chose (AVX2, AVX512 ...): floats are bit-identical only on the same ones
+    with contextlib.suppress(AttributeError, RuntimeError):
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     try:
         import psutil
 

@@ -138,8 +138,10 @@ class Runner:
         the model's config), then resolve and load the model, check every run against it (may raise ConfigError)."""
         from benchsuite.running.estimate import check_fits
 
-        check_fits(self.plan, self.log)
-        self.model_plan = plan_model(self.plan)
+        with progress.setup("memory check"):  # the default model is fetched and converted here on first use
+            check_fits(self.plan, self.log)
+        with progress.setup("plan"):  # tokenizer, dense model, recovery text, the metrics' data, every check
+            self.model_plan = plan_model(self.plan)
         self._calibration = Calibration(self.model_plan.tokenizer)
 
     # -- run ------------------------------------------------------------------------------------------------

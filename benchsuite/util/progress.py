@@ -14,6 +14,10 @@ The view writes to stderr, never stdout (stdout carries only the results table):
 The ETA learns from what finished: a pending run is expected to take the mean time of the finished runs of
 its kind (its method variant, or ``dense``), else the sum of the mean times of the stages such runs went
 through, else the mean time of any finished pruned run; the current run's remaining stages likewise.
+
+The same clock keeps the matrix's timeline (:meth:`Progress.summary`): each setup step (:meth:`Progress.setup`)
+and each stage of each run that ran, in order, with its seconds; ``benchsuite run`` prints where the time went
+and ``--timings`` writes it as JSON.
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ def format_duration(seconds: float) -> str:
         return f"{minutes}m{seconds:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+def _short(seconds: float) -> str:
+    """A duration as :func:`format_duration`, with tenths under 10 s."""
+    return f"{seconds:.1f}s" if seconds < 9.95 else format_duration(seconds)
 
 
 def _mean(values: list[float]) -> float:
@@ -81,6 +90,9 @@ class Progress:
         self.run_times: dict[str, list[float]] = defaultdict(list)
         self.stage_times: dict[tuple[str, str], list[float]] = defaultdict(list)
         self.kind_stages: dict[str, list[str]] = {}
+        #: what took the time, in order: {"run": label or "setup", "kind", "stage", "seconds"}
+        self.timeline: list[dict[str, Any]] = []
+        self.began: float | None = None  # the clock when the first setup step or run started
         self._drawn = 0.0
         self._line = ""  # the status line now on screen (live mode)
 
@@ -97,6 +109,8 @@ class Progress:
         self._end_stage()
         self.run_label, self.run_kind = label, kind
         self.run_started = self.clock()
+        if self.began is None:
+            self.began = self.run_started
         self.run_stages = []
         self.stage, self.sub = None, None
         self._draw(force=True)
@@ -127,8 +141,50 @@ class Progress:
 
     def _end_stage(self, record: bool = True) -> None:
         if self.stage is not None and self.run_kind is not None and record:
-            self.stage_times[(self.run_kind, self.stage)].append(self.clock() - self.stage_started)
+            seconds = self.clock() - self.stage_started
+            self.stage_times[(self.run_kind, self.stage)].append(seconds)
+            self.timeline.append({"run": self.run_label, "kind": self.run_kind, "stage": self.stage,
+                                  "seconds": seconds})
         self.stage = None
+
+    @contextlib.contextmanager
+    def setup(self, name: str) -> Iterator[None]:
+        """Time a step before the runs (fetching the model, preparing data) as stage ``name`` of ``setup``."""
+        if not self.enabled:
+            yield
+            return
+        start = self.clock()
+        if self.began is None:
+            self.began = start
+        try:
+            yield
+        finally:
+            self.timeline.append({"run": "setup", "kind": "setup", "stage": name, "seconds": self.clock() - start})
+
+    def summary(self) -> dict[str, Any]:
+        """Where the time went: ``total_s`` (from the first setup step or run until now), ``by_stage`` (seconds per
+        stage name over all runs, setup steps under ``setup``), ``runs`` (per run: its stages' seconds) and the
+        ``timeline`` itself. Runs kept from earlier records took no time and are not in it."""
+        total = 0.0 if self.began is None else self.clock() - self.began
+        by_stage: dict[str, float] = {}
+        runs: dict[str, dict[str, float]] = {}
+        for entry in self.timeline:
+            stage = "setup" if entry["run"] == "setup" else entry["stage"]
+            by_stage[stage] = by_stage.get(stage, 0.0) + entry["seconds"]
+            run = runs.setdefault(entry["run"], {})
+            run[entry["stage"]] = run.get(entry["stage"], 0.0) + entry["seconds"]
+        by_stage["other"] = max(0.0, total - sum(by_stage.values()))
+        return {"total_s": total, "by_stage": by_stage, "runs": runs, "timeline": list(self.timeline)}
+
+    def time_report(self) -> str:
+        """One line: the total and each stage's share of it (empty when nothing ran)."""
+        summary = self.summary()
+        if not self.timeline:
+            return ""
+        total = summary["total_s"]
+        parts = [f"{stage} {_short(seconds)} ({100 * seconds / total:.0f}%)"
+                 for stage, seconds in summary["by_stage"].items() if total and seconds >= 0.05]
+        return " · ".join([f"time: {_short(total)} in all", *parts])
 
     # -- inner loops ---------------------------------------------------------------------------------------
     def track(self, iterable: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
@@ -351,6 +407,11 @@ def bar(total: int | None, desc: str, *, unit: str = "it", unit_scale: bool = Fa
 
 def stage(name: str) -> None:
     _current.set_stage(name)
+
+
+def setup(name: str) -> contextlib.AbstractContextManager[None]:
+    """Time the block as setup step ``name`` in the active view (see :meth:`Progress.setup`)."""
+    return _current.setup(name)
 
 
 def for_terminal(*, quiet: bool = False, verbose: bool = False) -> Progress:
