@@ -249,3 +249,15 @@ def test_timings_file_and_records_agree(tmp_path, tiny_model_dir, offline):
     # a second run keeps both records: nothing ran, nothing is in the timeline but the setup
     again = bench(*_run_args(tmp_path, tiny_model_dir, offline), "--timings", out)
     assert again.returncode == 0 and list(json.loads(out.read_text())["runs"]) == ["setup"]
+
+
+def test_torch_cuda_wheel_warning_is_held_unless_verbose():
+    # torch's CUDA wheels log "No CUDA runtime is found" from here when imported on a machine without CUDA
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    try:
+        progress.quiet_libraries(verbose=False)
+        assert not logger.isEnabledFor(logging.WARNING)
+        progress.quiet_libraries(verbose=True)
+        assert logger.isEnabledFor(logging.WARNING)
+    finally:
+        progress.quiet_libraries(verbose=False)

@@ -1,6 +1,7 @@
 """The README's measured tables outside ``benchsuite report`` are what their scripts render from the committed
-results: the budget sweep (``benchmarks/budget_sweep.py --render``, from ``results/reference``) and llama.cpp's
-speed (``benchmarks/llama_cpp_speed.py --render``, from its JSON)."""
+results: the budget sweep (``benchmarks/budget_sweep.py --render``, from ``results/reference``), llama.cpp's
+speed (``benchmarks/llama_cpp_speed.py --render``, from its JSON) and the default run's time
+(``benchmarks/default_run_time.py --render``, from its JSON)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,27 @@ def test_llama_cpp_table_is_rendered_from_its_json():
     assert _block(speed.BLOCK) == speed.render(result).strip(), \
         "run: python benchmarks/llama_cpp_speed.py --render benchmarks/results/llama_cpp_speed.json --readme README.md"
     assert result["speedup_prompt"] > 1 and result["speedup_generation"] > 1  # a pruned model that is faster
+
+
+def test_default_run_time_section_is_rendered_from_its_json():
+    timing = _script("default_run_time")
+    data = json.loads((ROOT / "benchmarks" / "results" / "default_run_time.json").read_text())
+    assert _block(timing.BLOCK) == timing.render(data).strip(), \
+        ("run: python benchmarks/default_run_time.py --render benchmarks/results/default_run_time.json "
+         "--readme README.md")
+    # what it states holds together: every run of the README's default benchmark, each phase inside the whole
+    assert len(data["records"]) == 9 and not [r for r in data["records"] if "differs" in r["reference"]]
+    t = data["timings"]
+    assert t["total_s"] <= data["run_wall_s"] and abs(sum(t["by_stage"].values()) - t["total_s"]) < 1e-6
+    for record in data["records"]:
+        tm = record["timings"]
+        assert sum(tm["eval_metric_s"].values()) <= tm["eval_s"]
+        assert t["runs"][_view_label(record)]["evaluate"] >= tm["eval_s"]
+
+
+def _view_label(record: dict) -> str:
+    """The progress view's label of a run (the runner's ``spec.label``) from the row of default_run_time's check."""
+    if record["run"] == "dense":
+        return "dense"
+    variant, ratio = record["run"].split(" ratio=")
+    return f"{variant} ratio={ratio} seed=0"

@@ -426,7 +426,17 @@ def job_row(j: dict[str, Any]) -> str:
 
 def table(result: dict[str, Any]) -> str:
     lines = [HEADER, *(job_row(j) for j in result["jobs"])]
-    if not any(p["status"] == "ok" for p in result["probes"]):
+    built = [p for p in result["probes"] if p["status"] == "ok"]
+    ran = [j for j in result["jobs"] if "phase" in j.get("peer", {})]
+    if built and ran:
+        phase = ran[0]["peer"]["phase"]
+        trace = phase.get("trace", TRACE)
+        rule = ", ".join(f"{j['job']} {j['peer']['phase'].get('gqa_rule_applied_for_it', 0)}" for j in ran)
+        lines += ["", f"Its dependency graph was built in {built[0]['seconds']:.1f} s, traced with "
+                  f"{trace['attention']} attention and use_cache={trace['use_cache']}; importance, pruning and "
+                  f"evaluation ran with {phase.get('attention', ATTENTION)} attention. Key/value projections where "
+                  f"the script applied Torch-Pruning's GQA rule for it (its own check misses them): {rule}."]
+    if not built:
         lines += ["", f"Torch-Pruning ({result['peer_versions']['torch-pruning']}) did not run: "
                   + "; ".join(f"with {p['attention']} attention, {describe_probe(p)}" for p in result["probes"])
                   + ". The suite's side above is measured all the same."]

@@ -37,7 +37,9 @@ T = TypeVar("T")
 
 #: loggers of libraries we call whose INFO/WARNING chatter is hidden unless ``-v``
 THIRD_PARTY_LOGGERS = ("lm-eval", "lm_eval", "transformers", "datasets", "huggingface_hub", "peft", "accelerate",
-                       "urllib3", "filelock", "fsspec", "evaluate", "sqlitedict")
+                       "urllib3", "filelock", "fsspec", "evaluate", "sqlitedict",
+                       # torch's CUDA wheels on a machine without CUDA: "No CUDA runtime is found" when imported
+                       "torch.utils.cpp_extension")
 
 def format_duration(seconds: float) -> str:
     seconds = max(0, round(seconds))
