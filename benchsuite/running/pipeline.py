@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -181,13 +182,19 @@ def prune(plan: RunPlan, model_plan: ModelPlan, spec: RunSpec, calibration: Cali
         pruned_units=pruned_units(outcome), memory=mem.result(), seconds=seconds, weight_grad_bytes=watch.peak)
 
 
+#: how many mask entries :func:`pruned_units` samples (at fixed pseudo-random positions of all masks in order)
+MASK_SAMPLE = 4096
+
+
 def pruned_units(outcome: PruneOutcome) -> dict[str, Any]:
-    """Units pruned per layer and kind (read from the masks), the totals, and a digest of the masks
-    (equal digests: the same units were pruned)."""
+    """Units pruned per layer and kind (read from the masks), the totals, a digest of the masks (equal
+    digests: the same units were pruned) and a sample of the masks: their keep bits at
+    :data:`MASK_SAMPLE` fixed positions, in hex (two samples' agreement estimates how many decisions two runs
+    share, where the digest only says whether all do)."""
     digest = hashlib.sha256()
     per_layer: dict[tuple[int, str], list[int]] = {}
-    for group, keep in zip(outcome.groups, outcome.masks):
-        keep = keep.detach().cpu().bool()
+    masks = [keep.detach().cpu().bool() for keep in outcome.masks]
+    for group, keep in zip(outcome.groups, masks):
         digest.update(group.name.encode())
         digest.update(keep.numpy().tobytes())
         entry = per_layer.setdefault((group.layer, group.kind), [0, 0])
@@ -201,7 +208,30 @@ def pruned_units(outcome: PruneOutcome) -> dict[str, Any]:
     return {"per_layer": [{"layer": layer, "kind": kind, "pruned": pruned, "of": size}
                           for (layer, kind), (pruned, size) in sorted(per_layer.items())],
             "total": {kind: {"pruned": pruned, "of": size} for kind, (pruned, size) in totals.items()},
-            "mask_sha256": digest.hexdigest()}
+            "mask_sha256": digest.hexdigest(), "mask_sample": mask_sample(masks)}
+
+
+def mask_sample(masks: list[torch.Tensor], size: int = MASK_SAMPLE) -> str:
+    """The keep bits of ``masks`` (flattened and joined in order) at ``size`` positions drawn once from a
+    fixed seed, packed into hex ('' for no masks)."""
+    total = sum(keep.numel() for keep in masks)
+    if not total:
+        return ""
+    positions = torch.randint(total, (size,), generator=torch.Generator().manual_seed(0)).sort().values
+    bits, offset, start = [], 0, 0
+    for keep in masks:
+        end = int(torch.searchsorted(positions, offset + keep.numel()))
+        bits.append(keep.reshape(-1)[positions[start:end] - offset])
+        offset, start = offset + keep.numel(), end
+    return np.packbits(torch.cat(bits).numpy()).tobytes().hex()
+
+
+def sample_agreement(a: str, b: str) -> float:
+    """The fraction of sampled decisions on which two :func:`mask_sample` strings agree."""
+    if len(a) != len(b) or not a:
+        return 0.0
+    x = np.frombuffer(bytes.fromhex(a), np.uint8) ^ np.frombuffer(bytes.fromhex(b), np.uint8)
+    return 1.0 - float(np.unpackbits(x).sum()) / (4 * len(a))
 
 
 # -- recover --------------------------------------------------------------------------------------------

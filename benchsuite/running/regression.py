@@ -6,8 +6,11 @@ folder, never resuming from earlier results. Then:
 
 - **exact** quantities must equal the baseline's: parameters, FLOPs per token, units pruned per kind,
   and the digest of the masks (which units went). They are deterministic for one software and hardware
-  stack; where torch or the CPU differs from the one the baselines were made on, a changed mask digest is
-  reported as a warning (the float order of a reduction may flip a near-tie) and the counts still must match;
+  stack. Where torch's CPU kernels here differ from those the baselines were made with (AVX512 against
+  AVX2), the check runs pinned to theirs (``ATEN_CPU_CAPABILITY``), which reproduces them bit for bit.
+  Where the stack still differs (another torch, CPU or thread count), a changed mask digest is a warning
+  (the float order of a reduction may flip a near-tie) as long as at least 75% of a fixed sample of the
+  mask decisions still agree with the baseline's, and a failure below that; the counts must match;
 - **quality** (perplexity on wiki and c4) must not be worse than the baseline's seed-0 value by more
   than twice the seed-to-seed standard deviation measured for that method when the baselines were made
   (seeds 0, 1, 2), and never by more than 0.1% for a method whose result does not depend on the seed.
@@ -40,6 +43,11 @@ QUALITY = ("ppl_wiki", "ppl_c4")
 EXACT = ("params", "flops_per_token")
 BASELINES = Path(__file__).resolve().parents[2] / "benchmarks" / "regression" / "baselines.json"
 FLOOR = 1e-3  # relative tolerance for quality when the seeds agree (float noise across machines)
+#: on another stack, a changed mask digest is a warning while at least this share of the sampled decisions
+#: still agree with the baseline's (near-ties flipped by another float order); below it, a failure. Measured
+#: AVX512 against AVX2 kernels: Wanda 2:4 100%, SparseGPT 2:4 89.6% (its solver carries a flipped near-tie
+#: into every later column); a random criterion agrees on about half, a negated one on none.
+NEAR_TIES = 0.75
 
 
 def environment() -> dict[str, Any]:
@@ -102,7 +110,10 @@ def summarize(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
         values = [runs[s]["metrics"][key] for s in sorted(runs)]
         quality[key] = {"seed0": values[0], "values": values, "mean": float(np.mean(values)),
                         "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
-    return {"exact": exact, "quality": quality}
+    entry: dict[str, Any] = {"exact": exact, "quality": quality}
+    if first["pruned_units"].get("mask_sample"):
+        entry["mask_sample"] = first["pruned_units"]["mask_sample"]
+    return entry
 
 
 def check(current: dict[str, dict[int, dict[str, Any]]], baselines: dict[str, Any]
@@ -120,10 +131,17 @@ def check(current: dict[str, dict[int, dict[str, Any]]], baselines: dict[str, An
             got = now["exact"][key]
             ok = got == expected
             status = "ok" if ok else "CHANGED"
-            if not ok and key == "mask_sha256" and differences:
+            agreement = _sample_agreement(base, now) if not ok and key == "mask_sha256" else None
+            if not ok and key == "mask_sha256" and differences and (agreement is None or agreement >= NEAR_TIES):
                 status = "changed (other torch/CPU: warning)"
+                share = "" if agreement is None else f"; {agreement:.1%} of sampled decisions agree"
                 warnings.append(f"{method}: mask digest differs from the baseline, made on another stack "
-                                f"({', '.join(differences)})")
+                                f"({', '.join(differences)}{share})")
+            elif agreement is not None and agreement < NEAR_TIES:
+                status = f"CHANGED ({agreement:.1%} agree)"
+                failures.append(f"{method}: the masks differ from the baseline's in {1 - agreement:.1%} of sampled "
+                                f"decisions, more than another stack's near-ties explain (at most "
+                                f"{1 - NEAR_TIES:.0%})")
             elif not ok:
                 failures.append(f"{method}: {key} is {got}, the baseline has {expected}")
             rows.append([method, key, _short(expected), _short(got), "-", status])
@@ -137,6 +155,34 @@ def check(current: dict[str, dict[int, dict[str, Any]]], baselines: dict[str, An
                                 f"{worse:.2f}, more than the allowed {allowed:.2f} (2 x seed sd {q['sd']:.2f})")
             rows.append([method, key, f"{q['seed0']:.2f}", f"{got:.2f}", f"{allowed:.2f}", status])
     return rows, failures, warnings
+
+
+def _with_baseline_kernels(recorded: dict[str, Any], argv: list[str]) -> int | None:
+    """Where the baselines were made with other CPU kernels than torch picks here (AVX2 against AVX512, the
+    usual case), run the check again in a process pinned to theirs (``ATEN_CPU_CAPABILITY``), so that masks
+    and perplexities can be held exactly; its exit status, or None where nothing needs pinning."""
+    import os
+    import subprocess
+
+    import torch
+
+    wanted = str(recorded.get("cpu_capability") or "")
+    if not wanted or "ATEN_CPU_CAPABILITY" in os.environ or wanted == torch.backends.cpu.get_cpu_capability():
+        return None
+    print(f"the baselines were made with torch's {wanted} kernels, this CPU's are "
+          f"{torch.backends.cpu.get_cpu_capability()}: checking with ATEN_CPU_CAPABILITY={wanted.lower()} "
+          f"(--native-kernels: with this CPU's own)", file=sys.stderr)
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=wanted.lower())
+    return subprocess.run([sys.executable, "-m", "benchsuite.running.regression", *argv], env=env).returncode
+
+
+def _sample_agreement(base: dict[str, Any], now: dict[str, Any]) -> float | None:
+    """How many sampled mask decisions the run shares with the baseline (None: the baseline has no sample)."""
+    from benchsuite.running.pipeline import sample_agreement
+
+    if not base.get("mask_sample") or not now.get("mask_sample"):
+        return None
+    return sample_agreement(base["mask_sample"], now["mask_sample"])
 
 
 def _short(value: Any) -> str:
@@ -154,7 +200,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="re-measure the baselines (seeds 0,1,2) and write them to --baselines")
     parser.add_argument("--baselines", type=Path, default=BASELINES)
     parser.add_argument("--methods", help="only these matrix entries (comma-separated)")
+    parser.add_argument("--native-kernels", action="store_true",
+                        help="check with this CPU's own torch kernels even where the baselines were made with others")
     args = parser.parse_args(argv)
+    if not args.update_baselines and not args.native_kernels and args.baselines.is_file():
+        pinned = _with_baseline_kernels(json.loads(args.baselines.read_text()).get("environment", {}),
+                                        sys.argv[1:] if argv is None else argv)
+        if pinned is not None:
+            return pinned
     from tabulate import tabulate
 
     from benchsuite.util import progress
