@@ -116,9 +116,12 @@ def test_a_check_on_other_kernels_runs_pinned_to_the_baselines(monkeypatch):
     assert regression._with_baseline_kernels({"cpu_capability": "DEFAULT"}, ["--methods", "random"]) == 3
     (cmd, env), = calls
     assert cmd == [sys.executable, "-m", "benchsuite.running.regression", "--methods", "random"]
-    assert env["ATEN_CPU_CAPABILITY"] == "default"
+    assert env["ATEN_CPU_CAPABILITY"] == "default" and "MKL_ENABLE_INSTRUCTIONS" not in env
+    assert regression._with_baseline_kernels({"cpu_capability": "AVX2" if here != "AVX2" else "AVX512"}, []) == 3
+    wanted = calls[-1][1]["ATEN_CPU_CAPABILITY"].upper()  # MKL and oneDNN held to the same instruction set
+    assert {k: calls[-1][1][k] for k in regression.LIBRARY_ISA[wanted]} == regression.LIBRARY_ISA[wanted]
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")  # already pinned: the child does not pin again
-    assert regression._with_baseline_kernels({"cpu_capability": "AVX2"}, []) is None and len(calls) == 1
+    assert regression._with_baseline_kernels({"cpu_capability": "AVX2"}, []) is None and len(calls) == 2
 
 
 def test_torch_honours_the_pinned_kernels():
