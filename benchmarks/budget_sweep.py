@@ -10,7 +10,8 @@ This is hours of CPU. Points run cheapest first (a budget's 50% seeds, then its 
 budget), and every run is a record of its own: stop it any time, run it again, and it goes on where it stopped
 (finished runs are skipped). ``--render`` measures nothing: it reads the records that exist and rewrites the
 README's section between ``<!-- budget-sweep -->`` markers (a table per ratio, ``benchsuite compare``'s paired
-differences) and ``docs/figures/budget-sweep.png``.
+differences, and where the two methods cross: between which budgets, or, where none is measured, where the last
+two budgets' log-log line would put it, labelled as the extrapolation it is) and ``docs/figures/budget-sweep.png``.
 
     python benchmarks/budget_sweep.py                       # run (or resume) the sweep
     python benchmarks/budget_sweep.py --budgets 40,200      # only these budgets
@@ -96,6 +97,50 @@ def comparisons(runs: dict, steps: int, ratio: float) -> list[tuple[int, str, st
     return out
 
 
+def _quotients(runs: dict, ratio: float) -> list[tuple[int, float]]:
+    """(steps, LoRAPrune's mean wiki perplexity / LLM-Pruner's) at every budget where both have records."""
+    out = []
+    for steps in sorted(BUDGETS):
+        ours = [r["metrics"]["ppl_wiki"] for r in runs.get((steps, ratio, "loraprune"), [])]
+        theirs = [r["metrics"]["ppl_wiki"] for r in runs.get((steps, ratio, "llm-pruner"), [])]
+        if ours and theirs:
+            out.append((steps, statistics.mean(ours) / statistics.mean(theirs)))
+    return out
+
+
+def _meet(a: tuple[int, float], b: tuple[int, float]) -> float:
+    """Where the line through two (steps, quotient) points, log-log, reaches a quotient of 1."""
+    (sa, qa), (sb, qb) = a, b
+    t = math.log(qa) / (math.log(qa) - math.log(qb))
+    return math.exp(math.log(sa) + t * (math.log(sb) - math.log(sa)))
+
+
+def crossing(runs: dict, ratio: float) -> str:
+    """Where (if anywhere) LoRAPrune and LLM-Pruner cross, from the measured budgets, in one sentence."""
+    q = _quotients(runs, ratio)
+    if len(q) < 2:
+        return "Crossing: fewer than two budgets measured for both methods."
+    for a, b in zip(q, q[1:]):
+        if (a[1] > 1) != (b[1] > 1):
+            ahead = "LoRAPrune" if b[1] < 1 else "LLM-Pruner"
+            return (f"Crossing: between {a[0]:,} and {b[0]:,} steps ({ahead} ahead from {b[0]:,}; about "
+                    f"{_meet(a, b):,.0f} steps on the log-log line between them).")
+    first, last = q[0], q[-1]
+    leader, trailer = ("LLM-Pruner", "LoRAPrune") if last[1] > 1 else ("LoRAPrune", "LLM-Pruner")
+    text = (f"Crossing: none measured; {leader} is ahead at every budget from {first[0]:,} to {last[0]:,} steps. ")
+    a, b = q[-2], q[-1]
+    if abs(math.log(b[1])) < abs(math.log(a[1])):
+        text += (f"The quotient moved from {a[1]:.2f}x to {b[1]:.2f}x between the last two budgets; if it "
+                 f"kept that log-log slope, {trailer} would draw level near {_meet(a, b):,.0f} steps "
+                 "(an extrapolation from two points, not a measurement)")
+        if len(q) >= 3 and abs(math.log(a[1])) < abs(math.log(q[-3][1])) and _meet(q[-3], a) < b[0]:
+            text += (f"; the same line through the two budgets before ({q[-3][0]:,} and {a[0]:,}) put it near "
+                     f"{_meet(q[-3], a):,.0f} steps, which {b[0]:,} steps did not bear out")
+        return text + "."
+    return text + (f"The gap did not narrow between the last two budgets ({a[1]:.2f}x, then {b[1]:.2f}x): "
+                   "nothing points to a crossing.")
+
+
 def render(runs: dict) -> str:
     lines = []
     for ratio in RATIOS:
@@ -113,7 +158,7 @@ def render(runs: dict) -> str:
                                for seed, metric, text, ci, significant in comparisons(runs, steps, ratio)
                                if metric == "ppl_wiki") or "-"
             lines.append(f"| {steps:,} | " + " | ".join(cells) + f" | {quotient} | {paired} |")
-        lines.append("")
+        lines += ["", crossing(runs, ratio), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
