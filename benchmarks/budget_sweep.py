@@ -76,10 +76,12 @@ def _cell(runs: list[dict], key: str = "ppl_wiki") -> str:
     values = [r["metrics"][key] for r in runs]
     if not values:
         return "-"
+    # below 100 a whole number hides the spread between seeds (38.7 and 38.2 would read "38 ± 0"): one decimal
+    digits = 1 if statistics.mean(values) < 100 else 0
     if len(values) == 1:
         r = runs[0]["metrics"]
-        return f"{values[0]:,.0f} [{r[f'{key}_lo']:,.0f}, {r[f'{key}_hi']:,.0f}] (n 1)"
-    return f"{statistics.mean(values):,.0f} ± {statistics.stdev(values):,.0f} (n {len(values)})"
+        return f"{values[0]:,.{digits}f} [{r[f'{key}_lo']:,.{digits}f}, {r[f'{key}_hi']:,.{digits}f}] (n 1)"
+    return f"{statistics.mean(values):,.{digits}f} ± {statistics.stdev(values):,.{digits}f} (n {len(values)})"
 
 
 def comparisons(runs: dict, steps: int, ratio: float) -> list[tuple[int, str, str, str, bool]]:
@@ -189,6 +191,12 @@ def figure(runs: dict, out: Path) -> None:
         ax.set_xlim(30, 2700)
         ax.set_xticks(sorted(BUDGETS), [f"{b:,}" for b in sorted(BUDGETS)])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")  # 40, not 4 x 10^1
+        low, high = ax.get_ylim()
+        subs = (2.0, 5.0) if high / low > 10 else (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)  # labels must not collide
+        ax.yaxis.set_minor_locator(matplotlib.ticker.LogLocator(subs=subs))
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
         ax.set_xlabel("LoRA steps (2 x 128 tokens each)")
         ax.set_ylabel("wiki perplexity")
         ax.set_title(f"SmolLM2-135M, {ratio:.0%} structured")

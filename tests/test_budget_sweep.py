@@ -73,3 +73,12 @@ def test_the_rendered_section_carries_the_sentence_under_each_ratio(sweep, monke
     text = sweep.render(runs)
     assert text.count("Crossing:") == 2
     assert text.index("**20% structured**") < text.rindex("Crossing:")
+
+
+def test_cells_below_100_keep_a_decimal_so_a_small_spread_shows(sweep):
+    runs = [{"seed": 0, "metrics": {"ppl_wiki": 38.68}}, {"seed": 1, "metrics": {"ppl_wiki": 38.15}}]
+    assert sweep._cell(runs) == "38.4 ± 0.4 (n 2)"
+    big = [{"seed": 0, "metrics": {"ppl_wiki": 1339.4}}, {"seed": 1, "metrics": {"ppl_wiki": 1200.0}}]
+    assert sweep._cell(big) == "1,270 ± 99 (n 2)"
+    one = [{"seed": 0, "metrics": {"ppl_wiki": 50.1, "ppl_wiki_lo": 42.44, "ppl_wiki_hi": 58.24}}]
+    assert sweep._cell(one) == "50.1 [42.4, 58.2] (n 1)"
