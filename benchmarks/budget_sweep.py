@@ -117,6 +117,13 @@ def _meet(a: tuple[int, float], b: tuple[int, float]) -> float:
     return math.exp(math.log(sa) + t * (math.log(sb) - math.log(sa)))
 
 
+def _at(a: tuple[int, float], b: tuple[int, float], steps: int) -> float:
+    """The quotient the line through two (steps, quotient) points, log-log, gives at ``steps``."""
+    (sa, qa), (sb, qb) = a, b
+    slope = (math.log(qb) - math.log(qa)) / (math.log(sb) - math.log(sa))
+    return math.exp(math.log(qa) + slope * (math.log(steps) - math.log(sa)))
+
+
 def crossing(runs: dict, ratio: float) -> str:
     """Where (if anywhere) LoRAPrune and LLM-Pruner cross, from the measured budgets, in one sentence."""
     q = _quotients(runs, ratio)
@@ -139,8 +146,13 @@ def crossing(runs: dict, ratio: float) -> str:
             text += (f"; the same line through the two budgets before ({q[-3][0]:,} and {a[0]:,}) put it near "
                      f"{_meet(q[-3], a):,.0f} steps, which {b[0]:,} steps did not bear out")
         return text + "."
-    return text + (f"The gap did not narrow between the last two budgets ({a[1]:.2f}x, then {b[1]:.2f}x): "
-                   "nothing points to a crossing.")
+    moved = "widened" if abs(math.log(b[1])) > abs(math.log(a[1])) else "did not narrow"
+    text += f"The gap {moved} between the last two budgets ({a[1]:.2f}x, then {b[1]:.2f}x)"
+    if len(q) >= 3 and abs(math.log(a[1])) < abs(math.log(q[-3][1])):  # the narrowing before it: refuted
+        text += (f"; the log-log line through the two budgets before ({q[-3][0]:,} and {a[0]:,}), which met near "
+                 f"{_meet(q[-3], a):,.0f} steps, gave {_at(q[-3], a, b[0]):.2f}x at {b[0]:,} steps, not the "
+                 f"{b[1]:.2f}x measured")
+    return text + "."
 
 
 def render(runs: dict) -> str:

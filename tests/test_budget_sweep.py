@@ -58,7 +58,25 @@ def test_a_narrowing_gap_is_extrapolated_and_says_so(sweep):
 def test_a_widening_gap_is_not_extrapolated(sweep):
     runs = _runs({40: ([150.0], [100.0]), 200: ([180.0], [100.0])})
     text = sweep.crossing(runs, 0.5)
-    assert "did not narrow" in text and "extrapolation" not in text
+    assert "The gap widened between the last two budgets (1.50x, then 1.80x)" in text
+    assert "extrapolation" not in text and "which met near" not in text  # no narrowing before it to refute
+    flat = sweep.crossing(_runs({40: ([150.0], [100.0]), 200: ([150.0], [100.0])}), 0.5)
+    assert "did not narrow" in flat and "widened" not in flat
+
+
+def test_a_gap_that_widens_after_narrowing_names_the_forecast_it_refutes(sweep):
+    # the 50% sweep's shape: 3.6x, 1.47x, 1.23x, then 1.36x at 2,000 steps
+    runs = _runs({40: ([360.0], [100.0]), 200: ([147.0], [100.0]), 1000: ([123.0], [100.0]),
+                  2000: ([136.0], [100.0])})
+    text = sweep.crossing(runs, 0.5)
+    meet = sweep._meet((200, 1.47), (1000, 1.23))
+    assert meet > 2000 and _on_line((200, 1.47), (1000, 1.23), meet) == pytest.approx(1.0)
+    assert text.startswith("Crossing: none measured; LLM-Pruner is ahead at every budget from 40 to 2,000 steps.")
+    assert "The gap widened between the last two budgets (1.23x, then 1.36x)" in text
+    forecast = _on_line((200, 1.47), (1000, 1.23), 2000)
+    assert forecast == pytest.approx(sweep._at((200, 1.47), (1000, 1.23), 2000)) and forecast < 1.23
+    assert (f"(200 and 1,000), which met near {meet:,.0f} steps, gave {forecast:.2f}x at 2,000 steps, "
+            "not the 1.36x measured") in text
 
 
 def test_one_budget_is_not_enough_to_say_anything(sweep):
