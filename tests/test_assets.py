@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sys
 import types
 
@@ -282,3 +283,21 @@ def test_a_download_has_a_byte_progress_bar(tmp_path, monkeypatch):
     counts = seen[1:]
     assert counts == sorted(counts) and counts[-1] == 1_000_000 and len(counts) >= 3, counts  # grew while it ran
     assert [p.name for p in tmp_path.iterdir()] == ["fake-1.0-py3-none-any.whl"]  # pip's temp folder is gone
+
+
+def test_download_bar_counts_bytes_while_pip_removes_its_folders(tmp_path, monkeypatch):
+    # pip deletes its build-tracker folder while the bar's poller walks the download folder; the walk must
+    # skip it (it once raised FileNotFoundError from inside Path.rglob and failed the download)
+    (tmp_path / "part.whl").write_bytes(b"x" * 10)
+    gone = tmp_path / ".pip-1" / "pip-build-tracker-1"
+    gone.mkdir(parents=True)
+    (gone / "entry").write_bytes(b"y" * 5)
+    scandir = os.scandir
+
+    def vanishing(path="."):
+        if os.fspath(path) == os.fspath(gone):
+            raise FileNotFoundError(2, "No such file or directory", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", vanishing)
+    assert assets._bytes_under(tmp_path) == 10

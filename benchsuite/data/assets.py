@@ -167,11 +167,13 @@ def _bytes_under(*folders: Path) -> int:
     """Bytes of the files under ``folders`` now (files may come and go while pip works)."""
     total = 0
     for folder in folders:
-        for path in folder.rglob("*"):
-            try:
-                total += path.stat().st_size if path.is_file() else 0
-            except OSError:
-                continue
+        # os.walk skips a folder that vanishes while it walks (pip's build tracker does); Path.rglob raises
+        for root, _dirs, files in os.walk(folder):
+            for name in files:
+                try:
+                    total += os.stat(os.path.join(root, name)).st_size
+                except OSError:
+                    continue
     return total
 
 
