@@ -26,6 +26,7 @@ def gpt2_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("args, message", [
     (["--methods", "magnitude-l3"], "unknown method 'magnitude-l3'; did you mean magnitude-l2"),
+    (["--methods", "random_lora"], "unknown method 'random_lora'; did you mean random+lora?"),
     (["--model", "smolm2-135m"], "did you mean smollm2-135m"),
     (["--model", "llama-7b"], "cannot get huggyllama/llama-7b ('llama-7b') from the Hugging Face hub"),
     (["--ratios", "1.5"], "ratio 1.5 is outside (0, 1)"),

@@ -147,6 +147,14 @@ def parse_granularity(text: str) -> tuple[str, dict[str, Any]]:
     return text, {}
 
 
+def _check_folder_spelling(name: str, registry: Registry) -> None:
+    """A method named as its results folder spells it (``random_lora`` for ``random+lora``): say so."""
+    base, sep, suffix = name.rpartition("_")
+    if sep and suffix in RECOVERY_CHOICES and base in registry.methods and name not in registry.methods:
+        raise ConfigError(f"unknown method '{name}'; did you mean {base}+{suffix}? (results folders write "
+                          f"{base}+{suffix} as {name})")
+
+
 def plan_methods(names: list[str], registry: Registry, ratios: list[float] | None = None,
                  granularity: str | None = None, recovery: str | None = None) -> list[MethodPlan]:
     plans = []
@@ -159,6 +167,7 @@ def plan_methods(names: list[str], registry: Registry, ratios: list[float] | Non
         if plus and suffix in RECOVERY_CHOICES:  # e.g. magnitude-l2+lora: this method with LoRA recovery
             name, own = base, suffix
         # strict (CI): a bare name two plugins register is an error listing the qualified names, not a guess
+        _check_folder_spelling(name, registry)
         qualified = registry.qualify("methods", name, ambiguous="error" if registry.strict else "warn")
         method: Method = registry.lookup("methods", qualified)
         key = method.name
