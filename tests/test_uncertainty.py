@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from benchsuite.api.errors import ConfigError
 from benchsuite.cli import main as cli_main
 from benchsuite.evaluation.perplexity import perplexity
 from benchsuite.evaluation.stats import mean_interval, paired_mean, paired_perplexity, perplexity_interval
-from benchsuite.reporting.compare import Gate, compare_runs
+from benchsuite.reporting.compare import Gate, compare_runs, pairs_within
 from benchsuite.reporting.tables import render
 from benchsuite.running.records import REFERENCE_MARKER, load_records, scan
 from benchsuite.running.runner import Runner, RunRequest
@@ -108,6 +109,17 @@ def test_compare_runs_and_gates():
     # a run compared with itself: nothing is marked, no gate fails
     for d in compare_runs(base, copy.deepcopy(base)):
         assert not d.significant and not Gate.parse("ppl_wiki:+0%").fails(d)
+
+
+def test_unknown_baseline_names_the_finished_variants():
+    records = [{"status": "ok", "method": "random", "variant": "random+lora"},
+               {"status": "ok", "method": "llm-pruner", "variant": None},
+               {"status": "ok", "method": "dense", "variant": None}]
+    with pytest.raises(ConfigError, match=r"did you mean random\+lora\? \(results folders write random\+lora as "
+                       r"random_lora\) \(finished: llm-pruner, random\+lora\)"):
+        pairs_within(records, "random_lora", None)
+    with pytest.raises(ConfigError, match="'llm-prune' to compare against; did you mean llm-pruner"):
+        pairs_within(records, "llm-prune", None)
 
 
 def _request(model_dir, results, **kw):

@@ -29,7 +29,8 @@ import numpy as np
 
 from benchsuite.api.errors import ConfigError
 from benchsuite.evaluation.stats import decode_bits, paired_mean, paired_perplexity, percentiles
-from benchsuite.running.records import context_hash
+from benchsuite.running.records import context_hash, slug
+from benchsuite.util.names import did_you_mean
 
 #: metrics where a higher value is worse
 HIGHER_IS_WORSE = ("ppl_", "latency", "params", "flops", "peak_mem")
@@ -51,7 +52,12 @@ def pairs_within(records: list[dict[str, Any]], baseline: str, methods: list[str
     """(baseline run, other run) for every other method's run that has a baseline run to pair with."""
     base = {pair_key(r, False): r for r in records if _variant(r) == baseline and r["status"] == "ok"}
     if not base:
-        raise ConfigError(f"no finished run of '{baseline}' to compare against")
+        found = sorted({_variant(r) for r in records if r["status"] == "ok" and r["method"] != "dense"})
+        folder = [v for v in found if slug(v) == baseline]  # named as its results folder spells it
+        hint = (f"; did you mean {folder[0]}? (results folders write {folder[0]} as {baseline})" if folder
+                else did_you_mean(baseline, found))
+        raise ConfigError(f"no finished run of '{baseline}' to compare against{hint} "
+                          f"(finished: {', '.join(found) or 'none'})")
     out = []
     for r in records:
         if r["status"] != "ok" or _variant(r) == baseline or r["method"] == "dense":
