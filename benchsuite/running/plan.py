@@ -166,8 +166,8 @@ def plan_methods(names: list[str], registry: Registry, ratios: list[float] | Non
         base, plus, suffix = name.rpartition("+")
         if plus and suffix in RECOVERY_CHOICES:  # e.g. magnitude-l2+lora: this method with LoRA recovery
             name, own = base, suffix
-        # strict (CI): a bare name two plugins register is an error listing the qualified names, not a guess
         _check_folder_spelling(name, registry)
+        # strict (CI): a bare name two plugins register is an error listing the qualified names, not a guess
         qualified = registry.qualify("methods", name, ambiguous="error" if registry.strict else "warn")
         method: Method = registry.lookup("methods", qualified)
         key = method.name
