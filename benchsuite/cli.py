@@ -11,7 +11,7 @@ from pathlib import Path
 
 from benchsuite import __version__
 from benchsuite.api.errors import AssetError, ConfigError
-from benchsuite.api.profiles import PROFILES
+from benchsuite.api.profiles import LR_SCHEDULES, PROFILES
 from benchsuite.host import PluginError, get_registry
 from benchsuite.models.checkpoint import DEVICE_MAPS
 from benchsuite.util import progress
@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--train-steps", type=int, default=None,
                      help="LoRA fine-tuning steps for every method with LoRA, instead of the profile's "
                      "(records go under e.g. quick-steps200)")
+    run.add_argument("--grad-accum", type=int, default=None, metavar="N",
+                     help="micro-batches per LoRA optimizer step (gradient accumulation) for every method, instead "
+                     "of the profile's: each step, and so each importance update and pruning event of an iterative "
+                     "method, then sees N times the tokens; records go under e.g. quick-steps250-accum16")
+    run.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
+                     help="LoRA learning-rate schedule for every method, instead of the profile's: constant, or linear "
+                     "decay to 0 at the last step (the papers' recipes); records go under e.g. quick-lr-linear")
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     run.add_argument("--device-map", default=None, choices=DEVICE_MAPS,
                      help="for models larger than one GPU (with --device cuda): spread the decoder layers over every "
@@ -298,7 +305,8 @@ def cmd_run(args) -> int:
                          ratios=args.ratios, seeds=args.seeds, profile=args.profile, results=args.results,
                          rerun=args.rerun, save_models=args.save_models, device=args.device, dtype=args.dtype,
                          granularity=args.granularity, tasks=_tasks(args.tasks), limit=args.limit,
-                         train_steps=args.train_steps, recovery=args.recovery, recovery_data=args.recovery_data,
+                         train_steps=args.train_steps, grad_accum=args.grad_accum, lr_schedule=args.lr_schedule,
+                         recovery=args.recovery, recovery_data=args.recovery_data,
                          ratio_basis=args.ratio_basis,
                          corpora=split_names(args.corpora) if args.corpora else None,
                          calibration_data=args.calibration_data,

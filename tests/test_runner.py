@@ -175,3 +175,19 @@ def test_auto_dtype_is_bf16_where_the_gpu_has_it(monkeypatch, capability, expect
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert auto_dtype(torch.device("cuda:0")) is expected
     assert auto_dtype(torch.device("cpu")) is torch.float32
+
+
+def test_accumulation_and_lr_schedule_are_the_budget_of_every_method(tiny_model_dir, offline, tmp_path):
+    records = Runner(_request(tiny_model_dir, tmp_path, methods=["random+lora", "loraprune"], train_steps=3,
+                              grad_accum=2, lr_schedule="linear", **offline), log=lambda _: None).run()
+    # (the offline fixture's corpora add their own suffixes)
+    assert {r["profile"].split("-text")[0] for r in records} == {"smoke-steps3-accum2-lr-linear"}
+    for r in records[1:]:
+        recovery = r["recovery_setup"]
+        assert (recovery["steps"], recovery["grad_accum"], recovery["lr_schedule"]) == (3, 2, "linear"), r["method"]
+        # 3 steps x 2 micro-batches x the smoke profile's 2 sequences of 64 tokens
+        assert recovery["tokens"] == 3 * 2 * 2 * 64
+    with pytest.raises(ConfigError, match="positive number of micro-batches"):
+        Runner(_request(tiny_model_dir, tmp_path / "r", grad_accum=0, **offline), log=lambda _: None).run()
+    with pytest.raises(ConfigError, match="did you mean linear"):
+        Runner(_request(tiny_model_dir, tmp_path / "r", lr_schedule="linaer", **offline), log=lambda _: None).run()

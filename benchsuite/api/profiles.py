@@ -13,6 +13,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from benchsuite.api.errors import ConfigError
+from benchsuite.util.names import did_you_mean
+
+#: learning-rate schedules of the LoRA fine-tuning: ``constant`` after the warm-up, or ``linear`` decay to 0 at
+#: the last step (HF Trainer's default, the papers' recipes)
+LR_SCHEDULES = ("constant", "linear")
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,29 @@ def with_train_steps(profile: Profile, steps: int | None) -> Profile:
         raise ConfigError(f"--train-steps {steps}: give a positive number of optimizer steps")
     return replace(profile, name=f"{profile.name}-steps{steps}", train_steps=steps, train_epochs=None,
                    description=f"{profile.description}, {steps} LoRA steps")
+
+
+def with_batching(profile: Profile, grad_accum: int | None = None, lr_schedule: str | None = None) -> Profile:
+    """The profile with another gradient accumulation (micro-batches per optimizer step) or learning-rate
+    schedule; its name says so (``quick-steps250-accum16``, ``quick-steps2000-lr-linear``). Every method of a
+    comparison gets the same: these belong to the budget, not to a method."""
+    changes: dict = {}
+    suffix = ""
+    if grad_accum is not None and grad_accum != profile.grad_accum:
+        if grad_accum < 1:
+            raise ConfigError(f"--grad-accum {grad_accum}: give a positive number of micro-batches per optimizer step")
+        changes["grad_accum"] = grad_accum
+        suffix += f"-accum{grad_accum}"
+    if lr_schedule is not None and lr_schedule != profile.lr_schedule:
+        if lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"--lr-schedule '{lr_schedule}' unknown{did_you_mean(lr_schedule, LR_SCHEDULES)}; "
+                              f"choose one of {', '.join(LR_SCHEDULES)}")
+        changes["lr_schedule"] = lr_schedule
+        suffix += f"-lr-{lr_schedule}"
+    if not changes:
+        return profile
+    said = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in changes.items())
+    return replace(profile, name=profile.name + suffix, description=f"{profile.description}, {said}", **changes)
 
 
 def with_recovery_data(profile: Profile, data: str | None) -> Profile:

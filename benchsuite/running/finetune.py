@@ -21,12 +21,12 @@ from torch import nn
 
 from benchsuite.api.corpora import Corpus
 from benchsuite.api.model import input_device
+from benchsuite.api.profiles import LR_SCHEDULES
 from benchsuite.data.tokens import CorpusLike, training_windows
 from benchsuite.util.progress import track
 
 #: LoRA settings that belong to the profile's budget, not to a method
 BUDGET_KEYS = ("grad_accum", "warmup_steps", "lr_schedule")
-LR_SCHEDULES = ("constant", "linear")
 
 #: LoRAPrune's reference targets: all seven projections
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -28,6 +28,7 @@ from benchsuite.api.model import PROJECTIONS, base_linear, decoder_layers
 from benchsuite.api.profiles import (
     Profile,
     get_profile,
+    with_batching,
     with_calibration_data,
     with_corpora,
     with_recovery_data,
@@ -65,6 +66,10 @@ class RunRequest:
     limit: int | None = None
     #: LoRA optimizer steps instead of the profile's (the profile is then named e.g. quick-steps200)
     train_steps: int | None = None
+    #: micro-batches per optimizer step and the learning-rate schedule instead of the profile's (named e.g.
+    #: quick-steps250-accum16, quick-steps2000-lr-linear); the same for every method
+    grad_accum: int | None = None
+    lr_schedule: str | None = None
     #: perplexity corpora instead of the profile's (names, wikitext2/ptb through datasets, or file paths)
     corpora: list[str] | None = None
     #: ``None``/``method``: each method's own recovery; ``lora``: every method gets the profile's LoRA
@@ -321,6 +326,7 @@ class RunPlan:
 def plan_request(request: RunRequest, registry: Registry) -> RunPlan:
     """Check everything about ``request`` that needs no model (see the module docstring)."""
     profile = with_train_steps(get_profile(request.profile), request.train_steps)
+    profile = with_batching(profile, request.grad_accum, request.lr_schedule)
     profile = with_recovery_data(with_corpora(profile, request.corpora), request.recovery_data)
     profile = with_calibration_data(profile, request.calibration_data)
     if request.ratios is not None and not request.ratios:
