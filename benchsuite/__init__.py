@@ -15,6 +15,19 @@ from benchsuite import _compat  # noqa: E402 - the flat module paths of before t
 
 _compat.install()
 
+
+def _load_plugins() -> None:
+    from benchsuite.host import get_registry
+
+    get_registry()
+
+
+# a model's family (benchsuite.api.architecture) is looked up among the plugins' descriptions: code that meets a
+# model before anything loaded the plugins (a criterion used on its own, say) loads them then
+from benchsuite.api import architecture as _architecture  # noqa: E402
+
+_architecture.set_loader(_load_plugins)
+
 #: public name -> the module that defines it
 _LAZY: dict[str, str] = {
     **dict.fromkeys((
@@ -30,6 +43,7 @@ _LAZY: dict[str, str] = {
     "PAPER_LORA": "benchsuite.running.finetune",
     **dict.fromkeys(("Metric", "MetricResult", "MeasureContext"), "benchsuite.api.metrics"),
     "Column": "benchsuite.api.columns",
+    **dict.fromkeys(("Architecture", "architecture_of"), "benchsuite.api.architecture"),
     "Corpus": "benchsuite.api.corpora",
     **dict.fromkeys(("FileCorpus", "HubCorpus"), "benchsuite.data.corpora"),
 }
@@ -39,7 +53,8 @@ __all__ = [
     "Granularity", "GroupSet", "LayerInputs", "Method", "ModelSpec", "Parametrized", "PruneContext", "PruneOutcome",
     "Reduction", "RunningScores", "Schedule", "__version__", "base_linear", "calibrate", "combine",
     "decoder_layers", "hookimpl", "linear_modules", "module_key", "tensor_bytes", "unit_sums", "checked_scores",
-    "Metric", "MetricResult", "MeasureContext", "Column", "Corpus", "FileCorpus", "HubCorpus",
+    "Metric", "MetricResult", "MeasureContext", "Column", "Corpus", "FileCorpus", "HubCorpus", "Architecture",
+    "architecture_of",
 ]
 
 if TYPE_CHECKING:
@@ -47,6 +62,7 @@ if TYPE_CHECKING:
 
     #: Decorate plugin functions with this: ``@hookimpl def benchsuite_register_criteria(register): ...``
     hookimpl: pluggy.HookimplMarker
+    from benchsuite.api.architecture import Architecture, architecture_of
     from benchsuite.api.columns import Column
     from benchsuite.api.components import (
         API_VERSION,

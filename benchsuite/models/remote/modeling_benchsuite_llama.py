@@ -7,19 +7,24 @@ nothing but torch and transformers installed.
 - ``benchsuite_layer_widths``: per decoder layer, ``num_heads``, ``num_kv_heads`` and ``intermediate_size``
   (the uniform values of the config are the original model's);
 - ``benchsuite_biases``: per decoder layer, the projections that have a bias (FLAP's compensation adds one
-  to ``self_attn.o_proj`` and ``mlp.down_proj``), or null.
+  to ``self_attn.o_proj`` and ``mlp.down_proj``), or null;
+- ``benchsuite_cut_with_heads``: norms over the whole query (``q``) or key/value (``kv``) projection, whose width
+  follows the layer's head counts (OLMo 2's ``q_norm``/``k_norm``), or null.
 
-The classes subclass the installed transformers Llama classes and only reshape the projections: attention,
-rotary embeddings, the KV cache and generation are transformers' own.
+The classes subclass the installed transformers classes of the model's family (this file is written for each
+family from the Llama one, with its classes in place of Llama's) and only reshape the projections: attention,
+rotary embeddings, norms, the KV cache and generation are transformers' own.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 WIDTHS_KEY = "benchsuite_layer_widths"
 BIASES_KEY = "benchsuite_biases"
+CUT_KEY = "benchsuite_cut_with_heads"
 
 
 class BenchsuiteLlamaConfig(LlamaConfig):
@@ -61,6 +66,11 @@ class BenchsuiteLlamaForCausalLM(LlamaForCausalLM):
                 bias = old.bias is not None or path in with_bias
                 if (old.in_features, old.out_features, old.bias is not None) != (fan_in, fan_out, bias):
                     setattr(owner, name, _linear(old, fan_in, fan_out, bias))
+            for path, side in (getattr(config, CUT_KEY, None) or {}).items():
+                norm = layer.get_submodule(path)
+                size = q if side == "q" else kv
+                if norm.weight.shape[0] != size:
+                    norm.weight = nn.Parameter(torch.ones(size, dtype=norm.weight.dtype, device=norm.weight.device))
             attn.num_key_value_groups = heads // kv_heads if kv_heads else 1
             for name, value in (("num_heads", heads), ("num_key_value_heads", kv_heads)):
                 if hasattr(attn, name):

@@ -1,0 +1,129 @@
+"""Model families: one small description per decoder family that everything else asks.
+
+An :class:`Architecture` says where a family keeps its decoder layers and projections, which parameters go with a
+pruned head (biases always; OLMo 2's ``q_norm``/``k_norm`` over the whole projection) and which stay whole (Qwen3's
+and Gemma 3's per-head norms), which transformers classes its checkpoints are, and how it is exported. Plugins
+register them with ``benchsuite_register_architectures``; the built-in families are registered the same way
+(``benchsuite_plugins.architectures``). :func:`architecture_of` finds a model's family by its config's
+``model_type``: a family no plugin describes, or one described as not prunable yet, is one clear
+:class:`~benchsuite.api.errors.ConfigError`, raised before any work.
+
+May import: :mod:`benchsuite.util` and the other modules of :mod:`benchsuite.api`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from benchsuite.api.errors import ConfigError
+
+#: the plugin guide's section on describing a family (named in the error for an undescribed one)
+GUIDE = "docs/plugins.md#describing-a-new-family"
+
+_LLAMA_ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+_LLAMA_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A decoder family, as pruning, recovery, saving and export need to know it.
+
+    Paths are relative to one decoder layer. A family whose checkpoints hold the attention projections as
+    separate q/k/v/o Linears and the MLP as gate/up/down Linears (the Llama layout, which transformers keeps for
+    Llama, Mistral, Qwen2/3, Gemma 2/3, Granite and OLMo 2) is described by its names and classes alone."""
+
+    #: the family's name (``benchsuite models``/``plugins`` and records show it)
+    name: str
+    #: the ``model_type`` values of the checkpoints it describes (``config.json``)
+    model_types: tuple[str, ...]
+    description: str = ""
+    #: transformers' config and causal-LM classes (names in ``transformers``): a structurally pruned export
+    #: subclasses them, so it opens as this family
+    config_class: str = "LlamaConfig"
+    model_class: str = "LlamaForCausalLM"
+    #: q, k, v, o projections (rows of q/k/v: heads x head_dim; columns of o: heads x head_dim)
+    attention: tuple[str, str, str, str] = _LLAMA_ATTENTION
+    #: gate, up, down projections (rows of gate/up and columns of down: intermediate channels)
+    mlp: tuple[str, str, str] = _LLAMA_MLP
+    #: parameters cut with the heads, by their first dimension: path -> ``"q"`` (query rows) or ``"kv"``
+    #: (key/value rows); OLMo 2's ``q_norm``/``k_norm`` normalise the whole projection. Removing a head changes
+    #: what such a norm averages over, so the masked model computes the norm over the kept rows only (exact)
+    cut_with_heads: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: parameters that a pruned head leaves whole (norms over ``head_dim`` shared by every head): documented,
+    #: and checked to be present
+    kept: tuple[str, ...] = ()
+    #: llama.cpp's name for the family (plain GGUF exports: dense, N:M, unstructured); None: no GGUF export
+    gguf: str | None = None
+    #: llama.cpp reads this family's per-layer head counts and MLP widths (structured GGUF exports)
+    gguf_per_layer: bool = False
+    #: removing whole decoder layers keeps the model working (depth pruning)
+    depth: bool = True
+    #: why checkpoints of this family can't be pruned by this version (refused before any work); None: they can
+    unsupported: str | None = None
+
+    @property
+    def projections(self) -> tuple[str, ...]:
+        """Every pruned projection of a layer, attention first (the keys criteria receive end in these)."""
+        return self.attention + self.mlp
+
+    def as_dict(self) -> dict[str, Any]:
+        """What a record keeps of the family."""
+        return {"name": self.name, "model_types": list(self.model_types), "model_class": self.model_class}
+
+
+#: model_type -> family, as the loaded plugins describe them (see :func:`use_architectures`)
+_FAMILIES: dict[str, Architecture] = {}
+#: loads the plugins (and so fills :data:`_FAMILIES`) where nothing did yet; set by the package (``benchsuite``)
+_loader: Callable[[], Any] | None = None
+
+
+def set_loader(loader: Callable[[], Any] | None) -> None:
+    """What :func:`architecture_of` calls to load the plugins when no family is known yet."""
+    global _loader
+    _loader = loader
+
+
+def use_architectures(families: Iterable[Architecture]) -> None:
+    """Make ``families`` the ones :func:`architecture_of` knows (the host calls this when it loads the plugins; an
+    earlier family keeps a ``model_type`` that a later one also claims)."""
+    table: dict[str, Architecture] = {}
+    for family in families:
+        for model_type in family.model_types:
+            table.setdefault(model_type, family)
+    _FAMILIES.clear()
+    _FAMILIES.update(table)
+
+
+def known_families() -> dict[str, Architecture]:
+    """model_type -> family, loading the plugins first where none is known."""
+    if not _FAMILIES and _loader is not None:
+        _loader()
+    return dict(_FAMILIES)
+
+
+def model_type_of(model_or_config: Any) -> str | None:
+    """The ``model_type`` of a model (also through peft wrappers), of a config, or of a config dict."""
+    if isinstance(model_or_config, Mapping):
+        return model_or_config.get("model_type")
+    config = getattr(model_or_config, "config", model_or_config)
+    return getattr(config, "model_type", None)
+
+
+def architecture_of(model_or_config: Any, *, prunable: bool = True) -> Architecture:
+    """The family of a model, config or config dict. A ``model_type`` no plugin describes is a ConfigError that
+    lists the described families and points to the guide; with ``prunable``, so is a family described as not
+    prunable yet (with its reason)."""
+    model_type = model_type_of(model_or_config)
+    families = known_families()
+    family = families.get(model_type) if model_type else None
+    if family is None:
+        names = sorted({f"{f.name} ({', '.join(f.model_types)})" for f in families.values() if not f.unsupported})
+        raise ConfigError(f"model_type {model_type!r}: no plugin describes this model family; described: "
+                          f"{'; '.join(names) or 'none'}. Describe it in a plugin ({GUIDE})")
+    if prunable and family.unsupported:
+        raise ConfigError(f"{family.name} (model_type {model_type!r}) can't be pruned by this version: "
+                          f"{family.unsupported}")
+    return family

@@ -1,0 +1,63 @@
+"""Built-in plugin: the decoder families benchsuite prunes, described as a third-party family would be.
+
+Each family was checked against the installed transformers classes (tests/test_families.py builds a tiny random
+checkpoint of each with its own config class and prunes, saves, reloads and exports it). Families that
+transformers builds with fused projections (Phi-3's ``qkv_proj`` and ``gate_up_proj``) or with experts (Mixtral,
+Qwen3-MoE: experts as fused 3-D parameters and a router) are described too, as not prunable by this version, so
+that they are refused with the reason rather than as unknown.
+"""
+
+from types import MappingProxyType
+
+from benchsuite import Architecture, hookimpl
+
+BENCHSUITE_API = "2.1"
+
+_NOT_YET_FUSED = ("its attention is one fused qkv_proj and its MLP one fused gate_up_proj; structured, N:M and "
+                  "unstructured pruning of fused projections is not implemented yet")
+_NOT_YET_MOE = ("a mixture of experts (a router and experts stored as fused 3-D parameters); expert channels and "
+                "whole experts as units are not implemented yet")
+
+
+@hookimpl
+def benchsuite_register_architectures(register):
+    register(Architecture(
+        "llama", ("llama",), "Llama 1/2/3.x, SmolLM2, Vicuna: the Llama layout (GQA where the config has it)",
+        gguf="llama", gguf_per_layer=True))
+    register(Architecture(
+        "mistral", ("mistral",), "Mistral: the Llama layout with a sliding attention window (a mask only)",
+        config_class="MistralConfig", model_class="MistralForCausalLM"))
+    register(Architecture(
+        "qwen2", ("qwen2",), "Qwen2/2.5: the Llama layout with q/k/v biases (cut with their rows)",
+        config_class="Qwen2Config", model_class="Qwen2ForCausalLM"))
+    register(Architecture(
+        "qwen3", ("qwen3",), "Qwen3: the Llama layout with q_norm/k_norm over head_dim, shared by every head (kept)",
+        config_class="Qwen3Config", model_class="Qwen3ForCausalLM", kept=("self_attn.q_norm", "self_attn.k_norm")))
+    register(Architecture(
+        "gemma2", ("gemma2",), "Gemma 2: pre/post feed-forward norms, scaled embeddings, GELU-tanh MLP, logit "
+        "soft-capping, query_pre_attn_scalar (none of them cut)",
+        config_class="Gemma2Config", model_class="Gemma2ForCausalLM"))
+    register(Architecture(
+        "gemma3", ("gemma3_text",), "Gemma 3 (text): Gemma 2's layout with q_norm/k_norm over head_dim (kept) and "
+        "mixed sliding/global layers",
+        config_class="Gemma3TextConfig", model_class="Gemma3ForCausalLM",
+        kept=("self_attn.q_norm", "self_attn.k_norm")))
+    register(Architecture(
+        "granite", ("granite",), "Granite: the Llama layout with embedding, residual, attention and logit multipliers "
+        "(kept in the config)",
+        config_class="GraniteConfig", model_class="GraniteForCausalLM"))
+    register(Architecture(
+        "olmo2", ("olmo2",), "OLMo 2: post-norms, q_norm/k_norm over the whole projection (cut with the heads)",
+        config_class="Olmo2Config", model_class="Olmo2ForCausalLM",
+        cut_with_heads=MappingProxyType({"self_attn.q_norm": "q", "self_attn.k_norm": "kv"})))
+    register(Architecture(
+        "phi3", ("phi3",), "Phi-3/Phi-4 mini", config_class="Phi3Config", model_class="Phi3ForCausalLM",
+        attention=("self_attn.qkv_proj",) * 3 + ("self_attn.o_proj",),
+        mlp=("mlp.gate_up_proj",) * 2 + ("mlp.down_proj",),
+        unsupported=_NOT_YET_FUSED))
+    register(Architecture(
+        "mixtral", ("mixtral",), "Mixtral (mixture of experts)", config_class="MixtralConfig",
+        model_class="MixtralForCausalLM", unsupported=_NOT_YET_MOE))
+    register(Architecture(
+        "qwen3-moe", ("qwen3_moe",), "Qwen3-MoE (mixture of experts)", config_class="Qwen3MoeConfig",
+        model_class="Qwen3MoeForCausalLM", unsupported=_NOT_YET_MOE))
