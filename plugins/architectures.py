@@ -1,10 +1,10 @@
 """Built-in plugin: the decoder families benchsuite prunes, described as a third-party family would be.
 
 Each family was checked against the installed transformers classes (tests/test_families.py builds a tiny random
-checkpoint of each with its own config class and prunes, saves, reloads and exports it). Families that
-transformers builds with fused projections (Phi-3's ``qkv_proj`` and ``gate_up_proj``) or with experts (Mixtral,
-Qwen3-MoE: experts as fused 3-D parameters and a router) are described too, as not prunable by this version, so
-that they are refused with the reason rather than as unknown.
+checkpoint of each with its own config class and prunes, saves, reloads and exports it). Phi-3's fused projections
+are described by naming the fused module for each of its parts. Families with experts (Mixtral, Qwen3-MoE: experts
+as fused 3-D parameters and a router) are described too, as not prunable by this version, so that they are refused
+with the reason rather than as unknown.
 """
 
 from types import MappingProxyType
@@ -13,8 +13,6 @@ from benchsuite import Architecture, hookimpl
 
 BENCHSUITE_API = "2.1"
 
-_NOT_YET_FUSED = ("its attention is one fused qkv_proj and its MLP one fused gate_up_proj; structured, N:M and "
-                  "unstructured pruning of fused projections is not implemented yet")
 _NOT_YET_MOE = ("a mixture of experts (a router and experts stored as fused 3-D parameters); expert channels and "
                 "whole experts as units are not implemented yet")
 
@@ -51,10 +49,11 @@ def benchsuite_register_architectures(register):
         config_class="Olmo2Config", model_class="Olmo2ForCausalLM",
         cut_with_heads=MappingProxyType({"self_attn.q_norm": "q", "self_attn.k_norm": "kv"})))
     register(Architecture(
-        "phi3", ("phi3",), "Phi-3/Phi-4 mini", config_class="Phi3Config", model_class="Phi3ForCausalLM",
+        "phi3", ("phi3",), "Phi-3/Phi-4 mini: fused qkv_proj (q heads, then k, then v rows) and gate_up_proj (gate, "
+        "then up rows): a head or channel is a set of rows in each part",
+        config_class="Phi3Config", model_class="Phi3ForCausalLM",
         attention=("self_attn.qkv_proj",) * 3 + ("self_attn.o_proj",),
-        mlp=("mlp.gate_up_proj",) * 2 + ("mlp.down_proj",),
-        unsupported=_NOT_YET_FUSED))
+        mlp=("mlp.gate_up_proj",) * 2 + ("mlp.down_proj",)))
     register(Architecture(
         "mixtral", ("mixtral",), "Mixtral (mixture of experts)", config_class="MixtralConfig",
         model_class="MixtralForCausalLM", unsupported=_NOT_YET_MOE))

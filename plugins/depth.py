@@ -44,7 +44,6 @@ import torch
 from torch import nn
 
 from benchsuite import (
-    PROJECTIONS,
     ConfigError,
     Coupling,
     Criterion,
@@ -52,6 +51,7 @@ from benchsuite import (
     GroupSet,
     Method,
     PruneContext,
+    architecture_of,
     base_linear,
     calibrate,
     decoder_layers,
@@ -144,7 +144,7 @@ class Layers(Granularity):
         groups = []
         for i in layers:
             members = []
-            for path in PROJECTIONS:
+            for path in architecture_of(model).projections:
                 rows = base_linear(blocks[i].get_submodule(path)).out_features
                 members.append(Coupling(path, 0, torch.arange(rows).reshape(1, rows)))
             groups.append(GroupSet(f"layers.{i}", i, "layer", 1, members))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from benchsuite import hookimpl
-from benchsuite.api import ConfigError, Criterion, Granularity, GroupSet
+from benchsuite.api import ConfigError, Criterion, Granularity, GroupSet, architecture_of
 from benchsuite.api.model import PROJECTIONS, base_linear, decoder_layers
 from benchsuite.pruning.sparsity import (
     apply_element_masks,
@@ -61,13 +61,14 @@ class Structured(Granularity):
 
     def units(self, model: nn.Module, layers: list[int]) -> list[GroupSet]:
         all_layers = decoder_layers(model)
+        arch = architecture_of(model)
         groups: list[GroupSet] = []
         for i in layers:
-            group = attention_group(all_layers[i], i, self.attention)
+            group = attention_group(all_layers[i], i, self.attention, arch)
             if group is not None:
                 groups.append(group)
             if self.mlp:
-                groups.append(mlp_group(all_layers[i], i))
+                groups.append(mlp_group(all_layers[i], i, arch))
         return groups
 
     def score(self, criterion: Criterion, model: nn.Module, groups: list[GroupSet]) -> list[torch.Tensor]:
@@ -104,20 +105,30 @@ class _ElementLevel(Granularity):
     #: each matrix's mask from its own scores (and previous mask) alone
     local_selection = True
 
-    #: the projections to sparsify (paths inside a decoder layer)
+    #: the projections to sparsify (paths inside a decoder layer); the default, the Llama layout's seven, stands for
+    #: every projection of the model's family (Phi-3's fused qkv_proj and gate_up_proj too)
     modules: tuple[str, ...] = PROJECTIONS
 
     def validate(self) -> None:
-        unknown = [m for m in self.modules if m not in PROJECTIONS]
-        if unknown:
-            raise ValueError(f"modules {unknown} unknown; choose from {', '.join(PROJECTIONS)}")
         self.modules = tuple(self.modules)
+        if not self.modules:
+            raise ValueError("modules is empty: name at least one projection")
+
+    def _modules(self, model) -> tuple[str, ...]:
+        family = architecture_of(model).projections
+        if self.modules == PROJECTIONS:
+            return family
+        unknown = [m for m in self.modules if m not in family]
+        if unknown:
+            raise ConfigError(f"modules {list(unknown)} unknown in this model; choose from {', '.join(family)}")
+        return self.modules
 
     def check_model(self, model):
         decoder_layers(model)
+        self._modules(model)
 
     def units(self, model, layers):
-        return weight_groups(model, layers, self.modules)
+        return weight_groups(model, layers, self._modules(model))
 
     def unit_params(self, model, groups):
         return [1] * len(groups)  # a unit is one weight

@@ -26,11 +26,11 @@ from torch import nn
 
 from benchsuite import (
     PAPER_LORA,
-    PROJECTIONS,
     Criterion,
     Method,
     PruneContext,
     Reduction,
+    architecture_of,
     base_linear,
     calibrate,
     decoder_layers,
@@ -105,7 +105,7 @@ class LoRAGuided(Criterion):
         """Accumulate LoRA gradients over the calibration batches (pretrained weights stay frozen)."""
         self._grads.clear()
         wrappers = {module_key(i, path): layer.get_submodule(path)
-                    for i, layer in enumerate(decoder_layers(model)) for path in PROJECTIONS}
+                    for i, layer in enumerate(decoder_layers(model)) for path in architecture_of(model).projections}
 
         def collect() -> None:
             for key, module in wrappers.items():

@@ -55,6 +55,7 @@ from benchsuite import (
     PruneContext,
     PruneOutcome,
     Schedule,
+    architecture_of,
     base_linear,
     checked_scores,
     decoder_layers,
@@ -264,11 +265,13 @@ class SparseGPTSchedule(Schedule):
         if not 0 <= self.percdamp < 1:
             raise ValueError(f"percdamp is a fraction of the mean Hessian diagonal in [0, 1), not {self.percdamp}")
 
-    def _stages(self, paths: list[str]) -> list[list[str]]:
+    def _stages(self, paths: list[str], order: tuple[tuple[str, ...], ...] = TRUE_SEQUENTIAL) -> list[list[str]]:
+        """The projections of a layer in true-sequential stages (``order``: the model family's projections that
+        read the same input, in the order the layer computes them)."""
         if not self.true_sequential:
             return [paths]
-        stages = [[p for p in stage if p in paths] for stage in TRUE_SEQUENTIAL]
-        rest = [p for p in paths if not any(p in stage for stage in TRUE_SEQUENTIAL)]
+        stages = [[p for p in stage if p in paths] for stage in order]
+        rest = [p for p in paths if not any(p in stage for stage in order)]
         return [s for s in stages + [rest] if s]
 
     def run(self, model: nn.Module, criterion: Criterion, granularity: Granularity,
@@ -347,7 +350,8 @@ class SparseGPTSchedule(Schedule):
         total = 0.0
         if element:
             by_path = {groups[i].members[0].module: i for i in current}
-            jobs = [[(by_path[p], p, None) for p in stage] for stage in self._stages(list(by_path))]
+            order = architecture_of(model).input_groups
+            jobs = [[(by_path[p], p, None) for p in stage] for stage in self._stages(list(by_path), order)]
         else:  # structured: each group reconstructs its consumers' remaining input columns, in order
             jobs = [[(i, m.module, m) for m in groups[i].members if m.dim == 1] for i in current]
         for number, stage in enumerate(jobs):

@@ -119,7 +119,7 @@ def test_documented_command_parses(where, argv):
 
 def _cheap(argv: list[str]) -> bool:
     """Commands that only read: the plugin listings, the cache's path, tables of the committed records."""
-    if argv[:1] in (["plugins"], ["models"], ["methods"]) or argv[:2] == ["cache", "path"]:
+    if argv[:1] in (["plugins"], ["models"], ["methods"]) and "--update" not in argv or argv[:2] == ["cache", "path"]:
         return True
     reads_reference = argv[:1] in (["report"], ["compare"]) and "results/reference" in argv
     return reads_reference and not {"--update", "--against", "-o", "--output"} & set(argv) \

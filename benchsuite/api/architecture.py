@@ -33,7 +33,9 @@ class Architecture:
 
     Paths are relative to one decoder layer. A family whose checkpoints hold the attention projections as
     separate q/k/v/o Linears and the MLP as gate/up/down Linears (the Llama layout, which transformers keeps for
-    Llama, Mistral, Qwen2/3, Gemma 2/3, Granite and OLMo 2) is described by its names and classes alone."""
+    Llama, Mistral, Qwen2/3, Gemma 2/3, Granite and OLMo 2) is described by its names and classes alone; a fused
+    projection (Phi-3's ``qkv_proj``: q rows, then k, then v; ``gate_up_proj``: gate rows, then up) is named for
+    each of its parts."""
 
     #: the family's name (``benchsuite models``/``plugins`` and records show it)
     name: str
@@ -66,8 +68,21 @@ class Architecture:
 
     @property
     def projections(self) -> tuple[str, ...]:
-        """Every pruned projection of a layer, attention first (the keys criteria receive end in these)."""
-        return self.attention + self.mlp
+        """Every pruned projection of a layer, attention first, each once (a fused one holds several parts); the
+        keys criteria receive end in these."""
+        return tuple(dict.fromkeys(self.attention + self.mlp))
+
+    @property
+    def input_groups(self) -> tuple[tuple[str, ...], ...]:
+        """Projections that read the same input, in order: (q, k, v), (o,), (gate, up), (down,), each once."""
+        q, k, v, o = self.attention
+        gate, up, down = self.mlp
+        return tuple(tuple(dict.fromkeys(g)) for g in ((q, k, v), (o,), (gate, up), (down,)))
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        """The module names peft's ``target_modules`` matches for every projection of the family."""
+        return tuple(dict.fromkeys(path.rpartition(".")[2] for path in self.projections))
 
     def as_dict(self) -> dict[str, Any]:
         """What a record keeps of the family."""

@@ -1,7 +1,9 @@
-"""Walking a LLaMA-family decoder: its layers and projections, through peft LoRA wrappers too.
+"""Walking a decoder: its layers and projections, through peft LoRA wrappers too.
 
-Works for any model whose decoder layers hold ``self_attn.{q,k,v,o}_proj`` and
-``mlp.{gate,up,down}_proj`` Linears (Llama, Mistral, Qwen2/3, SmolLM2, Gemma).
+The projections are those of the model's family (:func:`~benchsuite.api.architecture.architecture_of`): the Llama
+layout's ``self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj`` (Llama, Mistral, Qwen2, Qwen3, Gemma 2,
+Gemma 3, Granite, OLMo 2; :data:`PROJECTIONS`), or a family's own (Phi-3's fused ``qkv_proj`` and
+``gate_up_proj``); every built-in family is tested in ``tests/test_families.py``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from benchsuite.api.architecture import architecture_of
 from benchsuite.api.errors import ConfigError
 
 ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
@@ -36,20 +39,29 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
                 return layers
         except AttributeError:
             pass
+    paths = _projections(model)
     for name, module in model.named_modules():
         if name.endswith("layers") and isinstance(module, nn.ModuleList) and len(module) > 0:
-            if all(_has_projections(layer) for layer in module):
+            if all(_has_projections(layer, paths) for layer in module):
                 _LAYER_PATHS[model] = name
                 return module
     raise ConfigError(
-        f"{type(model).__name__} does not have the LLaMA-family layout that structured pruning needs "
+        f"{type(model).__name__} does not have the LLaMA-family layout that pruning needs "
         "(decoder layers with self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj)"
     )
 
 
-def _has_projections(layer: nn.Module) -> bool:
+def _projections(model: nn.Module) -> tuple[str, ...]:
+    """The projection paths of the model's family (the Llama layout's for a model no family describes)."""
     try:
-        for path in PROJECTIONS:
+        return architecture_of(model, prunable=False).projections
+    except ConfigError:
+        return PROJECTIONS
+
+
+def _has_projections(layer: nn.Module, paths: tuple[str, ...] = PROJECTIONS) -> bool:
+    try:
+        for path in paths:
             layer.get_submodule(path)
     except AttributeError:
         return False
@@ -74,10 +86,13 @@ def base_linear(module: nn.Module) -> nn.Linear:
     return module.get_base_layer() if hasattr(module, "get_base_layer") else module
 
 
-def linear_modules(model: nn.Module, paths: tuple[str, ...] | list[str] = PROJECTIONS,
+def linear_modules(model: nn.Module, paths: tuple[str, ...] | list[str] | None = None,
                    ) -> Iterator[tuple[str, nn.Linear]]:
-    """``(key, pretrained Linear)`` for every projection of every decoder layer, in order; ``key`` is
-    ``layers.<i>.<path>`` as criteria receive it (LoRA wrappers are looked through)."""
+    """``(key, pretrained Linear)`` for every projection (``paths``; default: every projection of the model's family)
+    of every decoder layer, in order; ``key`` is ``layers.<i>.<path>`` as criteria receive it (LoRA wrappers are
+    looked through)."""
+    if paths is None:
+        paths = _projections(model)
     for i, layer in enumerate(decoder_layers(model)):
         for path in paths:
             yield f"layers.{i}.{path}", base_linear(layer.get_submodule(path))

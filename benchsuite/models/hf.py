@@ -70,6 +70,7 @@ def family_of(config: dict[str, Any]) -> Architecture:
 #: carried so that the modeling code reshapes them)
 _OWN_KEYS = (WIDTHS_KEY, BIASES_KEY)
 CUT_KEY = "benchsuite_cut_with_heads"
+PATHS_KEY = "benchsuite_projections"
 
 
 def needs_remote_code(config: dict[str, Any]) -> bool:
@@ -91,6 +92,7 @@ def hf_config(config: dict[str, Any]) -> dict[str, Any]:
                      "AutoModelForCausalLM": f"{module}.Benchsuite{family.model_class}"},
         WIDTHS_KEY: config.get(WIDTHS_KEY) or None, BIASES_KEY: config.get(BIASES_KEY) or None,
         CUT_KEY: dict(family.cut_with_heads) or None,
+        PATHS_KEY: {"attention": list(family.attention), "mlp": list(family.mlp)},
     }
 
 
@@ -205,5 +207,5 @@ def read_config(path: Path) -> Any:
     if config_class is None:
         raise ConfigError(f"{path}: a {family.name} export, and this transformers ({transformers.__version__}) has no "
                           f"{family.config_class}")
-    plain = {k: v for k, v in data.items() if k not in ("auto_map", "model_type", CUT_KEY)}
+    plain = {k: v for k, v in data.items() if k not in ("auto_map", "model_type", CUT_KEY, PATHS_KEY)}
     return config_class.from_dict(plain | {"architectures": [family.model_class]})

@@ -1,7 +1,8 @@
-"""Structure of decoders with separate q/k/v/o and gate/up/down projections: coupled head/channel groups, masks
-and physical removal.
+"""Structure of decoders: coupled head/channel groups, masks and physical removal.
 
-What a family adds to that layout comes from its description (:mod:`benchsuite.api.architecture`): OLMo 2's
+Where a layer keeps its projections, and what a family adds, comes from its description
+(:mod:`benchsuite.api.architecture`): Phi-3's fused ``qkv_proj``/``gate_up_proj`` hold a unit as rows in each
+part (cut in one go per module, the attention given its own query head count); OLMo 2's
 ``q_norm``/``k_norm`` over the whole projection are cut with the heads (and, while units are only masked, computed
 over the kept rows, so that masking equals removal). Tested on tiny checkpoints of every built-in family
 (``tests/test_families.py``), with or without GQA, and through peft LoRA wrappers. Head counts and ``head_dim``
@@ -10,6 +11,7 @@ are read from each module, never assumed.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -29,9 +31,31 @@ from benchsuite.api.model import (  # noqa: F401 - benchsuite.structure (its old
     linear_modules,
 )
 
-#: Consumers of a group's output: masking their input columns removes the unit exactly.
+#: Consumers of a group's output in the Llama layout: masking their input columns removes the unit exactly (a
+#: family's own are its ``attention[3]`` and ``mlp[2]``)
 CONSUMERS = {"attention": "self_attn.o_proj", "mlp": "mlp.down_proj"}
 ATTENTION_MODES = ("heads", "kv-groups", "none")
+
+#: the layout assumed where no family is given (transformers' Llama names, separate projections)
+LLAMA_LAYOUT = Architecture("llama", ("llama",))
+
+
+def _layout(arch: Architecture | None) -> Architecture:
+    return arch if arch is not None else LLAMA_LAYOUT
+
+
+def fused_qkv(arch: Architecture) -> bool:
+    """Whether q, k and v are rows of one fused projection (Phi-3's ``qkv_proj``: q heads, then k, then v)."""
+    return arch.attention[0] == arch.attention[1] == arch.attention[2]
+
+
+def fused_gate_up(arch: Architecture) -> bool:
+    """Whether gate and up are rows of one fused projection (Phi-3's ``gate_up_proj``: gate, then up)."""
+    return arch.mlp[0] == arch.mlp[1]
+
+
+def _parent(path: str) -> str:
+    return path.rpartition(".")[0]
 
 
 @dataclass(frozen=True)
@@ -42,18 +66,28 @@ class LayerWidths:
     intermediate_size: int
 
 
-def layer_widths(layer: nn.Module) -> LayerWidths:
-    """Current widths of one decoder layer, read from its modules' shapes."""
-    attn = layer.self_attn
+def layer_widths(layer: nn.Module, arch: Architecture | None = None) -> LayerWidths:
+    """Current widths of one decoder layer of family ``arch`` (the Llama layout where None), read from its modules'
+    shapes (and, for a fused qkv projection, the attention's ``num_key_value_heads``)."""
+    a = _layout(arch)
+    attn = layer.get_submodule(_parent(a.attention[0]))
     head_dim = attn.head_dim
-    q_out = base_linear(attn.q_proj).out_features
-    k_out = base_linear(attn.k_proj).out_features
-    inter = base_linear(layer.mlp.gate_proj).out_features
+    if fused_qkv(a):
+        kv = attn.num_key_value_heads
+        q_out = base_linear(layer.get_submodule(a.attention[0])).out_features - 2 * kv * head_dim
+        k_out = kv * head_dim
+    else:
+        q_out = base_linear(layer.get_submodule(a.attention[0])).out_features
+        k_out = base_linear(layer.get_submodule(a.attention[1])).out_features
+    inter = base_linear(layer.get_submodule(a.mlp[0])).out_features
+    if fused_gate_up(a):
+        inter //= 2
     return LayerWidths(q_out // head_dim, k_out // head_dim, head_dim, inter)
 
 
 def model_widths(model: nn.Module) -> list[LayerWidths]:
-    return [layer_widths(layer) for layer in decoder_layers(model)]
+    arch = architecture_of(model)
+    return [layer_widths(layer, arch) for layer in decoder_layers(model)]
 
 
 def parse_layers(spec: str, num_layers: int) -> list[int]:
@@ -90,39 +124,47 @@ def _arange_units(units: int, width: int) -> torch.Tensor:
     return torch.arange(units * width).reshape(units, width)
 
 
-def attention_group(layer: nn.Module, index: int, mode: str) -> GroupSet | None:
-    """Head groups of one attention block.
+def attention_group(layer: nn.Module, index: int, mode: str, arch: Architecture | None = None) -> GroupSet | None:
+    """Head groups of one attention block of family ``arch`` (the Llama layout where None).
 
     ``heads``: units are query heads (with their k/v heads when there is no GQA); under GQA the same
     number is removed from every key/value group so the q/kv head ratio stays whole.
     ``kv-groups``: units are key/value heads together with all query heads that share them.
+    A fused qkv projection holds q, k and v as consecutive row ranges: a unit's rows there are offset into them.
     """
     if mode == "none":
         return None
-    w = layer_widths(layer)
+    a = _layout(arch)
+    q_path, k_path, v_path, o_path = a.attention
+    w = layer_widths(layer, a)
     hd, rep = w.head_dim, w.num_heads // w.num_kv_heads
+    k_at, v_at = (w.num_heads * hd, (w.num_heads + w.num_kv_heads) * hd) if fused_qkv(a) else (0, 0)
     if mode == "heads" or rep == 1:
         q = _arange_units(w.num_heads, hd)
-        members = [Coupling("self_attn.q_proj", 0, q)]
+        members = [Coupling(q_path, 0, q)]
         if rep == 1:
-            members += [Coupling("self_attn.k_proj", 0, q), Coupling("self_attn.v_proj", 0, q)]
-        members.append(Coupling("self_attn.o_proj", 1, q))
+            members += [Coupling(k_path, 0, q + k_at), Coupling(v_path, 0, q + v_at)]
+        members.append(Coupling(o_path, 1, q))
         return GroupSet(f"layers.{index}.attention", index, "attention", w.num_heads, members,
                         blocks=w.num_kv_heads if rep > 1 else 1)
     if mode == "kv-groups":
         kv = _arange_units(w.num_kv_heads, hd)
         q = _arange_units(w.num_kv_heads, rep * hd)
-        members = [Coupling("self_attn.q_proj", 0, q), Coupling("self_attn.k_proj", 0, kv),
-                   Coupling("self_attn.v_proj", 0, kv), Coupling("self_attn.o_proj", 1, q)]
+        members = [Coupling(q_path, 0, q), Coupling(k_path, 0, kv + k_at),
+                   Coupling(v_path, 0, kv + v_at), Coupling(o_path, 1, q)]
         return GroupSet(f"layers.{index}.attention", index, "attention", w.num_kv_heads, members)
     raise ConfigError(f"attention mode '{mode}' unknown; choose one of {', '.join(ATTENTION_MODES)}")
 
 
-def mlp_group(layer: nn.Module, index: int) -> GroupSet:
-    """Intermediate channels: gate/up rows and down columns."""
-    channels = torch.arange(layer_widths(layer).intermediate_size).reshape(-1, 1)
-    members = [Coupling("mlp.gate_proj", 0, channels), Coupling("mlp.up_proj", 0, channels),
-               Coupling("mlp.down_proj", 1, channels)]
+def mlp_group(layer: nn.Module, index: int, arch: Architecture | None = None) -> GroupSet:
+    """Intermediate channels: gate/up rows and down columns (in a fused gate_up projection, the up rows follow the
+    gate rows)."""
+    a = _layout(arch)
+    inter = layer_widths(layer, a).intermediate_size
+    channels = torch.arange(inter).reshape(-1, 1)
+    up_at = inter if fused_gate_up(a) else 0
+    members = [Coupling(a.mlp[0], 0, channels), Coupling(a.mlp[1], 0, channels + up_at),
+               Coupling(a.mlp[2], 1, channels)]
     return GroupSet(f"layers.{index}.mlp", index, "mlp", channels.shape[0], members)
 
 
@@ -206,9 +248,9 @@ def select_units(group: GroupSet, scores: torch.Tensor, n_prune: int,
 
 
 def _consumer(layer: nn.Module, group: GroupSet) -> tuple[nn.Module, Coupling]:
-    path = CONSUMERS[group.kind]
-    member = next(m for m in group.members if m.module == path)
-    return layer.get_submodule(path), member
+    """The module whose input columns a group's units feed (o_proj, down_proj: the group's column member)."""
+    member = next(m for m in group.members if m.dim == 1)
+    return layer.get_submodule(member.module), member
 
 
 def column_mask(member: Coupling, keep: torch.Tensor, width: int) -> torch.Tensor:
@@ -343,27 +385,52 @@ def remove_units(model: nn.Module, groups: list[GroupSet], masks: list[torch.Ten
         if bool(keep.all()):
             continue
         layer = layers[group.layer]
-        for member in group.members:
-            slice_linear(layer.get_submodule(member.module), member.dim, _keep_index(member, keep))
+        dropped: dict[tuple[str, int], list[torch.Tensor]] = {}
+        for member in group.members:  # a fused projection holds several members: its rows go in one cut
+            dropped.setdefault((member.module, member.dim), []).append(member.index[~keep.cpu()].reshape(-1))
+        kv_heads = None
+        if group.kind == "attention" and fused_qkv(arch):  # its key/value heads are not readable from its shape
+            w = layer_widths(layer, arch)
+            rows = torch.cat(dropped.get((arch.attention[0], 0), [torch.empty(0, dtype=torch.long)]))
+            k_at = w.num_heads * w.head_dim
+            kv_heads = w.num_kv_heads - int(((rows >= k_at) & (rows < k_at + w.num_kv_heads * w.head_dim)).sum()
+                                            ) // w.head_dim
+        for (path, dim), parts in dropped.items():
+            module = layer.get_submodule(path)
+            width = base_linear(module).weight.shape[dim]
+            kept = torch.ones(width, dtype=torch.bool)
+            kept[torch.cat(parts)] = False
+            slice_linear(module, dim, kept.nonzero().reshape(-1))
         for path, rows in _norm_rows(group, keep, arch):
             slice_norm(layer.get_submodule(path), rows)
-        sync_attributes(layer)
+        if kv_heads is not None:
+            layer.get_submodule(_parent(arch.attention[0])).num_key_value_heads = kv_heads
+        sync_attributes(layer, arch)
     record_widths(model)
     return model
 
 
-def sync_attributes(layer: nn.Module) -> None:
-    """Make module attributes agree with the (possibly pruned) weight shapes."""
-    w = layer_widths(layer)
-    attn = layer.self_attn
+def sync_attributes(layer: nn.Module, arch: Architecture | None = None) -> None:
+    """Make module attributes agree with the (possibly pruned) weight shapes. Attention that reads its query head
+    count from the config (Phi-3's fused qkv split) gets a config of its own with the layer's count."""
+    a = _layout(arch)
+    w = layer_widths(layer, a)
+    attn = layer.get_submodule(_parent(a.attention[0]))
     if w.num_heads % max(w.num_kv_heads, 1) != 0:
         raise RuntimeError(f"inconsistent heads after pruning: {w.num_heads} q / {w.num_kv_heads} kv")
     attn.num_key_value_groups = w.num_heads // w.num_kv_heads
     for name, value in (("num_heads", w.num_heads), ("num_key_value_heads", w.num_kv_heads)):
         if hasattr(attn, name):
             setattr(attn, name, value)
-    if hasattr(layer.mlp, "intermediate_size"):
-        layer.mlp.intermediate_size = w.intermediate_size
+    config = getattr(attn, "config", None)
+    if fused_qkv(a) and config is not None and config.num_attention_heads != w.num_heads:
+        if not getattr(attn, "_benchsuite_own_config", False):
+            attn.config = config = copy.copy(config)
+            attn._benchsuite_own_config = True
+        config.num_attention_heads = w.num_heads
+    mlp = layer.get_submodule(_parent(a.mlp[0]))
+    if hasattr(mlp, "intermediate_size"):
+        mlp.intermediate_size = w.intermediate_size
 
 
 WIDTHS_KEY = "benchsuite_layer_widths"
@@ -397,7 +464,8 @@ def record_biases(model: nn.Module) -> None:
     """Store which projections of each layer have a bias that the family's config does not give them in the config
     (see :data:`BIASES_KEY`; Qwen2's own q/k/v biases are not recorded, FLAP's added ones are)."""
     native = native_biases(model.config)
-    found = [[path for path in PROJECTIONS if base_linear(layer.get_submodule(path)).bias is not None
+    paths = architecture_of(model).projections
+    found = [[path for path in paths if base_linear(layer.get_submodule(path)).bias is not None
               and path not in own] for layer, own in zip(decoder_layers(model), native)]
     setattr(model.config, BIASES_KEY, found if any(found) else None)
 
@@ -416,7 +484,8 @@ def native_biases(config) -> list[set[str]]:
             setattr(plain, key, None)
     with init_empty_weights(include_buffers=True):
         skeleton = AutoModelForCausalLM.from_config(plain)
-    return [{path for path in PROJECTIONS if base_linear(layer.get_submodule(path)).bias is not None}
+    paths = architecture_of(config).projections
+    return [{path for path in paths if base_linear(layer.get_submodule(path)).bias is not None}
             for layer in decoder_layers(skeleton)]
 
 
@@ -437,18 +506,19 @@ def add_biases(model: nn.Module, biases: list[list[str]]) -> None:
 
 def reshape_to_widths(model: nn.Module, widths: list[dict]) -> None:
     """Rebuild each layer's projections with the recorded widths (before loading a state dict)."""
-    cut = architecture_of(model).cut_with_heads
+    arch = architecture_of(model)
     for layer, w in zip(decoder_layers(model), widths):
-        hd = layer.self_attn.head_dim
-        q_rows = torch.arange(w["num_heads"] * hd)
-        kv_rows = torch.arange(w["num_kv_heads"] * hd)
-        channels = torch.arange(w["intermediate_size"])
-        for path, dim, index in (
-            ("self_attn.q_proj", 0, q_rows), ("self_attn.k_proj", 0, kv_rows),
-            ("self_attn.v_proj", 0, kv_rows), ("self_attn.o_proj", 1, q_rows),
-            ("mlp.gate_proj", 0, channels), ("mlp.up_proj", 0, channels), ("mlp.down_proj", 1, channels),
-        ):
-            slice_linear(layer.get_submodule(path), dim, index)
-        for path, side in cut.items():
-            slice_norm(layer.get_submodule(path), q_rows if side == "q" else kv_rows)
-        sync_attributes(layer)
+        attn = layer.get_submodule(_parent(arch.attention[0]))
+        hd = attn.head_dim
+        q, kv, inter = w["num_heads"] * hd, w["num_kv_heads"] * hd, w["intermediate_size"]
+        sizes: dict[tuple[str, int], int] = {}  # (path, dim) -> width; the parts of a fused projection add up
+        parts = zip(arch.attention + arch.mlp, (0, 0, 0, 1, 0, 0, 1), (q, kv, kv, q, inter, inter, inter))
+        for path, dim, size in parts:
+            sizes[(path, dim)] = sizes.get((path, dim), 0) + size
+        for (path, dim), size in sizes.items():
+            slice_linear(layer.get_submodule(path), dim, torch.arange(size))  # a skeleton: any rows of that count
+        for path, side in arch.cut_with_heads.items():
+            slice_norm(layer.get_submodule(path), torch.arange(q if side == "q" else kv))
+        if fused_qkv(arch):
+            attn.num_key_value_heads = w["num_kv_heads"]
+        sync_attributes(layer, arch)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchsuite.api.architecture import architecture_of
 from benchsuite.api.corpora import Corpus
 from benchsuite.api.model import input_device
 from benchsuite.api.profiles import LR_SCHEDULES
@@ -95,8 +96,11 @@ def attach_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
     """Wrap ``model`` with peft LoRA on ``config.targets``; everything else is frozen."""
     from peft import LoraConfig, get_peft_model
 
+    targets = config.targets
+    if targets == DEFAULT_TARGETS:  # every projection: in the model family's names (Phi-3: qkv_proj, gate_up_proj)
+        targets = architecture_of(model).lora_targets
     peft_config = LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                             target_modules=list(config.targets), bias="none", task_type="CAUSAL_LM")
+                             target_modules=list(targets), bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, peft_config)
 
 

@@ -400,6 +400,7 @@ def record(plan: RunPlan, model_plan: ModelPlan, spec: RunSpec, stages: RunStage
         "schema": SCHEMA, "method": "dense" if spec.method is None else spec.method.method.name, "ratio": spec.ratio,
         "seed": spec.seed, "profile": plan.profile.name, "profile_settings": plan.profile.as_dict(),
         "model": model_plan.model_info.name, "model_source": model_plan.model_info.source,
+        "architecture": model_plan.family,
         "weights_sha256": model_plan.weights_sha, "config": config, "config_hash": config_hash(config),
         "versions": versions(), "git": git_commit(), "hardware": hardware(str(plan.device)) | (
             {"device_map": {"requested": plan.request.device_map, "modules": model_plan.device_map}}

@@ -25,7 +25,7 @@ from benchsuite.api.components import Criterion, Granularity, Method, Schedule
 from benchsuite.api.corpora import Corpus
 from benchsuite.api.errors import AssetError, ConfigError
 from benchsuite.api.metrics import STANDARD_METRICS, MeasureContext, Metric
-from benchsuite.api.model import PROJECTIONS, base_linear, decoder_layers
+from benchsuite.api.model import base_linear, decoder_layers
 from benchsuite.api.profiles import (
     Profile,
     get_profile,
@@ -435,6 +435,8 @@ class ModelPlan:
     runs: list[RunSpec]
     #: ``{module: device}`` of the dense model spread over GPUs (``--device-map``); None on one device
     device_map: dict[str, str] | None = None
+    #: the model's family, as records keep it (:meth:`~benchsuite.api.architecture.Architecture.as_dict`)
+    family: dict[str, Any] | None = None
 
     def spec(self, method: MethodPlan, ratio: float, seed: int) -> RunSpec:
         for spec in self.runs:
@@ -461,7 +463,7 @@ def unit_ratio(plan: RunPlan, method: MethodPlan, ratio: float, dense: nn.Module
         unit = ratio
     else:
         total = sum(base_linear(layer.get_submodule(path)).weight.numel()
-                    for layer in decoder_layers(dense) for path in PROJECTIONS)
+                    for layer in decoder_layers(dense) for path in architecture_of(dense).projections)
         prunable = sum(g.size * n for g, n in zip(groups, granularity.unit_params(dense, groups)))
         unit = ratio * total / prunable
         info |= {"projection_params": total, "prunable_params": prunable}
@@ -552,7 +554,7 @@ def plan_model(plan: RunPlan) -> ModelPlan:
             for method in plan.methods for ratio in method.ratios for seed in plan.request.seeds]
     return ModelPlan(model_info, tokenizer, dense, weights_sha, dense_params, train_steps, recovery_corpora,
                      recovery_data, RunSpec(None, 0.0, 0, dense_config(plan, weights_sha)), runs,
-                     device_map_of(dense))
+                     device_map_of(dense), architecture_of(dense, prunable=False).as_dict())
 
 
 def _context_config(plan: RunPlan, weights_sha: str) -> dict[str, Any]:

@@ -9,7 +9,9 @@ nothing but torch and transformers installed.
 - ``benchsuite_biases``: per decoder layer, the projections that have a bias (FLAP's compensation adds one
   to ``self_attn.o_proj`` and ``mlp.down_proj``), or null;
 - ``benchsuite_cut_with_heads``: norms over the whole query (``q``) or key/value (``kv``) projection, whose width
-  follows the layer's head counts (OLMo 2's ``q_norm``/``k_norm``), or null.
+  follows the layer's head counts (OLMo 2's ``q_norm``/``k_norm``), or null;
+- ``benchsuite_projections``: the paths of q, k, v, o and gate, up, down in a decoder layer (a fused projection is
+  named for each of its parts, as Phi-3's ``qkv_proj``), or null for the Llama names.
 
 The classes subclass the installed transformers classes of the model's family (this file is written for each
 family from the Llama one, with its classes in place of Llama's) and only reshape the projections: attention,
@@ -18,6 +20,8 @@ rotary embeddings, norms, the KV cache and generation are transformers' own.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -25,6 +29,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 WIDTHS_KEY = "benchsuite_layer_widths"
 BIASES_KEY = "benchsuite_biases"
 CUT_KEY = "benchsuite_cut_with_heads"
+PATHS_KEY = "benchsuite_projections"
+#: the projections of a decoder layer, where config.json names none (the Llama layout)
+DEFAULT_PATHS = {"attention": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"],
+                 "mlp": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]}
 
 
 class BenchsuiteLlamaConfig(LlamaConfig):
@@ -47,21 +55,25 @@ class BenchsuiteLlamaForCausalLM(LlamaForCausalLM):
         if len(widths) != len(layers) or len(biases) != len(layers):
             raise ValueError(f"config.json describes {len(widths)} layers' widths and {len(biases)} layers' biases "
                              f"for a model of {len(layers)} layers")
+        paths = getattr(config, PATHS_KEY, None) or DEFAULT_PATHS
+        q_path, k_path, v_path, o_path = paths["attention"]
+        gate, up, down = paths["mlp"]
         hidden = config.hidden_size
         for layer, width, with_bias in zip(layers, widths, biases):
-            attn, mlp = layer.self_attn, layer.mlp
+            attn = layer.get_submodule(q_path.rpartition(".")[0])
             head_dim = attn.head_dim
             heads = width["num_heads"] if width else config.num_attention_heads
             kv_heads = width["num_kv_heads"] if width else config.num_key_value_heads
             inter = width["intermediate_size"] if width else config.intermediate_size
             q, kv = heads * head_dim, kv_heads * head_dim
-            shapes = {"self_attn.q_proj": (hidden, q), "self_attn.k_proj": (hidden, kv),
-                      "self_attn.v_proj": (hidden, kv), "self_attn.o_proj": (q, hidden),
-                      "mlp.gate_proj": (hidden, inter), "mlp.up_proj": (hidden, inter),
-                      "mlp.down_proj": (inter, hidden)}
+            rows: dict[str, int] = {}  # the parts of a fused projection (Phi-3's qkv_proj, gate_up_proj) add up
+            for path, size in ((q_path, q), (k_path, kv), (v_path, kv), (gate, inter), (up, inter)):
+                rows[path] = rows.get(path, 0) + size
+            shapes = {path: (hidden, size) for path, size in rows.items()} | {o_path: (q, hidden),
+                                                                              down: (inter, hidden)}
             for path, (fan_in, fan_out) in shapes.items():
-                parent, name = path.split(".")
-                owner = attn if parent == "self_attn" else mlp
+                parent, _, name = path.rpartition(".")
+                owner = layer.get_submodule(parent)
                 old = getattr(owner, name)
                 bias = old.bias is not None or path in with_bias
                 if (old.in_features, old.out_features, old.bias is not None) != (fan_in, fan_out, bias):
@@ -75,5 +87,9 @@ class BenchsuiteLlamaForCausalLM(LlamaForCausalLM):
             for name, value in (("num_heads", heads), ("num_key_value_heads", kv_heads)):
                 if hasattr(attn, name):
                     setattr(attn, name, value)
+            if q_path == k_path and heads != config.num_attention_heads:  # a fused split reads the config's count
+                attn.config = copy.copy(attn.config)
+                attn.config.num_attention_heads = heads
+            mlp = layer.get_submodule(gate.rpartition(".")[0])
             if hasattr(mlp, "intermediate_size"):
                 mlp.intermediate_size = inter
