@@ -33,13 +33,13 @@ def benchsuite_register_architectures(register):
         config_class="Qwen3Config", model_class="Qwen3ForCausalLM", kept=("self_attn.q_norm", "self_attn.k_norm")))
     register(Architecture(
         "gemma2", ("gemma2",), "Gemma 2: pre/post feed-forward norms, scaled embeddings, GELU-tanh MLP, logit "
-        "soft-capping, query_pre_attn_scalar (none of them cut)",
-        config_class="Gemma2Config", model_class="Gemma2ForCausalLM"))
+        "soft-capping, query_pre_attn_scalar (none of them cut); windows start with BOS",
+        config_class="Gemma2Config", model_class="Gemma2ForCausalLM", bos=True))
     register(Architecture(
         "gemma3", ("gemma3_text",), "Gemma 3 (text): Gemma 2's layout with q_norm/k_norm over head_dim (kept) and "
-        "mixed sliding/global layers",
+        "mixed sliding/global layers; windows start with BOS",
         config_class="Gemma3TextConfig", model_class="Gemma3ForCausalLM",
-        kept=("self_attn.q_norm", "self_attn.k_norm")))
+        kept=("self_attn.q_norm", "self_attn.k_norm"), bos=True))
     register(Architecture(
         "granite", ("granite",), "Granite: the Llama layout with embedding, residual, attention and logit multipliers "
         "(kept in the config)",

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from benchsuite import ConfigError, hookimpl
+from benchsuite.api.architecture import bos_token
 from benchsuite.api.columns import STANDARD, accuracy_column, perplexity_column
 from benchsuite.api.metrics import MeasureContext, Metric, MetricResult
 from benchsuite.api.profiles import corpus_label
@@ -55,13 +56,16 @@ class Perplexity(Metric):
         from benchsuite.evaluation.perplexity import perplexity
 
         values, details = {}, {}
+        bos = bos_token(model, ctx.tokenizer)
         for corpus in ctx.corpora:
             key = f"ppl_{corpus_label(corpus.name)}"
-            result = perplexity(model, self.windows(corpus, ctx), ctx.profile.eval_batch, desc=f"ppl {corpus.name}")
+            result = perplexity(model, self.windows(corpus, ctx), ctx.profile.eval_batch, desc=f"ppl {corpus.name}",
+                                bos=bos)
             values[key], values[f"{key}_lo"], values[f"{key}_hi"] = result["ppl"], result["ci_lo"], result["ci_hi"]
             details[key] = {k: v for k, v in result.items() if k != "ppl"} | {
                 "corpus": corpus.name, "split": "evaluation part (disjoint from calibration)",
-                "windows": "non-overlapping", "bos": "none prepended"}
+                "windows": "non-overlapping", "bos": "none prepended" if bos is None else
+                f"token {bos} before every window (the model's family expects it; context only, not scored)"}
         return MetricResult(values, details)
 
 

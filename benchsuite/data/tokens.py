@@ -105,3 +105,10 @@ def training_windows(tokenizer, corpora: CorpusLike | Sequence[Corpus], length: 
         raise ValueError(f"corpus '{','.join(c.name for c in corpora)}' has fewer than {length} tokens of "
                          "calibration text")
     return ids[: n * length].reshape(n, length)
+
+
+def with_bos(windows: torch.Tensor, bos: int | None) -> torch.Tensor:
+    """``windows`` (``[n, length]``) with ``bos`` put before each (``[n, length + 1]``); unchanged when None."""
+    if bos is None:
+        return windows
+    return torch.cat([torch.full((windows.shape[0], 1), bos, dtype=windows.dtype), windows], dim=1)

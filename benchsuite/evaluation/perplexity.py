@@ -10,23 +10,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchsuite.api.model import input_device
+from benchsuite.data.tokens import with_bos
 from benchsuite.evaluation.stats import perplexity_interval
 from benchsuite.util.progress import track
 
 
 @torch.inference_mode()
 def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
-               desc: str = "perplexity") -> dict[str, Any]:
+               desc: str = "perplexity", bos: int | None = None) -> dict[str, Any]:
     """Token perplexity over non-overlapping windows: exp(mean NLL of every predicted token).
 
     Each window is scored independently (no context carried over); the first token of each window
-    is context only. No BOS token is prepended.
+    is context only. ``bos``, where given (families that expect it, :func:`~benchsuite.api.architecture.bos_token`),
+    is put before every window as context: the same tokens are scored either way.
     """
     device = input_device(model)  # a model spread over devices (device_map): logits may come from another
     window_nll: list[float] = []
     for start in track(range(0, len(windows), batch_size), desc):
-        batch = windows[start:start + batch_size].to(device)
-        logits = model(batch, use_cache=False).logits[:, :-1].float()  # one pass: no KV cache to build
+        batch = windows[start:start + batch_size]
+        skip = 0 if bos is None else 1
+        batch = with_bos(batch, bos).to(device)
+        logits = model(batch, use_cache=False).logits[:, skip:-1].float()  # one pass: no KV cache to build
+        batch = batch[:, skip:]
         targets = batch[:, 1:].to(logits.device)
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
         window_nll.extend(nll.view(len(batch), -1).double().sum(dim=1).tolist())

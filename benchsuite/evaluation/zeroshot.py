@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from benchsuite.api.architecture import bos_token
 from benchsuite.api.errors import ConfigError
 from benchsuite.data.tasks import (
     BOOTSTRAP_ITERS,
@@ -91,7 +92,9 @@ def evaluate_zeroshot(model: Any, tokenizer: Any, tasks: list[str], limit: int |
     try:
         with progress.captured_stderr("lm-eval"):  # its warnings and bars: shown with -v, or if it fails
             with _keep_weights_as_given(model):
-                lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+                # a family that expects BOS (Gemma) gets it before every request; others as lm-eval decides
+                bos = True if bos_token(model, tokenizer) is not None else None
+                lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=bos)
             output = lm_eval.simple_evaluate(
                 model=lm,
                 tasks=[TASKS[n].task_name for n in names],

@@ -28,13 +28,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchsuite.api.architecture import bos_token
 from benchsuite.api.columns import Column
 from benchsuite.api.components import Granularity, PruneContext, PruneOutcome
 from benchsuite.api.corpora import Corpus
 from benchsuite.api.metrics import MeasureContext, Metric, check_values
 from benchsuite.api.model import input_device
 from benchsuite.api.profiles import Profile
-from benchsuite.data.tokens import batches, calibration_samples
+from benchsuite.data.tokens import batches, calibration_samples, with_bos
 from benchsuite.evaluation.memory import PeakMemory, tensor_bytes
 from benchsuite.models.checkpoint import device_map_of
 from benchsuite.running.finetune import (
@@ -113,11 +114,14 @@ class LoRATrainer:
             if before_step is not None:
                 before_step(step, model)
 
-        data = cycle_batches(self.tokenizer, self.data, p.train_len, p.train_batch, self.seed)
+        bos = bos_token(model, self.tokenizer)
+        data = (with_bos(batch, bos) for batch in cycle_batches(self.tokenizer, self.data, p.train_len, p.train_batch,
+                                                                self.seed))
         with checkpointing(model, self.gradient_checkpointing):
             log = train_lora(model, data, steps, self.lora, self.seed, watched, after_step, desc)
         return log.summary() | {"micro_batch": p.train_batch, "length": p.train_len} | (
-            {"gradient_checkpointing": True} if self.gradient_checkpointing else {})
+            {"gradient_checkpointing": True} if self.gradient_checkpointing else {}) | (
+            {"bos": f"token {bos} before every window"} if bos is not None else {})
 
 
 # -- prune ----------------------------------------------------------------------------------------------
@@ -158,9 +162,9 @@ def prune(plan: RunPlan, model_plan: ModelPlan, spec: RunSpec, calibration: Cali
     # a model spread over GPUs (--device-map): ctx.device is where its inputs go, the embedding's GPU
     ctx = PruneContext(seed=spec.seed, device=input_device(model) if plan.request.device_map else plan.device,
                        profile=plan.profile.as_dict(),
-                       calibration_batches=lambda: batches(
+                       calibration_batches=lambda: batches(with_bos(
                            calibration.samples(spec.calibration_corpus, cal["samples"], cal["length"], spec.seed),
-                           plan.profile.calib_batch),
+                           bos_token(model, model_plan.tokenizer)), plan.profile.calib_batch),
                        train_steps=model_plan.train_steps, finetune=trainer)
     placement = device_map_of(model) if plan.request.device_map else None
     if placement is not None:  # this run's own load: a balanced map follows the GPUs' free memory
@@ -385,7 +389,8 @@ def recovery_setup(plan: RunPlan, model_plan: ModelPlan, spec: RunSpec, pruned: 
     return {"label": label, "when": "while pruning" if spec.method.schedule.trains else "after pruning",
             "steps": train_log.get("steps"), "micro_batch": plan.profile.train_batch, "grad_accum": lora.grad_accum,
             "length": plan.profile.train_len, "tokens": train_log.get("tokens"), "lr": lora.lr,
-            "lr_schedule": lora.lr_schedule, "warmup_steps": lora.warmup_steps, "data": model_plan.recovery_data}
+            "lr_schedule": lora.lr_schedule, "warmup_steps": lora.warmup_steps, "data": model_plan.recovery_data} | (
+                {"bos": train_log["bos"]} if train_log.get("bos") else {})
 
 
 def record(plan: RunPlan, model_plan: ModelPlan, spec: RunSpec, stages: RunStages, started_at: str,
