@@ -18,7 +18,7 @@ from benchsuite.running.runner import Runner, RunRequest
 from tests.conftest import bench
 
 # transformers alone: any import of benchsuite fails, as in a virtualenv where it is not installed
-OUTSIDE = textwrap.dedent('''
+NO_BENCHSUITE = textwrap.dedent('''
     import importlib.abc, json, sys
     class NoBenchsuite(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -26,6 +26,8 @@ OUTSIDE = textwrap.dedent('''
                 raise ImportError(f"{name}: benchsuite is not installed here")
     sys.meta_path.insert(0, NoBenchsuite())
     sys.path = [p for p in sys.path if not p.rstrip("/").endswith("/main") and p not in ("", ".")]
+''')
+OUTSIDE = NO_BENCHSUITE + textwrap.dedent('''
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     folder, tokens_file, out = sys.argv[1], sys.argv[2], sys.argv[3]

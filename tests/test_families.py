@@ -24,6 +24,7 @@ from benchsuite.models.export import export
 from benchsuite.running.runner import Runner, RunRequest
 from benchsuite.testing import offline_tokenizer, save_tiny_model, tiny_model
 from benchsuite_plugins.granularities import NM, Structured, Unstructured
+from tests.test_export import NO_BENCHSUITE
 
 PRUNABLE = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "granite", "olmo2", "phi3"]
 REFUSED = ["mixtral", "qwen3-moe"]
@@ -31,14 +32,7 @@ LAYERS = 6
 
 # plain transformers: any import of benchsuite fails, as where it is not installed; prints, per folder, the class it
 # opened as and where its logits were written
-OUTSIDE = textwrap.dedent('''
-    import importlib.abc, json, sys
-    class NoBenchsuite(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("benchsuite", "benchsuite_plugins", "tests"):
-                raise ImportError(f"{name}: benchsuite is not installed here")
-    sys.meta_path.insert(0, NoBenchsuite())
-    sys.path = [p for p in sys.path if p not in ("", ".")]
+OUTSIDE = NO_BENCHSUITE + textwrap.dedent('''
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tokens = torch.tensor(json.loads(sys.argv[1]))

@@ -117,9 +117,13 @@ def use_architectures(families: Iterable[Architecture]) -> None:
 
 def known_families() -> dict[str, Architecture]:
     """model_type -> family, loading the plugins first where none is known."""
+    return dict(_families())
+
+
+def _families() -> dict[str, Architecture]:
     if not _FAMILIES and _loader is not None:
         _loader()
-    return dict(_FAMILIES)
+    return _FAMILIES
 
 
 def model_type_of(model_or_config: Any) -> str | None:
@@ -135,7 +139,7 @@ def architecture_of(model_or_config: Any, *, prunable: bool = True) -> Architect
     lists the described families and points to the guide; with ``prunable``, so is a family described as not
     prunable yet (with its reason)."""
     model_type = model_type_of(model_or_config)
-    families = known_families()
+    families = _families()
     family = families.get(model_type) if model_type else None
     if family is None:
         names = sorted({f"{f.name} ({', '.join(f.model_types)})" for f in families.values() if not f.unsupported})
