@@ -31,9 +31,6 @@ from benchsuite.api.model import (  # noqa: F401 - benchsuite.structure (its old
     linear_modules,
 )
 
-#: Consumers of a group's output in the Llama layout: masking their input columns removes the unit exactly (a
-#: family's own are its ``attention[3]`` and ``mlp[2]``)
-CONSUMERS = {"attention": "self_attn.o_proj", "mlp": "mlp.down_proj"}
 ATTENTION_MODES = ("heads", "kv-groups", "none")
 
 #: the layout assumed where no family is given (transformers' Llama names, separate projections)
@@ -473,8 +470,6 @@ def record_biases(model: nn.Module) -> None:
 def native_biases(config) -> list[set[str]]:
     """Per decoder layer, the projections that a model built from ``config`` has biases on (read from a skeleton on
     the meta device: no memory, no initialisation)."""
-    import copy
-
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
