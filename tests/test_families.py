@@ -293,3 +293,19 @@ def test_families_that_expect_bos_get_it_before_every_window_and_score_the_same_
     ppl = next(v for k, v in records[-1]["measurement"].items() if k.startswith("ppl_"))
     assert "before every window" in ppl["bos"] and "before every window" in records[-1]["recovery_setup"]["bos"]
     assert records[-1]["recovery_setup"]["tokens"] == 4 * 2 * 65  # the smoke profile's 4 steps of 2 x (64 + BOS)
+
+
+def test_exports_no_family_is_tested_for_are_refused_with_the_reason(tmp_path):
+    """GGUF (llama.cpp's Llama layout) and compressed-tensors (read back on Llama only) refuse other families before
+    writing anything; hf writes them all (above)."""
+    model = tiny_model("qwen3", 6, 2, 2)
+    gran = NM(n=2, m=4)
+    groups = gran.units(model, [0, 1])
+    masks = gran.select(groups, _element_scores(model, groups), 0.5)
+    gran.apply_masks(model, groups, masks)
+    folder = save_pruned(gran.finalize(model, groups, masks), tmp_path / "qwen3-2_4", tokenizer=offline_tokenizer())
+    with pytest.raises(ConfigError, match="a qwen3 model can't be written as GGUF by this version"):
+        export(folder, "gguf", tmp_path / "out.gguf")
+    with pytest.raises(ConfigError, match="a qwen3 model; the compressed-tensors export is tested on Llama"):
+        export(folder, "compressed-tensors", tmp_path / "out.ct")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qwen3-2_4"]

@@ -68,6 +68,9 @@ def export(path: Path, fmt: str = "hf", out: Path | None = None) -> Path:
         raise ConfigError(f"-o {out} exists and is not an empty folder: give a new one")
     config = json.loads((source / "config.json").read_text())
     family = family_of(config)  # a model_type no plugin describes: one clear error, before anything is written
+    if fmt == "compressed-tensors" and family.name != "llama":  # the only family its read-back is tested on
+        raise ConfigError(f"{source}: a {family.name} model; the compressed-tensors export is tested on Llama-family "
+                          "models only: use --format hf (a plain checkpoint of its family)")
     if fmt == "compressed-tensors" and needs_remote_code(config):
         granularity = ((record or {}).get("granularity") or {}).get("label", "structured")
         raise ConfigError(f"{source}: compressed-tensors holds 2:4 sparse models with their family's plain shapes; "
