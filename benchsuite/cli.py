@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from benchsuite import __version__
-from benchsuite.api.errors import AssetError, ConfigError
+from benchsuite.api.errors import AssetError, ConfigError, StorageError
 from benchsuite.api.profiles import LR_SCHEDULES, PROFILES
 from benchsuite.host import PluginError, get_registry
 from benchsuite.models.checkpoint import DEVICE_MAPS
@@ -664,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, PluginError) as exc:
         print(f"benchsuite: error: {exc}", file=sys.stderr)
         return 2
-    except AssetError as exc:
+    except (AssetError, StorageError) as exc:
         print(f"benchsuite: error: {exc}", file=sys.stderr)
         return 1
 

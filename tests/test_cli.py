@@ -231,3 +231,49 @@ def test_a_failed_run_makes_the_exit_status_1_after_the_others_finish(tmp_path, 
     assert result.returncode == 0, result.stderr
     assert "1 run(s) of the matrix failed" in result.stderr and "exit status 1" not in result.stderr
     assert bench(*args).returncode == 0  # retried, and it passes now
+
+
+def test_a_full_results_disk_is_one_line_and_keeps_what_finished(tmp_path, tiny_model_dir, offline, monkeypatch):
+    """Fault injection: the second record's write finds no space left (and a save of a model, too). One line names
+    the folder and what was kept, the exit status is 1, finished records are intact and nothing partial is left;
+    the same command then goes on where it stopped."""
+    import errno
+    import os
+
+    from benchsuite.running import runner
+    from benchsuite.util import atomic
+
+    results = tmp_path / "results"
+    args = ["run", "--model", str(tiny_model_dir), "--methods", "magnitude-l2,random", "--ratios", "0.5",
+            "--results", str(results), *smoke(offline)]
+    original = atomic.os.fsync
+    calls = []
+
+    def full_disk(fd):  # the first pruned run's record is written, and its flush to disk finds no space
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if ".ratio-0.5_seed-0." in name and not calls:
+            calls.append(name)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", full_disk)
+    result = bench(*args)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1, result.stderr
+    assert last.startswith(f"benchsuite: error: --results {results}: can't write ratio-0.5_seed-0.")
+    assert "(No space left on device); the 1 finished records there are intact" in last
+    records = sorted(p.name for p in results.rglob("*.json"))
+    assert len(records) == 1 and records[0].startswith("dense.")
+    monkeypatch.setattr(atomic.os, "fsync", original)
+    resumed = bench(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "done before, kept" in resumed.stderr and len(list(results.rglob("*.json"))) == 3
+    assert not [p for p in results.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name]
+
+    def no_space(path):
+        return runner.shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000)
+
+    monkeypatch.setattr(runner.shutil, "disk_usage", no_space)  # checked before any work
+    result = bench(*args[:-len(smoke(offline))], *smoke(offline), "--rerun", "--results", str(tmp_path / "r2"))
+    assert result.returncode == 2 and "MB free, and the 3 runs to do write about" in result.stderr
+    assert not (tmp_path / "r2").exists() or not list((tmp_path / "r2").rglob("*.json"))

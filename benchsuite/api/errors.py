@@ -9,3 +9,8 @@ class ConfigError(ValueError):
 
 class AssetError(RuntimeError):
     """A model or data asset could not be fetched, verified or converted."""
+
+
+class StorageError(RuntimeError):
+    """The results folder can't take what a run writes (no space left, write access lost): said in one line with
+    the folder and what was kept; finished records stay intact and nothing partial is left."""

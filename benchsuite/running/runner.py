@@ -11,6 +11,8 @@ runs are skipped when re-run (unless ``rerun``): a run is finished when a record
 
 from __future__ import annotations
 
+import errno
+import shutil
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchsuite.api.errors import ConfigError, StorageError
 from benchsuite.api.metrics import MeasureContext
 from benchsuite.api.profiles import Profile
 from benchsuite.host import Registry, get_registry
@@ -75,6 +78,22 @@ __all__ = [
     "check_corpus_file", "check_ratios", "parse_granularity", "pick_device", "plan_methods", "pruned_units",
     "seed_everything",
 ]
+
+
+#: errors of a write that say the folder can't take it (not that the run went wrong)
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+#: what a record takes on disk, at most (the reference records: 24 KB on average, 40 KB the largest)
+RECORD_BYTES = 64 * 1024
+
+
+def _existing(path):
+    """``path``, or its closest existing parent (the results folder may not exist yet)."""
+    from pathlib import Path
+
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 class Runner:
@@ -143,6 +162,23 @@ class Runner:
         with progress.setup("plan"):  # tokenizer, dense model, recovery text, the metrics' data, every check
             self.model_plan = plan_model(self.plan)
         self._calibration = Calibration(self.model_plan.tokenizer)
+        self._check_space()
+
+    def _check_space(self) -> None:
+        """Refuse, before any work, a plan whose records (and saved models) would not fit the results folder's free
+        space (estimated: 64 KB a record, the dense model's size a saved model; runs finished before are left out)."""
+        model_plan = self._model_plan()
+        todo = [spec for spec in [model_plan.dense_run, *model_plan.runs] if self.finished(spec) is None]
+        need = len(todo) * RECORD_BYTES + 1_000_000  # and the table
+        if self.request.save_models:
+            need += sum(1 for spec in todo if spec.method is not None) * model_plan.dense_params * \
+                torch.empty(0, dtype=self.dtype).element_size()
+        free = shutil.disk_usage(_existing(self.request.results)).free
+        if free < need:
+            raise ConfigError(f"--results {self.request.results}: {free / 1e6:,.1f} MB free, and the {len(todo)} runs "
+                              f"to do write about {need / 1e6:,.1f} MB (records"
+                              f"{', saved models' if self.request.save_models else ''}): free some space, or give "
+                              "another --results folder")
 
     # -- run ------------------------------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
@@ -216,9 +252,12 @@ class Runner:
                 result = record(self.plan, self._model_plan(), spec, stages, started_at, now())
                 if stages.failure is None and result["status"] != "ok":
                     self.error(f"{spec.label}: FAILED {result['error']}")
-                write_new(path, result)
-                if stages.model_path is not None:  # the saved model's card, with what the run measured
-                    write_card(stages.model_path, result)
+                try:
+                    write_new(path, result)
+                    if stages.model_path is not None:  # the saved model's card, with what the run measured
+                        write_card(stages.model_path, result)
+                except OSError as exc:
+                    raise self._storage_error(exc, path) from None
         finally:
             view.finish_run(measured=result is not None and result["status"] == "ok")
         return result | {"_path": str(path)}, True
@@ -243,16 +282,36 @@ class Runner:
             stages.measured = self.evaluate(model, spec.seed)
             if self.request.save_models:
                 out = path.parent / "models" / path.stem
-                save_pruned(model, out, model_plan.tokenizer, provenance={
-                    "method": spec.method.method.name, "ratio": spec.ratio, "seed": spec.seed,
-                    "model": model_plan.model_info.name, "weights_sha256": model_plan.weights_sha,
-                    "config": spec.config})
+                try:
+                    save_pruned(model, out, model_plan.tokenizer, provenance={
+                        "method": spec.method.method.name, "ratio": spec.ratio, "seed": spec.seed,
+                        "model": model_plan.model_info.name, "weights_sha256": model_plan.weights_sha,
+                        "config": spec.config})
+                except BaseException as exc:
+                    shutil.rmtree(out, ignore_errors=True)  # no half-saved model stays
+                    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:  # the folder's fault, not the run's
+                        raise self._storage_error(exc, out) from None
+                    raise
                 stages.model_path = out
             del model
+        except StorageError:
+            raise  # the same command resumes once the folder can take it
         except Exception as exc:  # noqa: BLE001 - one failing run must not stop the others
             stages.failure = Failure(f"{type(exc).__name__}: {exc}", traceback.format_exc())
             self.error(f"{spec.label}: FAILED {stages.failure.error}")
         return stages
+
+    def _storage_error(self, exc: OSError, path) -> Exception:
+        """A write that failed for the folder's sake (no space, no write access) as one line saying what was kept;
+        any other OSError as it is."""
+        if exc.errno not in STORAGE_ERRNOS:
+            return exc
+        from benchsuite.running.records import latest_attempts, scan
+
+        kept = sum(1 for r in latest_attempts(scan(self.request.results)[0]) if r.get("status") == "ok")
+        return StorageError(f"--results {self.request.results}: can't write {path.name} ({exc.strerror}); the "
+                            f"{kept} finished records there are intact and nothing partial was left: free space (or "
+                            "restore write access) and run the same command again, it goes on where it stopped")
 
     # -- measure ----------------------------------------------------------------------------------------------
     def evaluate(self, model: nn.Module, seed: int = 0) -> Measurement:
