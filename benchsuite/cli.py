@@ -458,6 +458,9 @@ def cmd_report(args) -> int:
     from benchsuite.reporting.tables import render
     from benchsuite.util.atomic import write_atomic
 
+    if args.check and args.update is None:
+        raise ConfigError("--check compares a file's tables with the records: give the file with --update FILE "
+                          "(e.g. benchsuite report --results results/reference --update README.md --check)")
     if args.update is not None:
         new, count = update_tables(args.update, args.results)
         if not count:

@@ -277,3 +277,8 @@ def test_a_full_results_disk_is_one_line_and_keeps_what_finished(tmp_path, tiny_
     result = bench(*args[:-len(smoke(offline))], *smoke(offline), "--rerun", "--results", str(tmp_path / "r2"))
     assert result.returncode == 2 and "MB free, and the 3 runs to do write about" in result.stderr
     assert not (tmp_path / "r2").exists() or not list((tmp_path / "r2").rglob("*.json"))
+
+
+def test_report_check_without_a_file_is_an_error(tmp_path):
+    result = bench("report", "--results", str(tmp_path), "--check")
+    assert result.returncode == 2 and "--check compares a file's tables with the records" in result.stderr
