@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--results", type=Path, default=Path("results"),
                      help="directory for the JSON records and table.md (default: results)")
     run.add_argument("--rerun", action="store_true", help="run again even where a finished record exists")
+    run.add_argument("--view", choices=["compact", "full"], default="compact",
+                     help="the table printed at the end: compact (method, granularity, recovery, ratio, perplexities "
+                     "with their intervals, parameters left, speedup, status: fits 120 columns for the default run) "
+                     "or full (every column); the file table.md beside the records always has every column "
+                     "(default: compact)")
     run.add_argument("--allow-failures", action="store_true",
                      help="exit 0 even when runs of the matrix failed (for sweeps that expect some to); by default the "
                      "other runs finish, the table is written, and the exit status is 1")
@@ -201,8 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "'<!-- benchsuite report [filters] -->' ... '<!-- end report -->' from the records")
     report.add_argument("--check", action="store_true",
                         help="with --update: change nothing, exit 1 if a table differs from the records")
-    report.add_argument("--view", choices=["all", "ppl", "zeroshot"], default="all",
-                        help="markdown columns: all, ppl (perplexity and efficiency), zeroshot (accuracies)")
+    report.add_argument("--view", choices=["all", "ppl", "zeroshot", "compact"], default="all",
+                        help="markdown columns: all, ppl (perplexity and efficiency), zeroshot (accuracies), compact "
+                        "(perplexities with intervals, parameters left, speedup: what `run` prints)")
 
     compare = sub.add_parser(
         "compare", help="paired differences between methods (or two results folders) with 95%% intervals",
@@ -362,7 +368,7 @@ def cmd_run(args) -> int:
     out = args.results / slug(runner.model_info.name) / slug(runner.profile.name) / "table.md"
     write_atomic(out, table + "\n")
     if not quiet:
-        print(table)
+        print(table if args.view == "full" else render(records, "markdown", view="compact"))
         print(f"\nrecords and table: {out.parent}", file=sys.stderr)
         report = view.time_report()
         if report:

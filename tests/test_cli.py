@@ -4,6 +4,7 @@ with exit code 2 and nothing written."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -282,3 +283,21 @@ def test_a_full_results_disk_is_one_line_and_keeps_what_finished(tmp_path, tiny_
 def test_report_check_without_a_file_is_an_error(tmp_path):
     result = bench("report", "--results", str(tmp_path), "--check")
     assert result.returncode == 2 and "--check compares a file's tables with the records" in result.stderr
+
+
+def test_the_default_runs_table_fits_120_columns_and_the_full_one_is_in_the_file(tmp_path, tiny_model_dir, offline):
+    """The printed table is the compact view: the default run's reference records fit a 120-column terminal."""
+    root = Path(__file__).parent.parent
+    compact = bench("report", "--results", str(root / "results" / "reference"), "--profile", "quick", "--seeds", "0",
+                    "--granularity", "structured", "--methods", "loraprune,llm-pruner,magnitude-l2,random",
+                    "--view", "compact").stdout
+    assert "PPL wiki" in compact and "speedup" in compact and "latency ms" not in compact
+    assert max(len(line) for line in compact.splitlines()) <= 120
+    results = tmp_path / "results"
+    run = bench("run", "--model", str(tiny_model_dir), "--methods", "random", "--ratios", "0.5", "--results",
+                str(results), *smoke(offline))
+    assert run.returncode == 0 and "latency ms" not in run.stdout and "params %" in run.stdout
+    assert "latency ms" in next(results.rglob("table.md")).read_text()  # the file: every column
+    full = bench("run", "--model", str(tiny_model_dir), "--methods", "random", "--ratios", "0.5", "--results",
+                 str(results), *smoke(offline), "--view", "full")
+    assert "latency ms" in full.stdout

@@ -127,8 +127,11 @@ _ROW_KEYS = ("seed", "status", "error")
 _INTERVAL_SUFFIXES = ("_lo", "_hi", "_sd", "_noisy", "_iqr_ms")
 
 
-#: which metric columns each view shows (``all``: every column that has a value)
-VIEWS = {"all": None, **{view: [c.key for c in COLUMNS if view in c.views] for view in ("ppl", "zeroshot")}}
+#: which metric columns each view shows (``all``: every column that has a value); ``compact`` (what ``benchsuite
+#: run`` prints: it fits 120 columns for the default run) shows the perplexities with their intervals, the share
+#: of parameters left and the speedup's value, and no seeds column unless runs were averaged over seeds
+VIEWS = {"all": None, **{view: [c.key for c in COLUMNS if view in c.views] for view in ("ppl", "zeroshot")},
+         "compact": ["ppl_wiki", "ppl_c4", "params_ratio", "speedup"]}
 
 
 def _number(row: Any, key: str) -> float | None:
@@ -136,7 +139,7 @@ def _number(row: Any, key: str) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-def cell(row: Any, column: Column) -> str:
+def cell(row: Any, column: Column, interval: bool = True) -> str:
     """A metric with its uncertainty, compactly: perplexity ``27.97 ±3%`` (half the 95% interval, relative),
     accuracy ``38.6 ±4.2`` (points), speedup ``1.12x (1.05-1.20)``, latency ``180.2 (noisy)`` where its
     spread or the machine's load made it untrustworthy; ``(sd X, n)`` follows where seeds were averaged.
@@ -147,7 +150,7 @@ def cell(row: Any, column: Column) -> str:
         return "-"
     text = column.text(value)
     lo, hi = _number(row, f"{key}_lo"), _number(row, f"{key}_hi")
-    if lo is not None and hi is not None:
+    if interval and lo is not None and hi is not None:
         if column.interval == "relative" and value:
             text += f" ±{50 * (hi - lo) / value:.0f}%"
         elif column.interval == "points":
@@ -184,8 +187,10 @@ def table(records: list[dict[str, Any]], view: str = "all") -> tuple[pd.DataFram
         return df, [], []
     single = df["model"].nunique() == 1 and df["profile"].nunique() == 1
     with_settings = bool(df["settings"].astype(bool).any())
+    compact = view == "compact"
+    with_seeds = not compact or bool((df["n"] > 1).any())
     headers = ([] if single else ["model", "profile"]) + ["method", "granularity", "recovery", "ratio"] + (
-        ["settings"] if with_settings else []) + ["seeds", "n"]
+        ["settings"] if with_settings else []) + (["seeds", "n"] if with_seeds else [])
     shown = VIEWS[view]
     extra_ppl = [c for c in df.columns if c.startswith("ppl_") and c not in ("ppl_wiki", "ppl_c4")
                  and not c.endswith(_INTERVAL_SUFFIXES)]
@@ -202,13 +207,26 @@ def table(records: list[dict[str, Any]], view: str = "all") -> tuple[pd.DataFram
         dense = row["method"] == "dense"
         line = ([] if single else [row["model"], row["profile"]]) + [
             row["method"], "-" if dense else row["granularity"], row["recovery"],
-            "-" if dense else f"{row['ratio']:g}"] + ([row["settings"] or "-"] if with_settings else []) + [
-            row["seeds"], str(row["n"])]
+            "-" if dense else f"{row['ratio']:g}"] + ([row["settings"] or "-"] if with_settings else []) + (
+            [row["seeds"], str(row["n"])] if with_seeds else [])
         for column in present:
-            line.append(cell(row, column))
+            line.append(cell(row, column, interval=not (compact and column.key == "speedup")))
         status = "ok" if not row["failed"] else f"{row['failed']}/{row['runs']} failed"
         body.append(line + [status])
     return df, headers + [c.header for c in present] + ["status"], body
+
+
+def _tabulate(body: list[list[str]], headers: list[str], padding: int) -> str:
+    """A github-style markdown table; ``padding``: the spaces tabulate adds to each header beyond one (2, its
+    default; 0 for the compact view, to fit a terminal)."""
+    import tabulate as module
+
+    before = module.MIN_PADDING
+    module.MIN_PADDING = padding
+    try:
+        return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+    finally:
+        module.MIN_PADDING = before
 
 
 def render(records: list[dict[str, Any]], fmt: str = "markdown", view: str = "all") -> str:
@@ -221,7 +239,7 @@ def render(records: list[dict[str, Any]], fmt: str = "markdown", view: str = "al
         buf = io.StringIO()
         df.to_csv(buf, index=False)
         return buf.getvalue()
-    text = tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+    text = _tabulate(body, headers, padding=0 if view == "compact" else 2)
     if df["model"].nunique() == 1 and df["profile"].nunique() == 1:
         text = f"model: {df['model'].iloc[0]} · profile: {df['profile'].iloc[0]}\n\n{text}"
     return text
