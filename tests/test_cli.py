@@ -134,7 +134,7 @@ def test_run_report_and_reload(tmp_path, tiny_model_dir, offline):
 
 def test_listing_commands():
     assert "llama-7b" in bench("models").stdout
-    methods = json.loads(bench("methods", "--json").stdout)
+    methods = json.loads(bench("methods", "--format", "json").stdout)
     assert {"magnitude-l1", "magnitude-l2", "random"} <= set(methods["methods"])
     help_text = bench("run", "--help").stdout
     for option in ("--methods", "--model", "--ratios", "--seeds", "--profile", "--results", "--rerun"):

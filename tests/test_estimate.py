@@ -125,11 +125,14 @@ def test_cli_dry_run_writes_no_records(config_only, tmp_path, monkeypatch):
     assert "| dense" in result.stdout and "per phase" in result.stdout
     assert not list((tmp_path / "r").rglob("*.json"))
     monkeypatch.setattr(estimate, "device_memory", lambda device, spread=False: (1 << 20, "a 1 MB test device"))
-    refused = bench(*args, "--json")
+    refused = bench(*args, "--format", "json")
     assert refused.returncode == 3
     data = json.loads(refused.stdout)
     assert len(data["runs"]) == 5 and all("exceeds" in run["refused"] for run in data["runs"])
     assert not list((tmp_path / "r").rglob("*.json"))
-    without = bench(*args[:-1], "--json")  # --json alone is the dry run's option: an error, nothing run
+    without = bench(*args[:-1], "--format", "json")  # the dry run's option: an error without it, nothing run
     assert without.returncode == 2 and "--dry-run" in without.stderr
+    old = bench(*args, "--json")  # the older spelling still works, and says so
+    assert old.returncode == 3 and json.loads(old.stdout)["runs"]
+    assert "--json is deprecated; write --format json" in old.stderr
     assert not list((tmp_path / "r").rglob("*.json"))

@@ -129,7 +129,7 @@ def cli_with(monkeypatch):
 
 def test_plugins_command_lists_failures(third_party, cli_with):
     bench = cli_with(third_party)
-    listed = {p["name"]: p for p in json.loads(bench("plugins", "--json").stdout)}
+    listed = {p["name"]: p for p in json.loads(bench("plugins", "--format", "json").stdout)}
     assert listed["broken"]["error"] and listed["extra"]["registers"]["criteria"] == ["ones"]
     text = bench("plugins").stdout
     assert "FAILED, skipped" in text and "baselines" in text
