@@ -72,6 +72,18 @@ def _format_option(parser: argparse.ArgumentParser, help: str = "a table (defaul
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
 
 
+def _run_filters(parser: argparse.ArgumentParser) -> None:
+    """The filters ``report`` and ``compare`` share (:func:`run_filter`)."""
+    parser.add_argument("--granularity", help="only this granularity (e.g. structured, 2:4)")
+    parser.add_argument("--ratios", type=_floats, help="only these ratios (comma-separated)")
+    parser.add_argument("--seeds", type=_ints, help="only these seeds (comma-separated; e.g. 0 for what a default "
+                        "run measures, where more seeds are stored)")
+    parser.add_argument("--recovery", choices=["lora", "none"], help="only runs with (or without) LoRA recovery")
+    parser.add_argument("--settings", metavar="HASH",
+                        help="only runs with these settings: the hash (or its start) that the 'settings' column "
+                        "shows where runs of one method and ratio were made with different settings")
+
+
 def _wants_json(args) -> bool:
     """Whether the command's output is JSON (``--format json``, or the deprecated ``--json`` with a note)."""
     if getattr(args, "json", False):
@@ -208,14 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--model", help="only this model's records")
     report.add_argument("--profile", help="only this profile's records")
     report.add_argument("--methods", help="only these methods (comma-separated; dense is always shown)")
-    report.add_argument("--granularity", help="only this granularity (e.g. structured, 2:4)")
-    report.add_argument("--ratios", type=_floats, help="only these ratios (comma-separated)")
-    report.add_argument("--seeds", type=_ints, help="only these seeds (comma-separated; e.g. 0 for what a default "
-                        "run measures, where more seeds are stored)")
-    report.add_argument("--recovery", choices=["lora", "none"], help="only runs with (or without) LoRA recovery")
-    report.add_argument("--settings", metavar="HASH",
-                        help="only runs with these settings: the hash (or its start) that the 'settings' column "
-                        "shows where runs of one method and ratio were made with different settings")
+    _run_filters(report)
     report.add_argument("--update", type=Path, metavar="FILE",
                         help="instead of printing, rewrite every table in FILE (e.g. README.md) marked "
                         "'<!-- benchsuite report [filters] -->' ... '<!-- end report -->' from the records")
@@ -245,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "latency)")
     compare.add_argument("--model", help="only this model's runs")
     compare.add_argument("--profile", help="only this profile's runs")
+    _run_filters(compare)
     compare.add_argument("--fail-if", action="append", default=[], metavar="METRIC:LIMIT",
                          help="exit 1 where METRIC is significantly worse by more than LIMIT: ppl_wiki:+2%% "
                          "(relative), acc_avg:-0.01 (absolute; accuracies are fractions); may be repeated")
@@ -426,25 +432,35 @@ def stored_records(results: Path) -> list[dict]:
     return latest_attempts(records)
 
 
+def run_filter(args):
+    """The filters ``report`` and ``compare`` share, as a test of one record: model and profile for every record;
+    ratios, seeds, granularity, recovery and settings for the pruned runs (a dense record passes those)."""
+    from benchsuite.reporting.tables import recovery_label
+    from benchsuite.running.records import settings_hash
+
+    def keep(r: dict) -> bool:
+        if (args.model and r.get("model") != args.model) or (args.profile and r.get("profile") != args.profile):
+            return False
+        return r.get("method") == "dense" or (
+            (not args.ratios or any(abs(r.get("ratio", -1) - x) < 1e-9 for x in args.ratios))
+            and (not getattr(args, "seeds", None) or r.get("seed") in args.seeds)
+            and (not args.granularity or (r.get("granularity") or {}).get("label") == args.granularity)
+            and (not args.recovery or recovery_label(r).split(",")[0].lower() == args.recovery)
+            and (not args.settings or settings_hash(r["config"]).startswith(args.settings)))
+
+    return keep
+
+
 def select_records(args, records: list[dict] | None = None) -> list[dict]:
     """The stored records that ``report``'s filters keep, and the dense records run with the same model,
     profile and settings as those (all dense records if no other record is kept)."""
-    from benchsuite.reporting.tables import recovery_label
-    from benchsuite.running.records import context_hash, settings_hash
+    from benchsuite.running.records import context_hash
 
     if records is None:
         records = stored_records(args.results)
     methods = set(split_names(args.methods)) if args.methods else None
-    kept = [r for r in records
-            if (not args.model or r.get("model") == args.model)
-            and (not args.profile or r.get("profile") == args.profile)
-            and (r.get("method") == "dense" or (
-                (methods is None or r.get("method") in methods or r.get("variant") in methods)
-                and (not args.ratios or any(abs(r.get("ratio", -1) - x) < 1e-9 for x in args.ratios))
-                and (not getattr(args, "seeds", None) or r.get("seed") in args.seeds)
-                and (not args.granularity or (r.get("granularity") or {}).get("label") == args.granularity)
-                and (not args.recovery or recovery_label(r).split(",")[0].lower() == args.recovery)
-                and (not args.settings or settings_hash(r["config"]).startswith(args.settings))))]
+    kept = [r for r in records if run_filter(args)(r) and (r.get("method") == "dense" or (
+            methods is None or r.get("method") in methods or r.get("variant") in methods))]
     contexts = {context_hash(r["config"]) for r in kept if r.get("method") != "dense"}
     return [r for r in kept if r.get("method") != "dense" or not contexts or context_hash(r["config"]) in contexts]
 
@@ -525,9 +541,10 @@ def cmd_compare(args) -> int:
     methods = split_names(args.methods) or None
     metrics = split_names(args.metrics) or None
 
+    keep = run_filter(args)
+
     def chosen(results: Path) -> list[dict]:
-        return [r for r in stored_records(results) if (not args.model or r["model"] == args.model)
-                and (not args.profile or r["profile"] == args.profile)]
+        return [r for r in stored_records(results) if keep(r)]
 
     if args.against is not None:
         pairs = pairs_between(chosen(args.results), chosen(args.against), methods)

@@ -301,3 +301,13 @@ def test_the_default_runs_table_fits_120_columns_and_the_full_one_is_in_the_file
     full = bench("run", "--model", str(tiny_model_dir), "--methods", "random", "--ratios", "0.5", "--results",
                  str(results), *smoke(offline), "--view", "full")
     assert "latency ms" in full.stdout
+
+
+def test_compare_takes_reports_filters():
+    root = Path(__file__).parent.parent / "results" / "reference"
+    args = ["compare", "--results", str(root), "--baseline", "llm-pruner", "--methods", "loraprune", "--profile",
+            "quick", "--metrics", "ppl_wiki"]
+    every = bench(*args)
+    one = bench(*args, "--ratios", "0.5", "--seeds", "0", "--granularity", "structured", "--recovery", "lora")
+    assert every.returncode == one.returncode == 0, one.stderr
+    assert one.stdout.startswith("1 paired run(s)") and not every.stdout.startswith("1 paired run(s)")
