@@ -135,8 +135,6 @@ def benchsuite_register_methods(register):
     common = {"layers": "llm-pruner"}
     register(Method("llm-pruner", "taylor", criterion_params={"order": "element1"}, recovery=LORA, **common,
                     description="LLM-Pruner: Taylor element-wise first order, one-shot, LoRA recovery"))
-    register(Method("llm-pruner-notune", "taylor", criterion_params={"order": "element1"}, **common,
-                    description="LLM-Pruner element-wise first order, one-shot, no recovery"))
     register(Method("llm-pruner-element2", "taylor", criterion_params={"order": "element2"}, recovery=LORA,
                     **common, description="LLM-Pruner element-wise second order (Fisher diagonal), LoRA recovery"))
     register(Method("llm-pruner-2:4", "taylor", criterion_params={"order": "element1"}, granularity="nm",

@@ -311,3 +311,13 @@ def test_compare_takes_reports_filters():
     one = bench(*args, "--ratios", "0.5", "--seeds", "0", "--granularity", "structured", "--recovery", "lora")
     assert every.returncode == one.returncode == 0, one.stderr
     assert one.stdout.startswith("1 paired run(s)") and not every.stdout.startswith("1 paired run(s)")
+
+
+def test_a_method_with_two_names_has_one_and_the_old_one_says_it(capsys):
+    from benchsuite.host import get_registry
+    from benchsuite.running.plan import plan_methods
+
+    assert "llm-pruner-notune" not in get_registry().methods
+    plan = plan_methods(["llm-pruner-notune"], get_registry(), ratios=[0.5])[0]
+    assert plan.key == "llm-pruner+none" and plan.method.recovery is None
+    assert "method 'llm-pruner-notune' is now 'llm-pruner+none'" in capsys.readouterr().err

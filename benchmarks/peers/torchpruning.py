@@ -1,6 +1,6 @@
 """The suite's structured pruning (heads + MLP channels) against Torch-Pruning's on the same work: SmolLM2-135M,
 float32 on the CPU, 20% and 50%, the suite's ``magnitude-l2`` against Torch-Pruning's ``GroupMagnitudeImportance``
-(p=2) and the suite's ``llm-pruner-notune`` (Taylor, element-wise first order, no recovery) against its
+(p=2) and the suite's ``llm-pruner+none`` (Taylor, element-wise first order, no recovery) against its
 ``GroupTaylorImportance`` on the same calibration tokens (the suite's draw, 10 x 64 from wiki, batch 2).
 
 Matched parameter counts: the suite side runs first and its per-layer unit counts (query heads per key/value group,
@@ -63,8 +63,8 @@ INSTALL = "pip install --no-deps --target DIR torch-pruning==1.6.1"
 JOBS = {
     "magnitude-20%": ("magnitude-l2", "GroupMagnitudeImportance", 0.2),
     "magnitude-50%": ("magnitude-l2", "GroupMagnitudeImportance", 0.5),
-    "taylor-20%": ("llm-pruner-notune", "GroupTaylorImportance", 0.2),
-    "taylor-50%": ("llm-pruner-notune", "GroupTaylorImportance", 0.5),
+    "taylor-20%": ("llm-pruner+none", "GroupTaylorImportance", 0.2),
+    "taylor-50%": ("llm-pruner+none", "GroupTaylorImportance", 0.5),
 }
 CALIBRATION = (10, 64)  # the quick profile's (LLM-Pruner's 10 samples of 64 tokens)
 BATCH = 2

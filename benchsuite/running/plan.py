@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,10 @@ def parse_granularity(text: str) -> tuple[str, dict[str, Any]]:
     return text, {}
 
 
+#: method names that were duplicates of another spelling: old name -> the one name it has now
+RENAMED = {"llm-pruner-notune": "llm-pruner+none"}
+
+
 def split_overrides(name: str) -> tuple[str, list[tuple[str, str]]]:
     """``loraprune:beta=0.99`` -> (``loraprune``, [(``beta``, ``0.99``)]): a method name (``DIST:NAME`` too)
     followed by ``:PARAM=VALUE`` settings of its criterion, granularity or schedule (``criterion.PARAM=VALUE``
@@ -226,6 +231,10 @@ def plan_methods(names: list[str], registry: Registry, ratios: list[float] | Non
         raise ConfigError(f"--recovery '{recovery}' unknown; choose one of {', '.join(RECOVERY_CHOICES)}")
     for name in names:
         own = recovery
+        if name in RENAMED:  # one name per method: the old spelling still runs, and says the new one
+            print(f"benchsuite: warning: method '{name}' is now '{RENAMED[name]}' (the same method); "
+                  f"write {RENAMED[name]}", file=sys.stderr)
+            name = RENAMED[name]
         base, plus, suffix = name.rpartition("+")
         if plus and suffix in RECOVERY_CHOICES:  # e.g. magnitude-l2+lora: this method with LoRA recovery
             name, own = base, suffix
