@@ -1,4 +1,4 @@
-"""Command line: ``benchsuite run | report | compare | plugins | models | methods | cache``."""
+"""Command line: ``benchsuite run | report | compare | plugins | models | methods | cache | export``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ EPILOG = """examples:
   benchsuite run --methods magnitude-l2,random --ratios 0.5 --profile smoke
   benchsuite run --methods loraprune,magnitude,wanda --granularity 2:4
   benchsuite run --methods loraprune,llm-pruner --model llama-7b --profile paper-llm-pruner  # GPU, hub
+  benchsuite run --model gemma3-270m --methods llm-pruner,wanda-2:4   # another model family, offline
   benchsuite report --format json
   benchsuite plugins
 """
@@ -285,17 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser(
         "export", help="write a saved (pruned) model as a folder other tools open (transformers, lm-eval, "
-        "llama.cpp, vLLM)",
+        "llama.cpp, compressed-tensors)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Export a model that `benchsuite run --save-models` saved. hf: a transformers checkpoint with its "
-        "tokenizer and a model card; a structurally pruned model carries its per-layer widths in config.json and "
-        "its modeling code beside it (open it with trust_remote_code=True), other models are plain Llama "
-        "checkpoints. gguf: one float32 file that llama.cpp loads. compressed-tensors: a 2:4 sparse model in the "
-        "sparse-24-bitmask format, which vLLM serves with 2:4 sparse kernels. The weights are exactly the saved ones.",
-        epilog="examples:\n"
-        "  benchsuite export results/smollm2-135m/quick/loraprune/ratio-0.5_seed-0.1a2b3c4d5e6f.json -o pruned\n"
-        "  benchsuite export results/smollm2-135m/quick/loraprune/models/ratio-0.5_seed-0.1a2b3c4d5e6f --format gguf\n"
-        "  benchsuite export results/smollm2-135m/quick/wanda-2:4/ratio-0.5_seed-0.1a2b3c4d5e6f.json "
+        description="Export a model that `benchsuite run --save-models` saved. hf: a transformers checkpoint of the "
+        "model's family with its tokenizer and a model card; a structurally pruned model carries its per-layer widths "
+        "in config.json and its modeling code beside it (open it with trust_remote_code=True), other models are "
+        "plain checkpoints of their family. gguf: one float32 file that llama.cpp loads (Llama-family models). "
+        "compressed-tensors: a 2:4 sparse Llama-family model in the sparse-24-bitmask format, which the "
+        "compressed-tensors package (0.14) reads back; vLLM removed its 2:4 sparse kernels in 2026, so nothing "
+        "here promises sparse serving. The weights are exactly the saved ones.",
+        epilog="examples (a run's record is <results>/<model>/<profile>/<method folder>/ratio-R_seed-S.<settings>.json, "
+        "its saved model the folder models/ratio-R_seed-S.<settings>/ beside it; `benchsuite report --format json` "
+        "lists them):\n"
+        "  benchsuite export results/smollm2-135m/quick/loraprune/ratio-0.5_seed-0.<settings>.json -o pruned\n"
+        "  benchsuite export results/smollm2-135m/quick/loraprune/models/ratio-0.5_seed-0.<settings> --format gguf\n"
+        "  benchsuite export results/smollm2-135m/quick/wanda-2_4/ratio-0.5_seed-0.<settings>.json "
         "--format compressed-tensors -o pruned-24\n"
         "then: AutoModelForCausalLM.from_pretrained(\"pruned\", trust_remote_code=True), or\n"
         "  lm_eval --model hf --model_args pretrained=pruned,trust_remote_code=True --tasks ...")
@@ -304,8 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "with it")
     export.add_argument("--format", choices=["hf", "gguf", "compressed-tensors"], default="hf",
                         help="hf: a transformers folder (default); gguf: one float32 file for llama.cpp (per-layer "
-                        "widths as GGUF arrays, the deci architecture); compressed-tensors: 2:4 models only, "
-                        "sparse-24-bitmask (for vLLM)")
+                        "widths as GGUF arrays, the deci architecture); compressed-tensors: 2:4 Llama-family models "
+                        "only, sparse-24-bitmask")
     export.add_argument("-o", "--output", type=Path, metavar="OUT",
                         help="hf: the new folder (default: the model folder's name plus .hf, beside it; it must not "
                         "exist, or be empty); gguf: the new .gguf file (default: the folder's name plus .f32.gguf); "

@@ -146,8 +146,8 @@ def model_card(config: dict[str, Any], record: dict[str, Any] | None, provenance
     if sparsity.get("format") == "sparse-24-bitmask":
         fmt = "compressed-tensors"
         lines += ["Stored in compressed-tensors' `sparse-24-bitmask` format: each 2:4 sparse projection as its kept "
-                  "values and a bitmask (`quantization_config` in `config.json`), the format vLLM reads to run 2:4 "
-                  "sparse kernels (`vllm serve DIR`). The export with `--format hf` holds the same weights "
+                  "values and a bitmask (`quantization_config` in `config.json`), which the compressed-tensors "
+                  "package (0.14) reads back. The export with `--format hf` holds the same weights "
                   "stored dense, for plain transformers.", ""]
     elif needs_remote_code(config):
         lines += ["Each decoder layer keeps its own head counts and MLP width (`benchsuite_layer_widths` in "

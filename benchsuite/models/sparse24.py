@@ -1,5 +1,9 @@
-"""The ``compressed-tensors`` export: a 2:4 sparse model in the ``sparse-24-bitmask`` format that vLLM's
-compressed-tensors integration reads to run 2:4 sparse kernels.
+"""The ``compressed-tensors`` export: a 2:4 sparse model in compressed-tensors' ``sparse-24-bitmask`` format.
+
+What reads it: the compressed-tensors package (0.14, the last release with this compressor; ``tests/test_export.py``
+reads the export back through it). vLLM removed its 2:4 sparse kernels and llm-compressor its sparse compression in
+March 2026 (vllm-project/vllm#36799, vllm-project/llm-compressor#2452), so the format no longer promises sparse
+serving; it stores a 2:4 model in about 0.63x the space of the dense one.
 
 Every projection weight of a decoder layer whose every block of 4 consecutive inputs has at most 2 non-zeros is
 stored as three tensors, as compressed-tensors' ``Sparse24BitMaskCompressor`` writes them: ``<module>.shape``
