@@ -295,9 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
         "compressed-tensors: a 2:4 sparse Llama-family model in the sparse-24-bitmask format, which the "
         "compressed-tensors package (0.14) reads back; vLLM removed its 2:4 sparse kernels in 2026, so nothing "
         "here promises sparse serving. The weights are exactly the saved ones.",
-        epilog="examples (a run's record is <results>/<model>/<profile>/<method folder>/ratio-R_seed-S.<settings>.json, "
-        "its saved model the folder models/ratio-R_seed-S.<settings>/ beside it; `benchsuite report --format json` "
-        "lists them):\n"
+        epilog="examples (a run's record is <results>/<model>/<profile>/<method folder>/"
+        "ratio-R_seed-S.<settings>.json, its saved model the folder models/ratio-R_seed-S.<settings>/ beside it; "
+        "`benchsuite report --format json` lists them):\n"
         "  benchsuite export results/smollm2-135m/quick/loraprune/ratio-0.5_seed-0.<settings>.json -o pruned\n"
         "  benchsuite export results/smollm2-135m/quick/loraprune/models/ratio-0.5_seed-0.<settings> --format gguf\n"
         "  benchsuite export results/smollm2-135m/quick/wanda-2_4/ratio-0.5_seed-0.<settings>.json "
