@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--train-steps", type=int, default=None,
                      help="LoRA fine-tuning steps for every method with LoRA, instead of the profile's "
                      "(records go under e.g. quick-steps200)")
+    run.add_argument("--plugin", type=Path, action="append", default=[], metavar="PATH.py",
+                     help="load a .py file's hook implementations for this run, as an installed plugin's (a broken "
+                     "one is reported and skipped; with BENCHSUITE_STRICT_PLUGINS=1 an error); its components are "
+                     "also FILE-STEM:NAME; records of runs that use them name the file and its sha256. Repeatable: "
+                     "an idea tried before it is packaged")
     run.add_argument("--grad-accum", type=int, default=None, metavar="N",
                      help="micro-batches per LoRA optimizer step (gradient accumulation) for every method, instead "
                      "of the profile's: each step, and so each importance update and pruning event of an iterative "
@@ -358,7 +363,12 @@ def cmd_run(args) -> int:
     as_json = _wants_json(args)
     if as_json and not args.dry_run:
         raise ConfigError("--format json prints the --dry-run estimate: give --dry-run too (records are JSON already)")
-    registry = get_registry()
+    if args.plugin:
+        from benchsuite.host import load_registry
+
+        registry = load_registry(plugin_files=args.plugin)
+    else:
+        registry = get_registry()
     _report_plugin_failures(registry)
     if args.dry_run:
         return dry_run(request, registry, as_json=as_json)

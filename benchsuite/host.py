@@ -22,6 +22,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import pluggy
@@ -78,6 +79,9 @@ class PluginInfo:
     error: str | None = None
     #: what of it was set aside although it loaded (e.g. a method naming an unknown granularity)
     warnings: list[str] = field(default_factory=list)
+    #: a plugin loaded from a .py file for one run (``--plugin PATH``): the file and its sha256
+    file: str | None = None
+    sha256: str | None = None
 
     @property
     def qualified(self) -> str:
@@ -96,7 +100,8 @@ class PluginInfo:
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "qualified": self.qualified, "distribution": self.distribution,
                 "version": self.version, "module": self.module, "api": self.api,
-                "registers": self.registers, "error": self.error, "warnings": self.warnings}
+                "registers": self.registers, "error": self.error, "warnings": self.warnings} | (
+                    {"file": self.file, "sha256": self.sha256} if self.file else {})
 
 
 @dataclass
@@ -286,9 +291,49 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _file_loader(path: Path, module_name: str) -> Callable[[], object]:
+    """Import a plugin module from a .py file when called (inside the loader's isolation: an error is reported)."""
+    def load() -> object:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"{path} is not a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses and pickling look their module up by name
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(module_name, None)
+            raise
+        return module
+
+    return load
+
+
+def file_plugin_infos(paths: list[Path]) -> list[tuple[PluginInfo, Callable[[], object]]]:
+    """``--plugin PATH`` files as plugins: named by the file's stem (its components are ``STEM:NAME``), with the
+    file and its sha256 (records of runs that use its components name both)."""
+    import hashlib
+    import re
+
+    out = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file() or path.suffix != ".py":
+            raise ConfigError(f"--plugin {path}: give a .py file that implements benchsuite hooks")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        name = path.stem
+        module_name = "benchsuite_file_plugin_" + re.sub(r"\W", "_", name) + "_" + digest[:8]
+        out.append((PluginInfo(name, module=str(path), file=str(path.resolve()), sha256=digest),
+                    _file_loader(path, module_name)))
+    return out
+
+
 def load_registry(extra_plugins: list[tuple[str, object]] | None = None,
-                  strict: bool | None = None) -> Registry:
-    """Load every entry-point plugin (plus ``extra_plugins``, for tests) into a fresh Registry."""
+                  strict: bool | None = None, plugin_files: list[Path] | None = None) -> Registry:
+    """Load every entry-point plugin (plus ``extra_plugins``, for tests, and ``plugin_files``, .py files given with
+    ``--plugin``) into a fresh Registry."""
     strict = os.environ.get(STRICT_ENV, "") not in ("", "0") if strict is None else strict
     pm = pluggy.PluginManager("benchsuite")
     pm.add_hookspecs(hookspecs)
@@ -306,6 +351,7 @@ def load_registry(extra_plugins: list[tuple[str, object]] | None = None,
     candidates.sort(key=lambda c: (c[0].name, not c[0].builtin, c[0].qualified))  # by plugin name, as ever
     for name, obj in extra_plugins or []:
         candidates.append((PluginInfo(name, module=getattr(obj, "__name__", repr(obj))), lambda o=obj: o))
+    candidates += file_plugin_infos(list(plugin_files or []))
 
     for info, load in candidates:
         registry.plugins.append(info)

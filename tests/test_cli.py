@@ -321,3 +321,62 @@ def test_a_method_with_two_names_has_one_and_the_old_one_says_it(capsys):
     plan = plan_methods(["llm-pruner-notune"], get_registry(), ratios=[0.5])[0]
     assert plan.key == "llm-pruner+none" and plan.method.recovery is None
     assert "method 'llm-pruner-notune' is now 'llm-pruner+none'" in capsys.readouterr().err
+
+
+IDEA = '''
+"""A criterion tried from one file: |w| ** 3 per element."""
+from benchsuite import Criterion, Method, base_linear, hookimpl
+
+BENCHSUITE_API = "2.1"
+
+
+class Cubed(Criterion):
+    name = "cubed"
+    description = "|w| ** 3"
+
+    def element_scores(self, key, module):
+        return base_linear(module).weight.detach().float().abs() ** 3
+
+
+@hookimpl
+def benchsuite_register_criteria(register):
+    register(Cubed)
+
+
+@hookimpl
+def benchsuite_register_methods(register):
+    register(Method("cubed", "cubed"))
+'''
+
+
+def test_a_criterion_in_one_file_runs_with_plugin_and_records_name_the_file(tmp_path, tiny_model_dir, offline,
+                                                                            monkeypatch):
+    import hashlib
+
+    idea = tmp_path / "my_idea.py"
+    idea.write_text(IDEA)
+    results = tmp_path / "results"
+    args = ["run", "--model", str(tiny_model_dir), "--ratios", "0.5", "--results", str(results), *smoke(offline)]
+    result = bench(*args, "--plugin", str(idea), "--methods", "cubed,magnitude-l2")
+    assert result.returncode == 0, result.stderr
+    cubed = json.loads(next((results).rglob("cubed/ratio-0.5_seed-0.*.json")).read_text())
+    assert cubed["status"] == "ok" and cubed["criterion"]["name"] == "cubed"
+    assert cubed["config"]["plugin_files"] == {"my_idea": {"file": str(idea.resolve()),
+                                                            "sha256": hashlib.sha256(idea.read_bytes()).hexdigest()}}
+    magnitude = json.loads(next(results.rglob("magnitude-l2/ratio-0.5_seed-0.*.json")).read_text())
+    assert "plugin_files" not in magnitude["config"]  # a built-in method's record does not depend on the file
+    idea.write_text(IDEA.replace("** 3", "** 4"))  # another idea in the same file: not taken for the finished run
+    again = bench(*args, "--plugin", str(idea), "--methods", "cubed")
+    assert again.returncode == 0, again.stderr
+    digests = {json.loads(p.read_text())["config"]["plugin_files"]["my_idea"]["sha256"]
+               for p in results.rglob("cubed/ratio-0.5_seed-0.*.json")}
+    assert len(digests) == 2
+    broken = tmp_path / "broken.py"
+    broken.write_text("import not_a_module_anywhere\n")
+    monkeypatch.setenv("BENCHSUITE_STRICT_PLUGINS", "0")
+    lenient = bench(*args, "--plugin", str(broken), "--methods", "magnitude-l2")
+    assert lenient.returncode == 0 and "plugin 'broken' skipped: ModuleNotFoundError" in lenient.stderr
+    monkeypatch.setenv("BENCHSUITE_STRICT_PLUGINS", "1")
+    strict = bench(*args, "--plugin", str(broken), "--methods", "magnitude-l2")
+    assert strict.returncode == 2 and "plugin 'broken'" in strict.stderr and "failed to load" in strict.stderr
+    assert bench(*args, "--plugin", str(tmp_path / "missing.py")).returncode == 2

@@ -649,6 +649,10 @@ def run_spec(plan: RunPlan, weights_sha: str, train_steps: int, method: MethodPl
         "ratio_basis": plan.request.ratio_basis, "train_steps": train_steps}
     if plan.metric_selection is not None:
         config["metrics"] = plan.metric_selection
+    files = {p.prefix: {"file": p.file, "sha256": p.sha256} for p in plan.registry.plugins if p.file}
+    used = sorted({q.partition(":")[0] for q in method.components.values()} & files.keys())
+    if used:  # a component from a --plugin file: the file's digest defines the result too
+        config["plugin_files"] = {name: files[name] for name in used}
     lora, steps = method.lora(plan.profile.lora_budget())
     if plan.request.gradient_checkpointing and lora is not None:  # same results, other memory and time
         config["gradient_checkpointing"] = True
