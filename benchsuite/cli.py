@@ -62,8 +62,9 @@ def _verbosity_options(parser: argparse.ArgumentParser, default) -> None:
                        "datasets) and our own debugging lines; by default they are held back (pip's and lm-eval's "
                        "output is shown when they fail)")
     group.add_argument("-q", "--quiet", action="store_true", default=default,
-                       help="print nothing but errors and warnings (on stderr): no progress, and no table on "
-                       "stdout (it is still written to <results>/.../table.md)")
+                       help="print nothing but errors and warnings on stderr (run: no progress, and no table on "
+                       "stdout: it is still written to <results>/.../table.md; other commands keep their output "
+                       "on stdout)")
 
 
 def _format_option(parser: argparse.ArgumentParser, help: str = "a table (default) or JSON") -> None:
@@ -320,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hf: the new folder (default: the model folder's name plus .hf, beside it; it must not "
                         "exist, or be empty); gguf: the new .gguf file (default: the folder's name plus .f32.gguf); "
                         "compressed-tensors: the new folder (default: the folder's name plus .ct24)")
+    for command in (report, compare, plugins, models, methods, export, verify):  # -v/-q after any command too
+        _verbosity_options(command, argparse.SUPPRESS)
     return parser
 
 
@@ -716,6 +719,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
+    if args.command != "run":  # run sets up its own progress view with these
+        from benchsuite.util import progress
+
+        progress.quiet_libraries(verbose)
+    stderr = sys.stderr
+    if quiet and args.command != "run":  # only errors and warnings: the command's informational lines go
+        sys.stderr = _ErrorsOnly(stderr)
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, PluginError) as exc:
@@ -724,6 +735,29 @@ def main(argv: list[str] | None = None) -> int:
     except (AssetError, StorageError) as exc:
         print(f"benchsuite: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        sys.stderr = stderr
+
+
+class _ErrorsOnly:
+    """A stderr that passes on only benchsuite's error and warning lines (``-q``)."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self._line = stream, ""
+
+    def write(self, text: str) -> int:
+        self._line += text
+        *lines, self._line = self._line.split("\n")
+        for line in lines:
+            if line.startswith(("benchsuite: error", "benchsuite: warning")):
+                self.stream.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
 
 
 if __name__ == "__main__":

@@ -380,3 +380,17 @@ def test_a_criterion_in_one_file_runs_with_plugin_and_records_name_the_file(tmp_
     strict = bench(*args, "--plugin", str(broken), "--methods", "magnitude-l2")
     assert strict.returncode == 2 and "plugin 'broken'" in strict.stderr and "failed to load" in strict.stderr
     assert bench(*args, "--plugin", str(tmp_path / "missing.py")).returncode == 2
+
+
+def test_quiet_and_verbose_work_after_every_command(tmp_path):
+    root = Path(__file__).parent.parent
+    doc = tmp_path / "doc.md"
+    doc.write_text("<!-- benchsuite report --methods random --view ppl -->\n<!-- end report -->\n")
+    loud = bench("report", "--results", str(root / "results" / "reference"), "--update", str(doc))
+    assert loud.returncode == 0 and "tables rewritten" in loud.stderr
+    doc.write_text("<!-- benchsuite report --methods random --view ppl -->\n<!-- end report -->\n")
+    quiet = bench("report", "--results", str(root / "results" / "reference"), "--update", str(doc), "-q")
+    assert quiet.returncode == 0 and quiet.stderr == "" and "| random" in doc.read_text()
+    assert bench("plugins", "-q").stdout.strip() and bench("models", "-v").returncode == 0
+    error = bench("report", "--results", str(tmp_path), "--check", "-q")
+    assert error.returncode == 2 and error.stderr.startswith("benchsuite: error: --check")
