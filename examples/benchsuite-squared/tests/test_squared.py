@@ -10,7 +10,7 @@ import pytest
 from benchsuite_squared import SquaredWeight
 
 from benchsuite.host import load_registry
-from benchsuite.runner import Runner, RunRequest
+from benchsuite.running.runner import Runner, RunRequest
 from benchsuite.testing import assert_conforms, save_tiny_model, write_corpus
 
 
