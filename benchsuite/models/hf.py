@@ -27,7 +27,6 @@ REMOTE_CODE = Path(__file__).parent / "remote" / "modeling_benchsuite_llama.py"
 
 #: ``model_type`` of an export with per-layer widths: this prefix and the family's name
 MODEL_TYPE_PREFIX = "benchsuite_"
-MODEL_TYPE = "benchsuite_llama"
 
 
 def _stem(family: Architecture) -> str:
