@@ -12,7 +12,7 @@ from benchsuite.running.runner import Runner, RunRequest
 
 #: the fields report.py, compare.py, records.check_record and regression.py read, in the order they are written
 PRUNED_KEYS = ["schema", "method", "ratio", "seed", "profile", "profile_settings", "model", "model_source",
-               "weights_sha256", "config", "config_hash", "versions", "git", "hardware", "dtype", "criterion",
+               "architecture", "weights_sha256", "config", "config_hash", "versions", "git", "hardware", "dtype", "criterion",
                "granularity", "schedule", "recovery", "variant", "components", "started_at", "layers_pruned",
                "ratio_basis", "lora", "calibration", "pruned_units", "recovery_log", "recovery_setup", "checks",
                "status", "error", "metrics", "measurement", "metric_columns", "prune_log", "timings", "finished_at"]

@@ -204,9 +204,12 @@ def _table(tmp_path) -> str:
 
 
 def test_stdout_is_the_table_and_stderr_is_clean(tmp_path, tiny_model_dir, offline):
-    result = bench(*_run_args(tmp_path, tiny_model_dir, offline))
+    result = bench(*_run_args(tmp_path, tiny_model_dir, offline), "--view", "full")
     assert result.returncode == 0, result.stderr
     assert result.stdout == _table(tmp_path)  # exactly the table: it can be piped
+    compact = bench(*_run_args(tmp_path, tiny_model_dir, offline))  # the default: the compact view of it
+    assert compact.stdout.splitlines()[0] == result.stdout.splitlines()[0] and "| magnitude-l2" in compact.stdout
+    assert len(compact.stdout.splitlines()[2]) < len(result.stdout.splitlines()[2])
     assert "\r" not in result.stderr  # not a terminal: plain lines
     assert not [f for f in FOREIGN if f in result.stderr], result.stderr
     lines = result.stderr.splitlines()
@@ -216,7 +219,7 @@ def test_stdout_is_the_table_and_stderr_is_clean(tmp_path, tiny_model_dir, offli
     quiet = bench(*_run_args(tmp_path, tiny_model_dir, offline), "--quiet")
     assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
     # -v lets the libraries' output through (transformers' loading bar)
-    loud = bench(*_run_args(tmp_path, tiny_model_dir, offline), "--rerun", "-v")
+    loud = bench(*_run_args(tmp_path, tiny_model_dir, offline), "--rerun", "-v", "--view", "full")
     assert loud.returncode == 0 and "Loading weights" in loud.stderr, loud.stderr
     assert loud.stdout == _table(tmp_path)
 
@@ -224,8 +227,8 @@ def test_stdout_is_the_table_and_stderr_is_clean(tmp_path, tiny_model_dir, offli
 @pytest.mark.slow
 def test_a_real_process_pipes_only_the_table(tmp_path, tiny_model_dir, offline):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, "-m", "benchsuite", *_run_args(tmp_path, tiny_model_dir, offline)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "benchsuite", *_run_args(tmp_path, tiny_model_dir, offline),
+                           "--view", "full"], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == _table(tmp_path)
     assert "\r" not in proc.stderr and not [f for f in FOREIGN if f in proc.stderr], proc.stderr
