@@ -12,10 +12,11 @@ from benchsuite.running.runner import Runner, RunRequest
 
 #: the fields report.py, compare.py, records.check_record and regression.py read, in the order they are written
 PRUNED_KEYS = ["schema", "method", "ratio", "seed", "profile", "profile_settings", "model", "model_source",
-               "architecture", "weights_sha256", "config", "config_hash", "versions", "git", "hardware", "dtype", "criterion",
-               "granularity", "schedule", "recovery", "variant", "components", "started_at", "layers_pruned",
-               "ratio_basis", "lora", "calibration", "pruned_units", "recovery_log", "recovery_setup", "checks",
-               "status", "error", "metrics", "measurement", "metric_columns", "prune_log", "timings", "finished_at"]
+               "architecture", "weights_sha256", "config", "config_hash", "versions", "git", "hardware", "dtype",
+               "criterion", "granularity", "schedule", "recovery", "variant", "components", "started_at",
+               "layers_pruned", "ratio_basis", "lora", "calibration", "pruned_units", "recovery_log",
+               "recovery_setup", "checks", "status", "error", "metrics", "measurement", "metric_columns", "prune_log",
+               "timings", "finished_at"]
 METRIC_KEYS = ["ppl_text", "ppl_text_lo", "ppl_text_hi", "peak_mem_eval_mb", "params", "params_ratio",
                "flops_per_token", "latency_ms", "latency_iqr_ms", "latency_noisy", "speedup", "speedup_lo",
                "speedup_hi", "peak_mem_prune_mb", "peak_mem_recover_mb", "prune_time_s", "units_pruned",
