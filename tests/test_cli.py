@@ -288,7 +288,8 @@ def test_report_check_without_a_file_is_an_error(tmp_path):
 def test_the_default_runs_table_fits_120_columns_and_the_full_one_is_in_the_file(tmp_path, tiny_model_dir, offline):
     """The printed table is the compact view: the default run's reference records fit a 120-column terminal."""
     root = Path(__file__).parent.parent
-    compact = bench("report", "--results", str(root / "results" / "reference"), "--profile", "quick", "--seeds", "0",
+    compact = bench("report", "--results", str(root / "results" / "reference"), "--model", "smollm2-135m",
+                    "--profile", "quick", "--seeds", "0",
                     "--granularity", "structured", "--methods", "loraprune,llm-pruner,magnitude-l2,random",
                     "--view", "compact").stdout
     assert "PPL wiki" in compact and "speedup" in compact and "latency ms" not in compact
@@ -305,8 +306,8 @@ def test_the_default_runs_table_fits_120_columns_and_the_full_one_is_in_the_file
 
 def test_compare_takes_reports_filters():
     root = Path(__file__).parent.parent / "results" / "reference"
-    args = ["compare", "--results", str(root), "--baseline", "llm-pruner", "--methods", "loraprune", "--profile",
-            "quick", "--metrics", "ppl_wiki"]
+    args = ["compare", "--results", str(root), "--model", "smollm2-135m", "--baseline", "llm-pruner", "--methods",
+            "loraprune", "--profile", "quick", "--metrics", "ppl_wiki"]
     every = bench(*args)
     one = bench(*args, "--ratios", "0.5", "--seeds", "0", "--granularity", "structured", "--recovery", "lora")
     assert every.returncode == one.returncode == 0, one.stderr
