@@ -9,13 +9,13 @@ with its zero-shot tasks, beside the default benchmark's records; the others: ``
 This is hours of CPU. Points run cheapest first (a budget's 50% seeds, then its 20% seeds, then the next
 budget), and every run is a record of its own: stop it any time, run it again, and it goes on where it stopped
 (finished runs are skipped). ``--render`` measures nothing: it reads the records that exist and rewrites the
-README's section between ``<!-- budget-sweep -->`` markers (a table per ratio, ``benchsuite compare``'s paired
+docs/loraprune.md section between ``<!-- budget-sweep -->`` markers (a table per ratio, ``benchsuite compare``'s paired
 differences, and where the two methods cross: between which budgets, or, where none is measured, where the last
 two budgets' log-log line would put it, labelled as the extrapolation it is) and ``docs/figures/budget-sweep.png``.
 
     python benchmarks/budget_sweep.py                       # run (or resume) the sweep
     python benchmarks/budget_sweep.py --budgets 40,200      # only these budgets
-    python benchmarks/budget_sweep.py --render --readme README.md
+    python benchmarks/budget_sweep.py --render --readme docs/loraprune.md
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ METHODS = ["loraprune", "llm-pruner", "random+lora"]
 RATIOS = [0.5, 0.2]
 BUDGETS = {40: [0, 1, 2], 200: [0, 1, 2], 1000: [0, 1], 2000: [0, 1]}
 PROFILE_STEPS = 40  # the quick profile's own budget
-BLOCK = "budget-sweep"  # the README block this script owns
+BLOCK = "budget-sweep"  # the docs block this script owns (docs/loraprune.md)
 
 
 def profile_name(steps: int) -> str:
@@ -227,7 +227,8 @@ def main() -> None:
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)),
                         help="comma-separated LoRA step budgets to run (default: all)")
     parser.add_argument("--render", action="store_true", help="measure nothing: tables and figure from the records")
-    parser.add_argument("--readme", type=Path, help="with --render: rewrite this README's budget-sweep section")
+    parser.add_argument("--readme", type=Path, help="with --render: rewrite this page's budget-sweep section "
+                        "(docs/loraprune.md)")
     parser.add_argument("--figure", type=Path, default=Path("docs/figures/budget-sweep.png"))
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",") if b]

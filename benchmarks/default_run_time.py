@@ -12,9 +12,9 @@ Each record the run wrote is then set beside the committed one of the same setti
 check requires. Any difference is printed and recorded; the script exits 1.
 
     python benchmarks/default_run_time.py --cold --out benchmarks/results/default_run_time.json
-    python benchmarks/default_run_time.py --render benchmarks/results/default_run_time.json --readme README.md
+    python benchmarks/default_run_time.py --render benchmarks/results/default_run_time.json --readme docs/results.md
 
-``--readme`` rewrites the README's section between ``<!-- default-run-time -->`` markers from the JSON
+``--readme`` rewrites the docs section (docs/results.md) between ``<!-- default-run-time -->`` markers from the JSON
 (``--render``: from a JSON written earlier, measuring nothing). ``--venv DIR`` reuses an environment made by an
 earlier call (``--keep``), without timing an install.
 """
@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--venv", type=Path, help="an environment made by an earlier --keep call: no install")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (clone, environment, results)")
     parser.add_argument("--render", type=Path, help="measure nothing: read this JSON")
-    parser.add_argument("--readme", type=Path, help="rewrite this README's default-run-time section")
+    parser.add_argument("--readme", type=Path, help="rewrite this page's default-run-time section (docs/results.md)")
     args = parser.parse_args()
     if args.render:
         data = json.loads(args.render.read_text())

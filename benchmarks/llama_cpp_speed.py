@@ -7,10 +7,10 @@ runner with --save-models, exports the dense and the pruned model to GGUF (float
 speed ratio is set beside the FLOPs ratio and the suite's own latency speedup from the record.
 
     python benchmarks/llama_cpp_speed.py --out benchmarks/results/llama_cpp_speed.json   (tox -e interop runs it)
-    python benchmarks/llama_cpp_speed.py --render benchmarks/results/llama_cpp_speed.json --readme README.md
+    python benchmarks/llama_cpp_speed.py --render benchmarks/results/llama_cpp_speed.json --readme docs/export.md
 
-``--readme`` rewrites the README's table between ``<!-- llama-cpp-speed -->`` markers from the JSON (``--render``:
-from a JSON written earlier, measuring nothing).
+``--readme`` rewrites the docs page's table (docs/export.md) between ``<!-- llama-cpp-speed -->`` markers from the
+JSON (``--render``: from a JSON written earlier, measuring nothing).
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ def timed(llm, prompt: list[int], new: int) -> tuple[float, float]:
     return prefill, new / (time.perf_counter() - start)
 
 
-BLOCK = "llama-cpp-speed"  # the README block this script owns
+BLOCK = "llama-cpp-speed"  # the docs block this script owns (docs/export.md)
 
 
 def render(result: dict) -> str:
-    """The README's table of one measurement."""
+    """The docs table of one measurement."""
     dense, pruned = result["dense"], result["pruned"]
     return "\n".join([
         f"| | dense | {result['ratio']:.0%} {result['granularity']} ({result['method']}) | pruned / dense |",
@@ -74,10 +74,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/llama_cpp_speed.json"))
     parser.add_argument("--render", type=Path, metavar="JSON", help="measure nothing: take this earlier result")
-    parser.add_argument("--readme", type=Path, help="rewrite this README's llama-cpp-speed table from the result")
+    parser.add_argument("--readme", type=Path, help="rewrite this page's llama-cpp-speed table from the result")
     args = parser.parse_args()
     if args.render:
-        update_readme(args.readme or Path("README.md"), json.loads(args.render.read_text()))
+        update_readme(args.readme or Path("docs/export.md"), json.loads(args.render.read_text()))
         return
 
     import llama_cpp

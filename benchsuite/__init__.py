@@ -35,7 +35,8 @@ _LAZY: dict[str, str] = {
         "Method", "ModelSpec", "Parametrized", "PruneContext", "PruneOutcome", "Reduction", "Schedule", "combine",
         "module_key", "unit_sums"), "benchsuite.api.components"),
     "ConfigError": "benchsuite.api.errors",
-    **dict.fromkeys(("PROJECTIONS", "base_linear", "decoder_layers", "linear_modules"), "benchsuite.api.model"),
+    **dict.fromkeys(("PROJECTIONS", "base_linear", "decoder_layers", "layer_paths", "linear_modules"),
+                    "benchsuite.api.model"),
     **dict.fromkeys(("LayerInputs", "calibrate"), "benchsuite.pruning.calibration"),
     "RunningScores": "benchsuite.pruning.scoring",
     "checked_scores": "benchsuite.pruning.scoring",
@@ -52,7 +53,8 @@ __all__ = [
     "API_VERSION", "NEEDS", "PAPER_LORA", "PROJECTIONS", "REDUCTIONS", "ConfigError", "Coupling", "Criterion",
     "Granularity", "GroupSet", "LayerInputs", "Method", "ModelSpec", "Parametrized", "PruneContext", "PruneOutcome",
     "Reduction", "RunningScores", "Schedule", "__version__", "base_linear", "calibrate", "combine",
-    "decoder_layers", "hookimpl", "linear_modules", "module_key", "tensor_bytes", "unit_sums", "checked_scores",
+    "decoder_layers", "layer_paths", "hookimpl", "linear_modules", "module_key", "tensor_bytes", "unit_sums",
+    "checked_scores",
     "Metric", "MetricResult", "MeasureContext", "Column", "Corpus", "FileCorpus", "HubCorpus", "Architecture",
     "architecture_of",
 ]
@@ -86,7 +88,7 @@ if TYPE_CHECKING:
     from benchsuite.api.corpora import Corpus
     from benchsuite.api.errors import ConfigError
     from benchsuite.api.metrics import MeasureContext, Metric, MetricResult
-    from benchsuite.api.model import PROJECTIONS, base_linear, decoder_layers, linear_modules
+    from benchsuite.api.model import PROJECTIONS, base_linear, decoder_layers, layer_paths, linear_modules
     from benchsuite.data.corpora import FileCorpus, HubCorpus
     from benchsuite.evaluation.memory import tensor_bytes
     from benchsuite.pruning.calibration import LayerInputs, calibrate

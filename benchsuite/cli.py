@@ -1,4 +1,4 @@
-"""Command line: ``benchsuite run | report | compare | plugins | models | methods | cache | export``."""
+"""Command line: ``benchsuite run | report | compare | plugins | models | methods | cache | export | docs``."""
 
 from __future__ import annotations
 
@@ -228,9 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--profile", help="only this profile's records")
     report.add_argument("--methods", help="only these methods (comma-separated; dense is always shown)")
     _run_filters(report)
-    report.add_argument("--update", type=Path, metavar="FILE",
-                        help="instead of printing, rewrite every table in FILE (e.g. README.md) marked "
-                        "'<!-- benchsuite report [filters] -->' ... '<!-- end report -->' from the records")
+    report.add_argument("--update", type=Path, metavar="FILE", nargs="+",
+                        help="instead of printing, rewrite every table in each FILE (README.md, docs/results.md ...) "
+                        "marked '<!-- benchsuite report [filters] -->' ... '<!-- end report -->' from the records")
     report.add_argument("--check", action="store_true",
                         help="with --update: change nothing, exit 1 if a table differs from the records")
     report.add_argument("--view", choices=["all", "ppl", "zeroshot", "compact"], default="all",
@@ -321,7 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hf: the new folder (default: the model folder's name plus .hf, beside it; it must not "
                         "exist, or be empty); gguf: the new .gguf file (default: the folder's name plus .f32.gguf); "
                         "compressed-tensors: the new folder (default: the folder's name plus .ct24)")
-    for command in (report, compare, plugins, models, methods, export, verify):  # -v/-q after any command too
+    docs = sub.add_parser("docs", help="write the docs site's generated pages: the command-line reference and the "
+                          "home page", description="The docs site's generated pages: cli.md, every command's --help "
+                          "rendered from the parser at 100 columns, and index.md, the README with its links made "
+                          "relative to the docs folder. Prints the reference, or writes both into DIR.")
+    docs.add_argument("--update", type=Path, metavar="DIR",
+                      help="write DIR/cli.md and DIR/index.md (from README.md beside DIR; e.g. --update docs)")
+    for command in (report, compare, plugins, models, methods, export, verify, docs):  # -v/-q after any command
         _verbosity_options(command, argparse.SUPPRESS)
     return parser
 
@@ -518,21 +524,24 @@ def cmd_report(args) -> int:
         raise ConfigError("--check compares a file's tables with the records: give the file with --update FILE "
                           "(e.g. benchsuite report --results results/reference --update README.md --check)")
     if args.update is not None:
-        new, count = update_tables(args.update, args.results)
-        if not count:
-            raise ConfigError(f"{args.update} has no '<!-- benchsuite report ... -->' ... '<!-- end report -->' block")
-        changed = new != args.update.read_text(encoding="utf-8")
-        if args.check:
+        status = 0
+        for file in args.update:
+            new, count = update_tables(file, args.results)
+            if not count:
+                raise ConfigError(f"{file} has no '<!-- benchsuite report ... -->' ... '<!-- end report -->' block")
+            changed = new != file.read_text(encoding="utf-8")
+            if args.check:
+                if changed:
+                    print(f"{file}: {count} tables, some differ from the records in {args.results}; "
+                          f"run `benchsuite report --results {args.results} --update {file}`", file=sys.stderr)
+                    status = 1
+                else:
+                    print(f"{file}: {count} tables match the records", file=sys.stderr)
+                continue
             if changed:
-                print(f"{args.update}: {count} tables, some differ from the records in {args.results}; "
-                      f"run `benchsuite report --update {args.update}`", file=sys.stderr)
-                return 1
-            print(f"{args.update}: {count} tables match the records", file=sys.stderr)
-            return 0
-        if changed:
-            write_atomic(args.update, new)
-        print(f"{args.update}: {count} tables {'rewritten' if changed else 'already up to date'}", file=sys.stderr)
-        return 0
+                write_atomic(file, new)
+            print(f"{file}: {count} tables {'rewritten' if changed else 'already up to date'}", file=sys.stderr)
+        return status
     if args.format in ("html", "png", "svg"):
         from benchsuite.reporting.html import write_figures, write_html
 
@@ -654,7 +663,8 @@ def families_table(registry) -> str:
             prunes = export = gguf = "-"
             notes = f"refused: {family.unsupported}"
         else:
-            prunes = "structured, N:M, unstructured" + (", depth" if family.depth else "")
+            prunes = ("structured (each expert's channels), experts" if family.experts else "structured") + \
+                ", N:M, unstructured" + (", depth" if family.depth else "")
             export = "yes (structured: with its modeling code)"
             gguf = ("all" if family.gguf_per_layer else "dense, N:M, unstructured") if family.gguf else "no"
             notes = family.description
@@ -709,8 +719,60 @@ def cmd_cache(args) -> int:
     return 1 if damaged else 0
 
 
+def cli_reference() -> str:
+    """The command-line reference page (``docs/cli.md``): every command's ``--help`` at 100 columns, in order."""
+    import os
+
+    previous = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"
+    try:
+        parser = build_parser()
+        parser.prog = "benchsuite"
+        out = ["# Command-line reference", "",
+               "Every command's `--help`, as `benchsuite` prints it (this page is written from the parser by "
+               "`benchsuite docs --update docs`; a test holds it to the parser).", "",
+               "## benchsuite", "", "```text", parser.format_help().rstrip(), "```", ""]
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        for name, command in commands.choices.items():
+            out += [f"## benchsuite {name}", "", "```text", command.format_help().rstrip(), "```", ""]
+            for action in command._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    for child_name, child in action.choices.items():
+                        out += [f"### benchsuite {name} {child_name}", "", "```text",
+                                child.format_help().rstrip(), "```", ""]
+        return "\n".join(out)
+    finally:
+        if previous is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = previous
+
+
+def docs_index(readme: str) -> str:
+    """The docs site's home page: the README with its links into ``docs/`` made relative to it."""
+    return re.sub(r"\]\(docs/", "](", readme)
+
+
+def cmd_docs(args) -> int:
+    from benchsuite.util.atomic import write_atomic
+
+    text = cli_reference()
+    if args.update is None:
+        print(text, end="")
+        return 0
+    folder = Path(args.update)
+    readme = folder.resolve().parent / "README.md"
+    if not folder.is_dir() or not readme.is_file():
+        raise ConfigError(f"--update {folder}: give the docs folder, with README.md beside it")
+    for name, page in (("cli.md", text), ("index.md", docs_index(readme.read_text(encoding="utf-8")))):
+        write_atomic(folder / name, page)
+        print(f"{folder / name}: rewritten", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "plugins": cmd_plugins,
-            "models": cmd_models, "methods": cmd_methods, "cache": cmd_cache, "export": cmd_export}
+            "models": cmd_models, "methods": cmd_methods, "cache": cmd_cache, "export": cmd_export,
+            "docs": cmd_docs}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,20 +2,15 @@
 
 Each family was checked against the installed transformers classes (tests/test_families.py builds a tiny random
 checkpoint of each with its own config class and prunes, saves, reloads and exports it). Phi-3's fused projections
-are described by naming the fused module for each of its parts. Families with experts (Mixtral, Qwen3-MoE: experts
-as fused 3-D parameters and a router) are described too, as not prunable by this version, so that they are refused
-with the reason rather than as unknown.
+are described by naming the fused module for each of its parts; mixtures of experts (Mixtral, Qwen3-MoE) by their
+experts module (fused 3-D parameters, held as per-expert Linears while pruning) and router.
 """
 
 from types import MappingProxyType
 
 from benchsuite import Architecture, hookimpl
 
-BENCHSUITE_API = "2.1"
-
-_NOT_YET_MOE = ("a mixture of experts (a router and experts stored as fused 3-D parameters); expert channels and "
-                "whole experts as units are not implemented yet")
-
+BENCHSUITE_API = "2.2"
 
 @hookimpl
 def benchsuite_register_architectures(register):
@@ -55,8 +50,12 @@ def benchsuite_register_architectures(register):
         attention=("self_attn.qkv_proj",) * 3 + ("self_attn.o_proj",),
         mlp=("mlp.gate_up_proj",) * 2 + ("mlp.down_proj",)))
     register(Architecture(
-        "mixtral", ("mixtral",), "Mixtral (mixture of experts)", config_class="MixtralConfig",
-        model_class="MixtralForCausalLM", unsupported=_NOT_YET_MOE))
+        "mixtral", ("mixtral",), "Mixtral: the Llama attention and a mixture of experts (router mlp.gate, experts as "
+        "fused 3-D parameters; each expert's channels, or whole experts, are units)",
+        config_class="MixtralConfig", model_class="MixtralForCausalLM", experts="mlp.experts", router="mlp.gate",
+        experts_count="num_local_experts", experts_width="intermediate_size"))
     register(Architecture(
-        "qwen3-moe", ("qwen3_moe",), "Qwen3-MoE (mixture of experts)", config_class="Qwen3MoeConfig",
-        model_class="Qwen3MoeForCausalLM", unsupported=_NOT_YET_MOE))
+        "qwen3-moe", ("qwen3_moe",), "Qwen3-MoE: Qwen3's attention (q_norm/k_norm kept) and a mixture of experts in "
+        "every layer (router mlp.gate, experts as fused 3-D parameters)",
+        config_class="Qwen3MoeConfig", model_class="Qwen3MoeForCausalLM", kept=("self_attn.q_norm", "self_attn.k_norm"),
+        experts="mlp.experts", router="mlp.gate", experts_count="num_experts", experts_width="moe_intermediate_size"))

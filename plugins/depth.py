@@ -51,11 +51,11 @@ from benchsuite import (
     GroupSet,
     Method,
     PruneContext,
-    architecture_of,
     base_linear,
     calibrate,
     decoder_layers,
     hookimpl,
+    layer_paths,
 )
 
 BENCHSUITE_API = "2.0"
@@ -144,7 +144,7 @@ class Layers(Granularity):
         groups = []
         for i in layers:
             members = []
-            for path in architecture_of(model).projections:
+            for path in layer_paths(model, blocks[i]):
                 rows = base_linear(blocks[i].get_submodule(path)).out_features
                 members.append(Coupling(path, 0, torch.arange(rows).reshape(1, rows)))
             groups.append(GroupSet(f"layers.{i}", i, "layer", 1, members))

@@ -47,28 +47,38 @@ from benchsuite import (
     GroupSet,
     Method,
     PruneContext,
+    architecture_of,
     base_linear,
     calibrate,
     decoder_layers,
     hookimpl,
-    linear_modules,
+    layer_paths,
     module_key,
     unit_sums,
 )
 from benchsuite_plugins.granularities import Structured
 
-BENCHSUITE_API = "2.0"
+BENCHSUITE_API = "2.2"
 
-#: The projections that read a unit's output: removing a head or channel removes their input columns.
-OUTPUTS = ("self_attn.o_proj", "mlp.down_proj")
+
+def output_keys(model: nn.Module) -> list[str]:
+    """The keys of the projections that read a unit's output (the family's o_proj and down_proj, each expert's in a
+    mixture of experts): removing a head or channel removes their input columns."""
+    arch = architecture_of(model)
+    keys = []
+    for i, layer in enumerate(decoder_layers(model)):
+        outputs = {arch.attention[3]} | {arch.mlp[2].format(e=e) for e in range(
+            len(layer.get_submodule(arch.experts)) if arch.experts else 1)}
+        keys += [module_key(i, path) for path in layer_paths(model, layer) if path in outputs]
+    return keys
 
 
 def output_member(group: GroupSet) -> Coupling:
     """The coupling of ``group`` on its output projection (``o_proj`` / ``down_proj`` columns)."""
     for member in group.members:
-        if member.dim == 1 and member.module in OUTPUTS:
+        if member.dim == 1:
             return member
-    raise ValueError(f"{group.name} has no o_proj/down_proj columns: FLAP and Wanda-sp score heads and MLP "
+    raise ValueError(f"{group.name} has no output projection columns: FLAP and Wanda-sp score heads and MLP "
                      "channels through their output projection")
 
 
@@ -119,7 +129,7 @@ class Fluctuation(Criterion):
 
     def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
         self._moments.clear()
-        keys = [key for key, _ in linear_modules(model, OUTPUTS)]
+        keys = output_keys(model)
         calibrate(model, ctx, desc="FLAP: fluctuation", inputs=dict.fromkeys(keys, self._add))
         few = [key for key in keys if self._moments.get(key) is None or self._moments[key].count < 2]
         if few:
@@ -135,9 +145,10 @@ class Fluctuation(Criterion):
             raise RuntimeError("the fluctuation criterion scores only after prepare() saw calibration inputs")
         return self._moments[key]
 
-    def column_metric(self, key: str, module: nn.Module) -> torch.Tensor:
+    def column_metric(self, key: str, module: nn.Module, attention: bool | None = None) -> torch.Tensor:
         """The raw (unstandardised) metric of every input column of the output projection ``key``
-        (``[in_features]``; squared for ``o_proj``, as the reference)."""
+        (``[in_features]``; squared for the attention's (``attention``; None: a key ending in ``self_attn.o_proj``),
+        as the reference)."""
         stats = self._stats(key)
         weight = base_linear(module).weight.detach().float()
         if self.metric == "WIFN":
@@ -147,7 +158,9 @@ class Fluctuation(Criterion):
             value = stats.variance().float().to(weight.device)
             if self.metric == "WIFV":
                 value = value * weight.square().sum(0)
-        return value.square() if key.endswith("self_attn.o_proj") else value
+        if attention is None:
+            attention = key.endswith("self_attn.o_proj")
+        return value.square() if attention else value
 
     def element_scores(self, key: str, module: nn.Module) -> torch.Tensor:
         raise NotImplementedError("the fluctuation criterion (FLAP) scores whole heads and MLP channels through "
@@ -155,7 +168,8 @@ class Fluctuation(Criterion):
 
     def group_scores(self, group: GroupSet, layer: nn.Module) -> torch.Tensor:
         member = output_member(group)
-        value = self.column_metric(module_key(group.layer, member.module), layer.get_submodule(member.module))
+        value = self.column_metric(module_key(group.layer, member.module), layer.get_submodule(member.module),
+                                   group.kind == "attention")
         if self.standardize:
             std = value.std() if value.numel() > 1 else value.new_tensor(0.0)
             value = (value - value.mean()) / (std if float(std) > 0 else 1.0)
@@ -185,7 +199,7 @@ class WandaSP(Criterion):
 
     def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
         self._sq_norms.clear()
-        keys = [key for key, _ in linear_modules(model, OUTPUTS)]
+        keys = output_keys(model)
         calibrate(model, ctx, desc="Wanda-sp: activations", inputs=dict.fromkeys(keys, self._add))
 
     def _add(self, key: str, x: torch.Tensor) -> None:
@@ -234,6 +248,15 @@ class GlobalStructured(Structured):
         parts = [] if self.attention == "heads" and self.mlp else [f"{self.attention}, mlp={self.mlp}"]
         parts += [] if self.allocation == "global" else [self.allocation]
         return "structured-global" + (f"({', '.join(parts)})" if parts else "") + ("+bias" if self.compensate else "")
+
+    def check_model(self, model: nn.Module) -> None:
+        super().check_model(model)
+        family = architecture_of(model)
+        if family.experts:
+            raise ConfigError(f"granularity '{self.name}' can't prune {family.name} models: one threshold across "
+                              "layers gives each expert of a layer its own width, and transformers keeps a layer's "
+                              "experts as one fused tensor of one width; use 'structured' (every expert of a layer "
+                              "loses the same number of channels) or 'experts'")
 
     def units(self, model: nn.Module, layers: list[int]) -> list[GroupSet]:
         groups = super().units(model, layers)

@@ -1,5 +1,6 @@
-"""Built-in plugin: the granularities ``structured`` (whole attention heads and MLP channels), ``nm``
-(semi-structured N:M, e.g. 2:4) and ``unstructured`` (single weights, per matrix or per row)."""
+"""Built-in plugin: the granularities ``structured`` (whole attention heads and MLP channels; in a mixture of
+experts, each expert's channels), ``experts`` (whole experts of a mixture of experts, with their router rows),
+``nm`` (semi-structured N:M, e.g. 2:4) and ``unstructured`` (single weights, per matrix or per row)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import torch
 from torch import nn
 
 from benchsuite import hookimpl
-from benchsuite.api import ConfigError, Criterion, Granularity, GroupSet, architecture_of
-from benchsuite.api.model import PROJECTIONS, base_linear, decoder_layers
+from benchsuite.api import ConfigError, Coupling, Criterion, Granularity, GroupSet, architecture_of
+from benchsuite.api.experts import mask_router, remove_experts
+from benchsuite.api.model import PROJECTIONS, base_linear, decoder_layers, layer_paths
 from benchsuite.pruning.sparsity import (
     apply_element_masks,
     check_nm,
@@ -24,18 +26,21 @@ from benchsuite.pruning.sparsity import (
 from benchsuite.pruning.structure import (
     Masker,
     attention_group,
-    mlp_group,
+    mlp_groups,
     prune_counts,
     pruned_per_block,
+    record_widths,
     remove_units,
     select_units,
+    tied_counts,
 )
 
-BENCHSUITE_API = "2.0"
+BENCHSUITE_API = "2.2"
 
 
 class Structured(Granularity):
-    """Coupled attention heads (GQA-aware) and MLP channels; physically removed at the end."""
+    """Coupled attention heads (GQA-aware) and MLP channels; physically removed at the end. In a mixture of experts
+    each expert's channels are a group, and every expert of a layer loses the same number."""
 
     name = "structured"
     description = "attention heads (GQA-aware) and MLP channels, removed physically"
@@ -68,7 +73,7 @@ class Structured(Granularity):
             if group is not None:
                 groups.append(group)
             if self.mlp:
-                groups.append(mlp_group(all_layers[i], i, arch))
+                groups.extend(mlp_groups(all_layers[i], i, arch))
         return groups
 
     def score(self, criterion: Criterion, model: nn.Module, groups: list[GroupSet]) -> list[torch.Tensor]:
@@ -84,7 +89,7 @@ class Structured(Granularity):
 
     def select(self, groups, scores, ratio, previous=None):
         previous = previous or [None] * len(groups)
-        counts = prune_counts(groups, ratio, [pruned_per_block(g, p) for g, p in zip(groups, previous)])
+        counts = tied_counts(groups, ratio, [pruned_per_block(g, p) for g, p in zip(groups, previous)])
         return [select_units(g, s, n, p) for g, s, n, p in zip(groups, scores, counts, previous)]
 
     def apply_masks(self, model, groups, masks) -> None:
@@ -97,6 +102,102 @@ class Structured(Granularity):
     def finalize(self, model, groups, masks):
         self._masker.remove()
         return remove_units(model, groups, masks)
+
+
+class Experts(Granularity):
+    """Whole experts of a mixture of experts, each with its router row: masked by routing around them (their router
+    logits ``-inf``), removed at the end. An expert's score is the sum of its projections' element scores."""
+
+    name = "experts"
+    description = "whole experts of a mixture of experts, with their router rows (MoE families only)"
+
+    def setup(self) -> None:
+        self._handles: list = []
+
+    def check_model(self, model: nn.Module) -> None:
+        family = architecture_of(model)
+        if not family.experts:
+            raise ConfigError(f"granularity 'experts' prunes mixtures of experts; {family.name} models have none")
+        decoder_layers(model)
+
+    def units(self, model, layers):
+        self.check_model(model)  # schedules may ask for units without checking the model first
+        arch = architecture_of(model)
+        all_layers = decoder_layers(model)
+        groups = []
+        for i in layers:
+            count = len(all_layers[i].get_submodule(arch.experts))
+            members = [Coupling(arch.expert_path(e, part), 0, torch.empty(0, 1, dtype=torch.long))
+                       for e in range(count) for part in range(3)]
+            groups.append(GroupSet(f"layers.{i}.{arch.experts}", i, "experts", count, members))
+        # the router picks top_k experts for every token: at least that many stay in every layer
+        self._caps = [g.size - self._top_k(model, g) for g in groups]
+        return groups
+
+    def score(self, criterion, model, groups):
+        if type(criterion).element_scores is Criterion.element_scores:
+            raise ConfigError(f"criterion '{criterion.name}' scores whole groups only; granularity 'experts' sums "
+                              "element scores over each expert")
+        layers = decoder_layers(model)
+        scores = []
+        for group in groups:
+            layer = layers[group.layer]
+            per_expert = torch.zeros(group.size)
+            for e, member in zip(range(group.size * 3), group.members):
+                module = layer.get_submodule(member.module)
+                s = criterion.element_scores(f"layers.{group.layer}.{member.module}", module)
+                per_expert[e // 3] += s.float().sum().cpu()
+            scores.append(per_expert)
+        return scores
+
+    def _top_k(self, model, group) -> int:
+        return decoder_layers(model)[group.layer].get_submodule(architecture_of(model).router).top_k
+
+    def unit_params(self, model, groups):
+        layers = decoder_layers(model)
+        arch = architecture_of(model)
+        out = []
+        for group in groups:
+            layer = layers[group.layer]
+            expert = sum(base_linear(layer.get_submodule(arch.expert_path(0, part))).weight.numel()
+                         for part in range(3))
+            out.append(expert + layer.get_submodule(arch.router).weight.shape[1])
+        return out
+
+    def select(self, groups, scores, ratio, previous=None):
+        previous = previous or [None] * len(groups)
+        counts = prune_counts(groups, ratio, [pruned_per_block(g, p) for g, p in zip(groups, previous)])
+        caps = getattr(self, "_caps", None) or [g.size - 1 for g in groups]
+        return [select_units(g, s, min(n, cap), p) for g, s, n, cap, p in zip(groups, scores, counts, caps, previous)]
+
+    def max_ratio(self, groups):
+        caps = getattr(self, "_caps", None)
+        if not groups or not caps:
+            return 1.0
+        return min(cap / g.size for g, cap in zip(groups, caps))
+
+    def apply_masks(self, model, groups, masks) -> None:
+        self._remove_hooks()
+        layers = decoder_layers(model)
+        router = architecture_of(model).router
+        for group, keep in zip(groups, masks):
+            if not bool(keep.all()):
+                self._handles.append(mask_router(layers[group.layer].get_submodule(router), keep.cpu()))
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def finalize(self, model, groups, masks):
+        self._remove_hooks()
+        layers = decoder_layers(model)
+        arch = architecture_of(model)
+        for group, keep in zip(groups, masks):
+            if not bool(keep.all()):
+                remove_experts(layers[group.layer], arch, keep.cpu())
+        record_widths(model)
+        return model
 
 
 class _ElementLevel(Granularity):
@@ -114,10 +215,11 @@ class _ElementLevel(Granularity):
         if not self.modules:
             raise ValueError("modules is empty: name at least one projection")
 
-    def _modules(self, model) -> tuple[str, ...]:
-        family = architecture_of(model).projections
+    def _modules(self, model) -> tuple[str, ...] | None:
+        """The projections named (None: every projection of each layer, each expert's in a mixture of experts)."""
         if self.modules == PROJECTIONS:
-            return family
+            return None
+        family = layer_paths(model, decoder_layers(model)[0])
         unknown = [m for m in self.modules if m not in family]
         if unknown:
             raise ConfigError(f"modules {list(unknown)} unknown in this model; choose from {', '.join(family)}")
@@ -224,3 +326,4 @@ def benchsuite_register_granularities(register):
     register(Structured)
     register(NM)
     register(Unstructured)
+    register(Experts)

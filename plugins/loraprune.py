@@ -30,11 +30,11 @@ from benchsuite import (
     Method,
     PruneContext,
     Reduction,
-    architecture_of,
     base_linear,
     calibrate,
     decoder_layers,
     hookimpl,
+    layer_paths,
     module_key,
 )
 
@@ -105,7 +105,7 @@ class LoRAGuided(Criterion):
         """Accumulate LoRA gradients over the calibration batches (pretrained weights stay frozen)."""
         self._grads.clear()
         wrappers = {module_key(i, path): layer.get_submodule(path)
-                    for i, layer in enumerate(decoder_layers(model)) for path in architecture_of(model).projections}
+                    for i, layer in enumerate(decoder_layers(model)) for path in layer_paths(model, layer)}
 
         def collect() -> None:
             for key, module in wrappers.items():

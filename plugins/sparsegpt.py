@@ -350,7 +350,7 @@ class SparseGPTSchedule(Schedule):
         total = 0.0
         if element:
             by_path = {groups[i].members[0].module: i for i in current}
-            order = architecture_of(model).input_groups
+            order = architecture_of(model).layer_input_groups(layer)
             jobs = [[(by_path[p], p, None) for p in stage] for stage in self._stages(list(by_path), order)]
         else:  # structured: each group reconstructs its consumers' remaining input columns, in order
             jobs = [[(i, m.module, m) for m in groups[i].members if m.dim == 1] for i in current]

@@ -192,18 +192,24 @@ def test_report_update_rewrites_marked_tables(tmp_path, tiny_model_dir, offline)
     assert bad.returncode == 2 and "does not take" in bad.stderr.splitlines()[-1]
 
 
-def test_readme_tables_are_the_committed_records():
-    """Every table in the README is rendered from the reference records
-    (`benchsuite report --results results/reference --update README.md`)."""
+def test_readme_and_docs_tables_are_the_committed_records():
+    """Every table in the README and the docs is rendered from the reference records
+    (`benchsuite report --results results/reference --update README.md docs/results.md ...`)."""
     from pathlib import Path
 
     from benchsuite.cli import update_tables
 
     root = Path(__file__).resolve().parent.parent
-    new, count = update_tables(root / "README.md", root / "results" / "reference")
-    assert count >= 3
-    fix = "run `benchsuite report --results results/reference --update README.md`"
-    assert new == (root / "README.md").read_text(encoding="utf-8"), fix
+    total = 0
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = doc.read_text(encoding="utf-8")
+        if "<!-- benchsuite report" not in text:
+            continue
+        new, count = update_tables(doc, root / "results" / "reference")
+        total += count
+        fix = f"run `benchsuite report --results results/reference --update {doc.relative_to(root)}`"
+        assert new == text, fix
+    assert total >= 8
 
 
 def test_a_failed_run_makes_the_exit_status_1_after_the_others_finish(tmp_path, tiny_model_dir, offline, monkeypatch):

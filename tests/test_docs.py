@@ -75,7 +75,7 @@ def test_every_public_member_is_documented(cls_name):
 
 
 def test_the_guides_example_is_the_example_package():
-    blocks = re.findall(r"^```\w+ file=(\S+)\n(.*?)^```", GUIDE, re.M | re.S)
+    blocks = re.findall(r'^```\w+ title="(examples/[^"]+)"\n(.*?)^```', GUIDE, re.M | re.S)
     assert {path for path, _ in blocks} >= {"examples/benchsuite-squared/benchsuite_squared.py",
                                             "examples/benchsuite-squared/pyproject.toml"}
     for path, code in blocks:

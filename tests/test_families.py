@@ -2,7 +2,8 @@
 over 2 key/value heads): structured masks equal removal, the saved model reloads in the suite, and the ``hf`` export
 opens in plain transformers (benchsuite not importable) as *that* family with the suite's logits; N:M and
 unstructured exports are plain checkpoints of the family. Families described as not prunable, and model types no
-plugin describes, are refused before any work."""
+plugin describes, are refused before any work. Mixtures of experts (4 experts, 2 routed per token) are pruned by each
+expert's channels and by whole experts with their router rows, and exported as their family's fused experts."""
 
 from __future__ import annotations
 
@@ -17,17 +18,18 @@ import pytest
 import torch
 
 from benchsuite.api import ConfigError
-from benchsuite.api.architecture import architecture_of
+from benchsuite.api.architecture import Architecture, architecture_of, use_architectures
+from benchsuite.api.model import decoder_layers
 from benchsuite.host import get_registry
 from benchsuite.models.checkpoint import load_model_dir, save_pruned
 from benchsuite.models.export import export
 from benchsuite.running.runner import Runner, RunRequest
 from benchsuite.testing import offline_tokenizer, save_tiny_model, tiny_model
-from benchsuite_plugins.granularities import NM, Structured, Unstructured
+from benchsuite_plugins.granularities import NM, Experts, Structured, Unstructured
 from tests.test_export import NO_BENCHSUITE
 
-PRUNABLE = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "granite", "olmo2", "phi3"]
-REFUSED = ["mixtral", "qwen3-moe"]
+MOE = ["mixtral", "qwen3-moe"]
+PRUNABLE = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "granite", "olmo2", "phi3", *MOE]
 LAYERS = 6
 
 # plain transformers: any import of benchsuite fails, as where it is not installed; prints, per folder, the class it
@@ -65,7 +67,7 @@ def _masks(granularity, groups, ratio=0.5, seed=1):
 
 def _element_scores(model, groups, seed=1):
     gen = torch.Generator().manual_seed(seed)
-    layers = model.model.layers
+    layers = decoder_layers(model)
     return [torch.rand(layers[g.layer].get_submodule(g.members[0].module).weight.shape, generator=gen) for g in groups]
 
 
@@ -74,9 +76,11 @@ def test_every_family_prunes_exactly_reloads_and_exports_as_itself(family, tmp_p
     tokens = _tokens()
     arch = architecture_of(tiny_model(family, 6, 2, LAYERS))
     folders, want = [], {}
-    for attention in ("heads", "kv-groups"):
+    structured = [(attention, Structured(attention=attention)) for attention in ("heads", "kv-groups")]
+    if arch.experts:
+        structured.append(("experts", Experts()))
+    for attention, gran in structured:
         model = tiny_model(family, 6, 2, LAYERS)
-        gran = Structured(attention=attention)
         groups = gran.units(model, list(range(LAYERS)))
         masks = _masks(gran, groups)
         dense = _logits(model, tokens)
@@ -91,6 +95,14 @@ def test_every_family_prunes_exactly_reloads_and_exports_as_itself(family, tmp_p
             k = pruned.model.layers[0].self_attn.k_proj.out_features
             width = pruned.model.layers[0].get_submodule(path).weight.shape[0]
             assert width == (q if arch.cut_with_heads[path] == "q" else k)
+        if arch.experts and attention == "experts":  # every layer keeps the router's top-k experts; rows go along
+            for layer in decoder_layers(pruned):
+                assert len(layer.get_submodule(arch.experts)) == 2
+                assert layer.get_submodule(arch.router).weight.shape[0] == 2
+        elif arch.experts:  # every expert of a layer loses the same channels' count
+            for layer in decoder_layers(pruned):
+                widths = {e.gate_linear.out_features for e in layer.get_submodule(arch.experts)}
+                assert len(widths) == 1 and widths.pop() < getattr(pruned.config, arch.experts_width)
         folder = save_pruned(pruned, tmp_path / f"structured-{attention}", tokenizer=offline_tokenizer())
         reloaded = load_model_dir(folder)
         assert type(reloaded).__name__ == arch.model_class
@@ -111,8 +123,9 @@ def test_every_family_prunes_exactly_reloads_and_exports_as_itself(family, tmp_p
         folders.append(out)
         want[str(out)] = (_logits(pruned, tokens), arch.model_class)
     structured = json.loads((folders[0] / "config.json").read_text())
-    assert structured["model_type"] == f"benchsuite_{family}"
-    assert (folders[0] / f"modeling_benchsuite_{family}.py").is_file()
+    stem = family.replace("-", "_")
+    assert structured["model_type"] == f"benchsuite_{stem}"
+    assert (folders[0] / f"modeling_benchsuite_{stem}.py").is_file()
 
     result = subprocess.run([sys.executable, "-c", OUTSIDE, json.dumps(tokens.tolist()), *map(str, folders)],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -150,16 +163,61 @@ def test_a_norm_over_the_whole_projection_is_masked_as_it_computes_once_rows_are
     assert not torch.allclose(norm(x)[..., rows], expected, atol=1e-3), "the whole-width norm is another one"
 
 
-@pytest.mark.parametrize("family", REFUSED)
-def test_families_not_prunable_yet_are_refused_before_any_work(family, tmp_path, text_corpus):
-    model_dir = save_tiny_model(tmp_path / "model", family=family, layers=4)
+def test_a_family_described_as_not_prunable_is_refused_before_any_work(tmp_path, text_corpus):
+    """A plugin may describe a family as not prunable yet (``unsupported``, with its reason): a run is refused before
+    anything is evaluated or written."""
+    registry = get_registry()
+    families = [f for f in registry.architectures.values() if f.name != "qwen3"]
+    model_dir = save_tiny_model(tmp_path / "model", family="qwen3", layers=4)
     results = tmp_path / "results"
     request = RunRequest(methods=["magnitude-l2"], model=str(model_dir), ratios=[0.5], profile="smoke",
                          results=results, tasks=[], corpora=[str(text_corpus)], recovery_data=str(text_corpus),
                          calibration_data=str(text_corpus))
-    with pytest.raises(ConfigError, match="can't be pruned by this version: .*not implemented yet"):
-        Runner(request, log=lambda _: None).run()
+    use_architectures([Architecture("qwen3", ("qwen3",), unsupported="a reason of its own"), *families])
+    try:
+        with pytest.raises(ConfigError, match="can't be pruned by this version: a reason of its own"):
+            Runner(request, log=lambda _: None).run()
+    finally:
+        use_architectures(registry.architectures.values())
     assert not list(results.rglob("*.json")), "nothing may be evaluated or written for a refused family"
+
+
+def test_whole_experts_are_refused_on_a_family_without_experts(tmp_path, text_corpus):
+    with pytest.raises(ConfigError, match="granularity 'experts' prunes mixtures of experts; llama models have none"):
+        Experts().check_model(tiny_model("llama", 6, 2, 2))
+    model_dir = save_tiny_model(tmp_path / "model", family="llama", layers=4)
+    request = RunRequest(methods=["magnitude-l2"], model=str(model_dir), ratios=[0.5], profile="smoke",
+                         results=tmp_path / "results", tasks=[], corpora=[str(text_corpus)],
+                         recovery_data=str(text_corpus), calibration_data=str(text_corpus), granularity="experts")
+    with pytest.raises(ConfigError, match="prunes mixtures of experts"):
+        Runner(request, log=lambda _: None).run()
+    assert not list((tmp_path / "results").rglob("*.json"))
+
+
+def test_an_expert_is_masked_as_it_computes_once_removed():
+    """Routing around an expert (its router logit -inf) gives every token the experts and weights the router
+    computes once that expert and its row are gone, for a router that renormalises its top-k weights (Mixtral) and
+    one that does not (Qwen3-MoE's norm_topk_prob False)."""
+    from benchsuite.api.experts import mask_router, route
+
+    torch.manual_seed(0)
+    for normalize in (True, False):
+        model = tiny_model("qwen3-moe", 6, 2, 1)
+        router = model.model.layers[0].mlp.gate
+        router.norm_topk_prob = normalize
+        x = torch.randn(7, 96)
+        keep = torch.tensor([True, False, True, True])
+        handle = mask_router(router, keep)
+        _, weights, index = router(x)
+        handle.remove()
+        logits = x @ router.weight[keep].t()
+        probs = torch.softmax(logits, -1)
+        top, top_index = torch.topk(probs, 2, -1)
+        if normalize:
+            top = top / top.sum(-1, keepdim=True)
+        assert torch.equal(index, keep.nonzero().reshape(-1)[top_index])
+        assert torch.allclose(weights, top, atol=1e-7)
+        assert torch.allclose(route(router, router(x)[0])[1], router(x)[1])  # route() is the router's own rule
 
 
 def test_an_undescribed_family_names_the_described_ones_and_the_guide(tmp_path):
@@ -170,14 +228,13 @@ def test_an_undescribed_family_names_the_described_ones_and_the_guide(tmp_path):
     assert "no plugin describes" in text and "docs/plugins.md#describing-a-new-family" in text
     for family in PRUNABLE:
         assert f"{family} (" in text
-    assert "mixtral" not in text  # described, but not prunable: not offered as one that works
 
 
 def test_every_built_in_family_is_registered_like_a_plugin():
     registry = get_registry()
-    assert set(PRUNABLE + REFUSED) <= set(registry.architectures)
+    assert set(PRUNABLE) <= set(registry.architectures)
     info = next(p for p in registry.plugins if p.name == "architectures")
-    assert info.builtin and info.registers["architectures"] == sorted(PRUNABLE + REFUSED)
+    assert info.builtin and info.registers["architectures"] == sorted(PRUNABLE)
 
 
 def test_the_guides_families_table_is_the_registered_one():
@@ -198,7 +255,7 @@ def test_a_family_described_from_the_guide_prunes_and_exports_its_model(tmp_path
     from tests.test_plugins import pip_install
 
     guide = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
-    code = re.search(r"^```python family=benchsuite_smollm3\.py\n(.*?)^```", guide, re.M | re.S).group(1)
+    code = re.search(r'^```python title="benchsuite_smollm3\.py"\n(.*?)^```', guide, re.M | re.S).group(1)
     with pytest.raises(ConfigError, match="model_type 'smollm3': no plugin describes"):
         architecture_of({"model_type": "smollm3"})
     monkeypatch.syspath_prepend(str(pip_install(tmp_path, "benchsuite-smollm3", {"benchsuite_smollm3": code})))
@@ -241,13 +298,27 @@ def test_a_family_described_from_the_guide_prunes_and_exports_its_model(tmp_path
         get_registry()  # the process's families again, without the temporary plugin
 
 
+#: family -> method -> why it is refused (a regular expression of the error)
+_GLOBAL = "granularity 'structured-global' can't prune .* models: one threshold across layers gives each expert"
+REFUSED_METHODS = {family: {"flap": _GLOBAL, "flap-lora": _GLOBAL, "flap-nobias": _GLOBAL} for family in MOE}
+
+
 @pytest.mark.parametrize("family", PRUNABLE)
 def test_every_built_in_method_runs_on_every_family(family, tmp_path, text_corpus):
     """Every registered method (each at its own granularity and schedule) prunes, recovers and evaluates a tiny
-    checkpoint of every prunable family."""
-    methods = sorted(get_registry().methods)
+    checkpoint of every prunable family, or is refused before any work with the reason (FLAP's global threshold on
+    a mixture of experts)."""
+    refused = REFUSED_METHODS.get(family, {})
+    methods = sorted(set(get_registry().methods) - set(refused))
     model_dir = save_tiny_model(tmp_path / family, family=family, layers=6)
     text = str(text_corpus)
+    for method, reason in refused.items():  # refused before any work, with the reason
+        request = RunRequest(methods=[method], model=str(model_dir), ratios=[0.5], profile="smoke",
+                             results=tmp_path / "refused", tasks=[], corpora=[text], recovery_data=text,
+                             calibration_data=text)
+        with pytest.raises(ConfigError, match=reason):
+            Runner(request, log=lambda _: None).run()
+        assert not list((tmp_path / "refused").rglob("*.json"))
     request = RunRequest(methods=methods, model=str(model_dir), ratios=[0.5], ratio_basis="units", profile="smoke",
                          results=tmp_path / "results", tasks=[], corpora=[text], recovery_data=text,
                          calibration_data=text, metrics=["perplexity", "params"])
@@ -256,6 +327,8 @@ def test_every_built_in_method_runs_on_every_family(family, tmp_path, text_corpu
     assert not failed, failed
     assert {r["variant"] for r in records[1:]} == set(methods)
     assert {r["architecture"]["name"] for r in records} == {family}  # the record says which description was used
+    lora = next(r for r in records if r.get("variant") == "loraprune")["lora"]
+    assert lora["wrapped"] == list(architecture_of(tiny_model(family, 6, 2, 1)).lora_targets)  # the family's names
     dense = records[0]["metrics"]["params"]
     for r in records[1:]:
         ppl = next(v for k, v in r["metrics"].items() if k.startswith("ppl_") and not k.endswith(("_lo", "_hi")))

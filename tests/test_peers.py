@@ -66,9 +66,9 @@ def test_readme_section_is_rendered_from_the_json():
     report = _module("report")
     results = report.load()
     assert "llm_compressor" in results, "no benchmarks/results/peers/llm_compressor.json"
-    text = read_block((ROOT / "README.md").read_text(), report.BLOCK)
+    text = read_block((ROOT / "docs" / "peers.md").read_text(), report.BLOCK)
     assert text is not None and text.strip() == report.render(results).strip(), \
-        "run: python benchmarks/peers/report.py --readme README.md"
+        "run: python benchmarks/peers/report.py --readme docs/peers.md"
     jobs = results["llm_compressor"]["jobs"]
     assert {j["job"] for j in jobs} >= {"sparsegpt-50%", "sparsegpt-2:4", "wanda-50%", "wanda-2:4"}
     for j in jobs:  # what the table states is what was measured

@@ -390,8 +390,8 @@ def test_api1_plugins_keep_working_with_a_deprecation_warning(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("declared, message", [
-    ('"3.0"', "targets plugin API 3.0, but this benchsuite provides 2.1: upgrade benchsuite"),
-    ('"2.7"', "targets plugin API 2.7, but this benchsuite provides 2.1"),
+    ('"3.0"', "targets plugin API 3.0, but this benchsuite provides 2.2: upgrade benchsuite"),
+    ('"2.7"', "targets plugin API 2.7, but this benchsuite provides 2.2"),
     ('"two"', "is not a version like"),
 ])
 def test_a_plugin_for_another_api_is_refused_with_what_to_do(tmp_path, monkeypatch, declared, message):

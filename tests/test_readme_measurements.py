@@ -1,7 +1,7 @@
-"""The README's measured tables outside ``benchsuite report`` are what their scripts render from the committed
-results: the budget sweep (``benchmarks/budget_sweep.py --render``, from ``results/reference``), llama.cpp's
-speed (``benchmarks/llama_cpp_speed.py --render``, from its JSON) and the default run's time
-(``benchmarks/default_run_time.py --render``, from its JSON)."""
+"""The docs' measured tables outside ``benchsuite report`` are what their scripts render from the committed
+results: the budget sweep (``benchmarks/budget_sweep.py --render``, from ``results/reference``; in
+docs/loraprune.md), llama.cpp's speed (``benchmarks/llama_cpp_speed.py --render``, from its JSON; docs/export.md)
+and the default run's time (``benchmarks/default_run_time.py --render``, from its JSON; docs/results.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from pathlib import Path
 from benchsuite.reporting.blocks import read_block
 
 ROOT = Path(__file__).parent.parent
-README = (ROOT / "README.md").read_text()
+#: block -> the page it is on
+PAGES = {"budget-sweep": "docs/loraprune.md", "llama-cpp-speed": "docs/export.md",
+         "default-run-time": "docs/results.md"}
 
 
 def _script(name: str):
@@ -23,8 +25,8 @@ def _script(name: str):
 
 
 def _block(name: str) -> str:
-    text = read_block(README, name)
-    assert text is not None, f"README has no <!-- {name} --> block"
+    text = read_block((ROOT / PAGES[name]).read_text(), name)
+    assert text is not None, f"{PAGES[name]} has no <!-- {name} --> block"
     return text.strip()
 
 
@@ -33,14 +35,15 @@ def test_budget_sweep_section_is_rendered_from_the_records():
     runs = sweep.collect(ROOT / "results" / "reference")
     assert runs, "no budget sweep records in results/reference"
     assert _block(sweep.BLOCK) == sweep.render(runs).strip(), \
-        "run: python benchmarks/budget_sweep.py --render --readme README.md"
+        "run: python benchmarks/budget_sweep.py --render --readme docs/loraprune.md"
 
 
 def test_llama_cpp_table_is_rendered_from_its_json():
     speed = _script("llama_cpp_speed")
     result = json.loads((ROOT / "benchmarks" / "results" / "llama_cpp_speed.json").read_text())
     assert _block(speed.BLOCK) == speed.render(result).strip(), \
-        "run: python benchmarks/llama_cpp_speed.py --render benchmarks/results/llama_cpp_speed.json --readme README.md"
+        ("run: python benchmarks/llama_cpp_speed.py --render benchmarks/results/llama_cpp_speed.json "
+         "--readme docs/export.md")
     assert result["speedup_prompt"] > 1 and result["speedup_generation"] > 1  # a pruned model that is faster
 
 
@@ -49,7 +52,7 @@ def test_default_run_time_section_is_rendered_from_its_json():
     data = json.loads((ROOT / "benchmarks" / "results" / "default_run_time.json").read_text())
     assert _block(timing.BLOCK) == timing.render(data).strip(), \
         ("run: python benchmarks/default_run_time.py --render benchmarks/results/default_run_time.json "
-         "--readme README.md")
+         "--readme docs/results.md")
     # what it states holds together: every run of the README's default benchmark, each phase inside the whole
     assert len(data["records"]) == 9 and not [r for r in data["records"] if "differs" in r["reference"]]
     t = data["timings"]

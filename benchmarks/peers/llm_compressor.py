@@ -14,7 +14,7 @@ Calibrations: ``quick`` (the suite's quick profile: 10 x 64 tokens) and ``paper`
 about an hour per job here on 2 cores).
 
     python benchmarks/peers/llm_compressor.py [--calibrations quick] [--jobs sparsegpt-2:4,...]   (tox -e peers)
-    python benchmarks/peers/report.py --readme README.md      # the README section, from the JSON
+    python benchmarks/peers/report.py --readme docs/peers.md      # the README section, from the JSON
 
 llm-compressor pins transformers<=5.17 (the suite: 5.24); it is installed into a folder of its own (tox -e peers
 does this) named by ``BENCHSUITE_PEERS_LLMCOMPRESSOR``, which only the peer's worker process puts on its path.

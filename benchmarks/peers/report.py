@@ -1,6 +1,6 @@
-"""The README's section "Against other libraries", rendered from the peer scripts' JSON (measuring nothing).
+"""The docs page "Against other libraries" (docs/peers.md), rendered from the peer scripts' JSON (measuring nothing).
 
-    python benchmarks/peers/report.py --readme README.md
+    python benchmarks/peers/report.py --readme docs/peers.md
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402 - the sibling module, also when run as a script
 
-BLOCK = "peers"  # the README block this script owns
+BLOCK = "peers"  # the docs block this script owns (docs/peers.md)
 PEERS = {"llm_compressor": "llm-compressor", "torch_pruning": "Torch-Pruning"}
 
 
@@ -50,7 +50,7 @@ def load(folder: Path = common.RESULTS) -> dict[str, dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--readme", type=Path, help="rewrite this README's peers block")
+    parser.add_argument("--readme", type=Path, help="rewrite this page's peers block (docs/peers.md)")
     args = parser.parse_args()
     text = render(load())
     print(text)

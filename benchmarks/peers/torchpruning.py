@@ -33,7 +33,7 @@ do the peer's jobs run, else the JSON, the table and the README say how it faile
 measured.
 
     python benchmarks/peers/torchpruning.py [--jobs magnitude-50%,...]        (tox -e peers)
-    python benchmarks/peers/report.py --readme README.md
+    python benchmarks/peers/report.py --readme docs/peers.md
 
 Torch-Pruning is installed into a folder of its own (``pip install --no-deps --target DIR torch-pruning==1.6.1``;
 tox -e peers does this) named by ``BENCHSUITE_PEERS_TORCH_PRUNING``; only the peer's worker puts it on its path.

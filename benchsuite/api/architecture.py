@@ -68,11 +68,51 @@ class Architecture:
     bos: bool = False
     #: why checkpoints of this family can't be pruned by this version (refused before any work); None: they can
     unsupported: str | None = None
+    #: a mixture of experts: the path of a layer's experts module, which transformers stores as fused 3-D parameters
+    #: ``gate_up_proj`` ``[experts, 2 * width, hidden]`` (gate rows, then up rows) and ``down_proj``
+    #: ``[experts, hidden, width]`` (Mixtral, Qwen3-MoE). The suite holds each expert as three Linears
+    #: (``<experts>.<e>.gate_linear``/``up_linear``/``down_linear``; :mod:`benchsuite.api.experts`) while it prunes
+    #: and trains, and writes them back fused; ``mlp`` then names one expert's projections with ``{e}``
+    experts: str | None = None
+    #: the router of a mixture of experts (a ``[experts, hidden]`` weight): a pruned expert's row goes with it
+    router: str | None = None
+    #: the config attributes holding the experts' count and each expert's MLP width
+    experts_count: str = "num_experts"
+    experts_width: str = "intermediate_size"
+
+    def __post_init__(self) -> None:
+        if self.experts and self.mlp == _LLAMA_MLP:
+            object.__setattr__(self, "mlp", tuple(f"{self.experts}.{{e}}.{name}"
+                                                  for name in ("gate_linear", "up_linear", "down_linear")))
+        if self.experts and not self.router:
+            raise ValueError(f"family {self.name!r}: a mixture of experts needs the router's path")
+
+    def layer_paths(self, layer: Any = None, experts: int | None = None) -> tuple[str, ...]:
+        """:attr:`projections` of one decoder layer, each expert's named (``mlp.experts.3.down_proj``): the experts
+        the layer holds now (``layer``), or the first ``experts``."""
+        if not self.experts:
+            return self.projections
+        count = experts if experts is not None else len(layer.get_submodule(self.experts))
+        mlp = tuple(path.format(e=e) for e in range(count) for path in dict.fromkeys(self.mlp))
+        return tuple(dict.fromkeys(self.attention)) + mlp
+
+    def layer_input_groups(self, layer: Any) -> tuple[tuple[str, ...], ...]:
+        """:attr:`input_groups` of one decoder layer (each expert's gate/up and down are groups of their own)."""
+        if not self.experts:
+            return self.input_groups
+        q, k, v, o = self.attention
+        gate, up, down = self.mlp
+        count = len(layer.get_submodule(self.experts))
+        out = [tuple(dict.fromkeys((q, k, v))), (o,)]
+        for e in range(count):
+            out += [tuple(dict.fromkeys((gate.format(e=e), up.format(e=e)))), (down.format(e=e),)]
+        return tuple(out)
 
     @property
     def projections(self) -> tuple[str, ...]:
         """Every pruned projection of a layer, attention first, each once (a fused one holds several parts); the
-        keys criteria receive end in these."""
+        keys criteria receive end in these. A mixture of experts names one expert's with ``{e}``: ask
+        :meth:`layer_paths` for a layer's."""
         return tuple(dict.fromkeys(self.attention + self.mlp))
 
     @property
@@ -86,6 +126,10 @@ class Architecture:
     def lora_targets(self) -> tuple[str, ...]:
         """The module names peft's ``target_modules`` matches for every projection of the family."""
         return tuple(dict.fromkeys(path.rpartition(".")[2] for path in self.projections))
+
+    def expert_path(self, e: int, part: int) -> str:
+        """Expert ``e``'s gate (0), up (1) or down (2) projection."""
+        return self.mlp[part].format(e=e)
 
     def as_dict(self) -> dict[str, Any]:
         """What a record keeps of the family."""

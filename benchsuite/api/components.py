@@ -50,7 +50,7 @@ class PruneContext:
 #: The plugin API this benchsuite provides. A plugin module declares the version it targets with a
 #: module attribute ``BENCHSUITE_API = "2.0"``; the host refuses a plugin needing a newer major or
 #: minor version, and loads a plugin without the attribute as API 1 (with a deprecation warning).
-API_VERSION = "2.1"
+API_VERSION = "2.2"
 
 #: What a criterion may declare in ``needs``, and what the host does for each (see docs/plugins.md).
 NEEDS: dict[str, str] = {
@@ -250,6 +250,9 @@ class GroupSet:
     size: int
     members: list[Coupling]
     blocks: int = 1
+    #: groups with the same ``tie`` lose the same number of units (the experts of one layer: see
+    #: :func:`benchsuite.pruning.structure.tied_counts`); None: on its own
+    tie: str | None = None
 
 
 class Criterion(Parametrized, ABC):

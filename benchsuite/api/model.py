@@ -14,8 +14,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from benchsuite.api.architecture import architecture_of
+from benchsuite.api.architecture import Architecture, architecture_of
 from benchsuite.api.errors import ConfigError
+from benchsuite.api.experts import unfuse_experts
 
 ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 
@@ -29,8 +30,19 @@ PROJECTIONS = ATTN + MLP
 _LAYER_PATHS: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a causal LM, also through peft wrappers (the path is cached per model)."""
+def decoder_layers(model: nn.Module, *, unfuse: bool = True) -> nn.ModuleList:
+    """The decoder layers of a causal LM, also through peft wrappers (the path is cached per model). A mixture of
+    experts' fused experts are turned into per-expert Linears (:mod:`benchsuite.api.experts`) unless ``unfuse`` is
+    False (a skeleton being shaped for a fused checkpoint)."""
+    layers = _find_layers(model)
+    if unfuse:
+        family = _family(model)
+        if family is not None and family.experts:
+            unfuse_experts(model, family, layers)
+    return layers
+
+
+def _find_layers(model: nn.Module) -> nn.ModuleList:
     path = _LAYER_PATHS.get(model)
     if path is not None:
         try:
@@ -51,12 +63,28 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     )
 
 
-def _projections(model: nn.Module) -> tuple[str, ...]:
-    """The projection paths of the model's family (the Llama layout's for a model no family describes)."""
+def _family(model: nn.Module) -> Architecture | None:
     try:
-        return architecture_of(model, prunable=False).projections
+        return architecture_of(model, prunable=False)
     except ConfigError:
+        return None
+
+
+def _projections(model: nn.Module) -> tuple[str, ...]:
+    """The paths that make a module list the decoder layers: the family's projections (the Llama layout's for a
+    model no family describes); for a mixture of experts, its attention, experts and router."""
+    family = _family(model)
+    if family is None:
         return PROJECTIONS
+    if family.experts:
+        return tuple(dict.fromkeys(family.attention)) + (family.experts, family.router)
+    return family.projections
+
+
+def layer_paths(model: nn.Module, layer: nn.Module) -> tuple[str, ...]:
+    """Every projection of one decoder layer of ``model`` (each expert's named, for a mixture of experts)."""
+    family = _family(model)
+    return family.layer_paths(layer) if family is not None else PROJECTIONS
 
 
 def _has_projections(layer: nn.Module, paths: tuple[str, ...] = PROJECTIONS) -> bool:
@@ -91,8 +119,6 @@ def linear_modules(model: nn.Module, paths: tuple[str, ...] | list[str] | None =
     """``(key, pretrained Linear)`` for every projection (``paths``; default: every projection of the model's family)
     of every decoder layer, in order; ``key`` is ``layers.<i>.<path>`` as criteria receive it (LoRA wrappers are
     looked through)."""
-    if paths is None:
-        paths = _projections(model)
     for i, layer in enumerate(decoder_layers(model)):
-        for path in paths:
+        for path in paths if paths is not None else layer_paths(model, layer):
             yield f"layers.{i}.{path}", base_linear(layer.get_submodule(path))

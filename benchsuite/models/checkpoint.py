@@ -19,7 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchsuite.api.architecture import architecture_of
 from benchsuite.api.errors import ConfigError
+from benchsuite.api.experts import fused
+from benchsuite.api.model import decoder_layers
 from benchsuite.models.hf import read_config, write_layout
 from benchsuite.pruning.structure import BIASES_KEY, WIDTHS_KEY, add_biases, record_widths, reshape_to_widths
 
@@ -57,7 +60,16 @@ def load_model_dir(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
     rebuilt = widths or getattr(config, BIASES_KEY, None)  # per-layer widths, or biases the config lacks
     model = _load_dense(path, dtype, device, placement) if not rebuilt else _load_pruned(
         path, config, widths, dtype, device, placement)
+    if _family(config) is not None and _family(config).experts:
+        decoder_layers(model)  # a mixture of experts: held as per-expert Linears from here on (benchsuite.api.experts)
     return model.eval()
+
+
+def _family(config: Any):
+    try:
+        return architecture_of(config, prunable=False)
+    except ConfigError:
+        return None
 
 
 def _skeleton(config: Any, dtype: torch.dtype, widths: list[dict] | None = None) -> nn.Module:
@@ -288,7 +300,12 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, tokenizer=None,
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     record_widths(model)
-    model.save_pretrained(path, safe_serialization=True)
+    family = architecture_of(model, prunable=False)
+    if family.experts:  # written as the family keeps them (fused 3-D experts), in transformers' in-memory names
+        with fused(model, family, decoder_layers(model)):
+            model.save_pretrained(path, safe_serialization=True, save_original_format=False)
+    else:
+        model.save_pretrained(path, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     if provenance is not None:

@@ -91,7 +91,8 @@ def hf_config(config: dict[str, Any]) -> dict[str, Any]:
                      "AutoModelForCausalLM": f"{module}.Benchsuite{family.model_class}"},
         WIDTHS_KEY: config.get(WIDTHS_KEY) or None, BIASES_KEY: config.get(BIASES_KEY) or None,
         CUT_KEY: dict(family.cut_with_heads) or None,
-        PATHS_KEY: {"attention": list(family.attention), "mlp": list(family.mlp)},
+        PATHS_KEY: {"attention": list(family.attention), "mlp": list(family.mlp)}
+        | ({"experts": family.experts, "router": family.router} if family.experts else {}),
     }
 
 

@@ -14,17 +14,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchsuite.api.components import Coupling, GroupSet
-from benchsuite.api.model import PROJECTIONS, base_linear, decoder_layers
+from benchsuite.api.model import PROJECTIONS, base_linear, decoder_layers, layer_paths
 
 MASK_ATTR = "_benchsuite_mask"
 
 
-def weight_groups(model: nn.Module, layers: list[int], modules: tuple[str, ...] = PROJECTIONS) -> list[GroupSet]:
-    """One 'group' per sparsified weight matrix: its elements are the units."""
+def weight_groups(model: nn.Module, layers: list[int],
+                  modules: tuple[str, ...] | None = PROJECTIONS) -> list[GroupSet]:
+    """One 'group' per sparsified weight matrix: its elements are the units. ``modules`` None: every projection of
+    each layer (:func:`~benchsuite.api.model.layer_paths`)."""
     all_layers = decoder_layers(model)
     groups = []
     for i in layers:
-        for path in modules:
+        for path in modules if modules is not None else layer_paths(model, all_layers[i]):
             weight = base_linear(all_layers[i].get_submodule(path)).weight
             groups.append(GroupSet(f"layers.{i}.{path}", i, "weights", weight.numel(),
                                    [Coupling(path, 0, torch.empty(0, 1, dtype=torch.long))]))

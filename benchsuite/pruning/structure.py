@@ -60,7 +60,10 @@ class LayerWidths:
     num_heads: int
     num_kv_heads: int
     head_dim: int
+    #: the MLP's width (a mixture of experts: each expert's, the same for all of a layer's experts)
     intermediate_size: int
+    #: a mixture of experts: how many experts the layer has (0: not one)
+    experts: int = 0
 
 
 def layer_widths(layer: nn.Module, arch: Architecture | None = None) -> LayerWidths:
@@ -76,6 +79,10 @@ def layer_widths(layer: nn.Module, arch: Architecture | None = None) -> LayerWid
     else:
         q_out = base_linear(layer.get_submodule(a.attention[0])).out_features
         k_out = base_linear(layer.get_submodule(a.attention[1])).out_features
+    if a.experts:
+        experts = layer.get_submodule(a.experts)  # (each expert's width is the first's once a layer is pruned)
+        width = base_linear(layer.get_submodule(a.expert_path(0, 0))).out_features
+        return LayerWidths(q_out // head_dim, k_out // head_dim, head_dim, width, len(experts))
     inter = base_linear(layer.get_submodule(a.mlp[0])).out_features
     if fused_gate_up(a):
         inter //= 2
@@ -163,6 +170,52 @@ def mlp_group(layer: nn.Module, index: int, arch: Architecture | None = None) ->
     members = [Coupling(a.mlp[0], 0, channels), Coupling(a.mlp[1], 0, channels + up_at),
                Coupling(a.mlp[2], 1, channels)]
     return GroupSet(f"layers.{index}.mlp", index, "mlp", channels.shape[0], members)
+
+
+def mlp_groups(layer: nn.Module, index: int, arch: Architecture | None = None) -> list[GroupSet]:
+    """The MLP's channel groups: one (:func:`mlp_group`), or, in a mixture of experts, one per expert, tied so
+    that every expert of the layer loses the same number of channels (``tie``; its experts stay storable as
+    transformers' fused ``[experts, width, hidden]`` parameters)."""
+    a = _layout(arch)
+    if not a.experts:
+        return [mlp_group(layer, index, a)]
+    count = len(layer.get_submodule(a.experts))
+    inter = layer_widths(layer, a).intermediate_size
+    channels = torch.arange(inter).reshape(-1, 1)
+    return [GroupSet(f"layers.{index}.{a.experts}.{e}", index, "mlp", inter,
+                     [Coupling(a.expert_path(e, 0), 0, channels), Coupling(a.expert_path(e, 1), 0, channels),
+                      Coupling(a.expert_path(e, 2), 1, channels)], tie=f"layers.{index}.{a.experts}")
+            for e in range(count)]
+
+
+def tied_counts(groups: list[GroupSet], ratio: float, floors: list[int] | None = None) -> list[int]:
+    """:func:`prune_counts` where groups sharing a ``tie`` (the experts of one layer) count as one group of that
+    many blocks: each of them loses the same number of units."""
+    floors = list(floors) if floors is not None else [0] * len(groups)
+    merged: list[GroupSet] = []
+    merged_floors: list[int] = []
+    where: list[int] = []
+    ties: dict[str, int] = {}
+    for group, floor in zip(groups, floors):
+        if group.tie is None:
+            where.append(len(merged))
+            merged.append(group)
+            merged_floors.append(floor)
+            continue
+        if group.tie not in ties:
+            ties[group.tie] = len(merged)
+            merged.append(GroupSet(group.tie, group.layer, group.kind, 0, [], 0))
+            merged_floors.append(0)
+        j = ties[group.tie]
+        tied = merged[j]
+        if tied.blocks and tied.size // tied.blocks != group.size // group.blocks:
+            raise ValueError(f"{group.name}: tied groups must have the same units per block")
+        tied.size += group.size
+        tied.blocks += group.blocks
+        merged_floors[j] = max(merged_floors[j], floor)
+        where.append(j)
+    counts = prune_counts(merged, ratio, merged_floors)
+    return [counts[j] for j in where]
 
 
 def pruned_per_block(group: GroupSet, keep: torch.Tensor | None) -> int:
@@ -425,6 +478,10 @@ def sync_attributes(layer: nn.Module, arch: Architecture | None = None) -> None:
             attn.config = config = copy.copy(config)
             attn._benchsuite_own_config = True
         config.num_attention_heads = w.num_heads
+    if a.experts:
+        layer.get_submodule(a.router).num_experts = w.experts
+        layer.get_submodule(a.experts)._fused.intermediate_dim = w.intermediate_size
+        return
     mlp = layer.get_submodule(_parent(a.mlp[0]))
     if hasattr(mlp, "intermediate_size"):
         mlp.intermediate_size = w.intermediate_size
@@ -436,16 +493,20 @@ WIDTHS_KEY = "benchsuite_layer_widths"
 def record_widths(model: nn.Module) -> None:
     """Store per-layer widths in the config (only when they differ from the uniform config)."""
     config = model.config
+    arch = architecture_of(model)
     widths = model_widths(model)
+    inter = getattr(config, arch.experts_width) if arch.experts else config.intermediate_size
+    experts = getattr(config, arch.experts_count) if arch.experts else 0
     uniform = all(
-        (w.num_heads, w.num_kv_heads, w.intermediate_size)
-        == (config.num_attention_heads, config.num_key_value_heads, config.intermediate_size)
+        (w.num_heads, w.num_kv_heads, w.intermediate_size, w.experts)
+        == (config.num_attention_heads, config.num_key_value_heads, inter, experts)
         for w in widths
     )
     if not getattr(config, "head_dim", None):
         config.head_dim = widths[0].head_dim  # RoPE must not re-derive head_dim from head counts
     setattr(config, WIDTHS_KEY, None if uniform else [
         {"num_heads": w.num_heads, "num_kv_heads": w.num_kv_heads, "intermediate_size": w.intermediate_size}
+        | ({"num_experts": w.experts} if arch.experts else {})
         for w in widths
     ])
     record_biases(model)
@@ -461,7 +522,7 @@ def record_biases(model: nn.Module) -> None:
     """Store which projections of each layer have a bias that the family's config does not give them in the config
     (see :data:`BIASES_KEY`; Qwen2's own q/k/v biases are not recorded, FLAP's added ones are)."""
     native = native_biases(model.config)
-    paths = architecture_of(model).projections
+    paths = _bias_paths(architecture_of(model))
     found = [[path for path in paths if base_linear(layer.get_submodule(path)).bias is not None
               and path not in own] for layer, own in zip(decoder_layers(model), native)]
     setattr(model.config, BIASES_KEY, found if any(found) else None)
@@ -479,9 +540,14 @@ def native_biases(config) -> list[set[str]]:
             setattr(plain, key, None)
     with init_empty_weights(include_buffers=True):
         skeleton = AutoModelForCausalLM.from_config(plain)
-    paths = architecture_of(config).projections
+    paths = _bias_paths(architecture_of(config))
     return [{path for path in paths if base_linear(layer.get_submodule(path)).bias is not None}
-            for layer in decoder_layers(skeleton)]
+            for layer in decoder_layers(skeleton, unfuse=False)]
+
+
+def _bias_paths(arch: Architecture) -> tuple[str, ...]:
+    """The projections that may have a bias (a mixture of experts' experts have none, and get none)."""
+    return tuple(dict.fromkeys(arch.attention)) if arch.experts else arch.projections
 
 
 def add_biases(model: nn.Module, biases: list[list[str]]) -> None:
@@ -500,9 +566,14 @@ def add_biases(model: nn.Module, biases: list[list[str]]) -> None:
 
 
 def reshape_to_widths(model: nn.Module, widths: list[dict]) -> None:
-    """Rebuild each layer's projections with the recorded widths (before loading a state dict)."""
+    """Rebuild each layer's projections with the recorded widths (before loading a state dict); a mixture of
+    experts' fused experts and router too (the checkpoint holds them fused)."""
     arch = architecture_of(model)
-    for layer, w in zip(decoder_layers(model), widths):
+    for layer, w in zip(decoder_layers(model, unfuse=False), widths):
+        if arch.experts:
+            _reshape_attention(layer, arch, w)
+            _reshape_experts(layer, arch, w)
+            continue
         attn = layer.get_submodule(_parent(arch.attention[0]))
         hd = attn.head_dim
         q, kv, inter = w["num_heads"] * hd, w["num_kv_heads"] * hd, w["intermediate_size"]
@@ -517,3 +588,33 @@ def reshape_to_widths(model: nn.Module, widths: list[dict]) -> None:
         if fused_qkv(arch):
             attn.num_key_value_heads = w["num_kv_heads"]
         sync_attributes(layer, arch)
+
+
+def _reshape_attention(layer: nn.Module, arch: Architecture, w: dict) -> None:
+    attn = layer.get_submodule(_parent(arch.attention[0]))
+    hd = attn.head_dim
+    q, kv = w["num_heads"] * hd, w["num_kv_heads"] * hd
+    for path, dim, size in zip(arch.attention, (0, 0, 0, 1), (q, kv, kv, q)):
+        slice_linear(layer.get_submodule(path), dim, torch.arange(size))
+    for path, side in arch.cut_with_heads.items():
+        slice_norm(layer.get_submodule(path), torch.arange(q if side == "q" else kv))
+    attn.num_key_value_groups = w["num_heads"] // w["num_kv_heads"]
+    for name, value in (("num_heads", w["num_heads"]), ("num_key_value_heads", w["num_kv_heads"])):
+        if hasattr(attn, name):
+            setattr(attn, name, value)
+
+
+def _reshape_experts(layer: nn.Module, arch: Architecture, w: dict) -> None:
+    """A skeleton's fused experts and router at ``num_experts`` experts of width ``intermediate_size``."""
+    experts, router = layer.get_submodule(arch.experts), layer.get_submodule(arch.router)
+    count, inter = w.get("num_experts", experts.gate_up_proj.shape[0]), w["intermediate_size"]
+    hidden = experts.gate_up_proj.shape[2]
+    for owner, name, shape in ((experts, "gate_up_proj", (count, 2 * inter, hidden)),
+                               (experts, "down_proj", (count, hidden, inter)),
+                               (router, "weight", (count, hidden))):
+        old = getattr(owner, name)
+        setattr(owner, name, nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device),
+                                          requires_grad=old.requires_grad))
+    experts.num_experts = router.num_experts = count
+    if hasattr(experts, "intermediate_dim"):
+        experts.intermediate_dim = inter

@@ -240,6 +240,33 @@ def render(records: list[dict[str, Any]], fmt: str = "markdown", view: str = "al
         df.to_csv(buf, index=False)
         return buf.getvalue()
     text = _tabulate(body, headers, padding=0 if view == "compact" else 2)
+    when = measured(records)
     if df["model"].nunique() == 1 and df["profile"].nunique() == 1:
-        text = f"model: {df['model'].iloc[0]} · profile: {df['profile'].iloc[0]}\n\n{text}"
+        text = f"model: {df['model'].iloc[0]} · profile: {df['profile'].iloc[0]}" + (
+            f" · {when}" if when else "") + f"\n\n{text}"
+    elif when:
+        text = f"{when}\n\n{text}"
     return text
+
+
+def _machine(hardware: dict[str, Any]) -> str:
+    device = str(hardware.get("device", "?"))
+    if hardware.get("gpu"):
+        return str(hardware["gpu"])
+    if device == "cpu":
+        threads = hardware.get("torch_threads")
+        return f"CPU ({hardware.get('cpu_count', '?')} cores" + (
+            f", {threads} torch thread{'s' if threads != 1 else ''})" if threads else ")")
+    return device
+
+
+def measured(records: list[dict[str, Any]]) -> str:
+    """When and on what the records were measured: ``measured 2026-11-26 on CPU (2 cores, 2 torch threads)``, a
+    range of dates and every machine where they differ (the tables state it: a time is a measurement, not a
+    property)."""
+    dates = sorted({str(r["started_at"])[:10] for r in records if r.get("started_at")})
+    machines = sorted({_machine(r["hardware"]) for r in records if isinstance(r.get("hardware"), dict)})
+    if not dates:
+        return ""
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    return f"measured {when}" + (f" on {', '.join(machines)}" if machines else "")

@@ -104,7 +104,7 @@ from torch.utils._pytree import tree_flatten
 
 from benchsuite.api.architecture import architecture_of
 from benchsuite.api.errors import ConfigError
-from benchsuite.api.model import base_linear, decoder_layers
+from benchsuite.api.model import base_linear, decoder_layers, layer_paths
 from benchsuite.evaluation.size import count_params, flops_per_token
 from benchsuite.models.resolve import ResolvedModel, resolve_model
 from benchsuite.pruning.structure import parse_layers, remove_units
@@ -483,7 +483,7 @@ def _lora_params(model: nn.Module) -> list[nn.Parameter]:
 
 def _largest_projection(model: nn.Module) -> int:
     return max(base_linear(layer.get_submodule(path)).weight.numel()
-               for layer in decoder_layers(model) for path in architecture_of(model).projections)
+               for layer in decoder_layers(model) for path in layer_paths(model, layer))
 
 
 def _heap(footprint: Footprint, passes: int | None, cpu: bool, share: float = 1.0) -> int:
@@ -596,7 +596,7 @@ class _Estimator:
             grads = _nbytes(params)
             if per_sample:  # float32 gradient mean and Fisher diagonal of every projection weight
                 grads += 2 * 4 * sum(base_linear(layer.get_submodule(path)).weight.numel()
-                                     for layer in decoder_layers(model) for path in architecture_of(model).projections)
+                                     for layer in decoder_layers(model) for path in layer_paths(model, layer))
             with _all_require_grad(model):
                 phase = _training_phase("prune", model, 1 if per_sample else p.calib_batch, cal["length"],
                                         train=False, optimizer=False, weight_grads=grads,

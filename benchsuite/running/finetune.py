@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchsuite.api.architecture import architecture_of
+from benchsuite.api.architecture import Architecture, architecture_of
 from benchsuite.api.corpora import Corpus
 from benchsuite.api.model import input_device
 from benchsuite.api.profiles import LR_SCHEDULES
@@ -92,13 +92,17 @@ class LoRAConfig:
         return asdict(self)
 
 
+def wrapped_targets(config: LoRAConfig, family: Architecture) -> tuple[str, ...]:
+    """The module names LoRA wraps: ``config.targets``, where they are the default (every projection) in the model
+    family's names (Phi-3: ``qkv_proj``, ``gate_up_proj``; a mixture of experts: each expert's ``gate_linear``...)."""
+    return family.lora_targets if config.targets == DEFAULT_TARGETS else tuple(config.targets)
+
+
 def attach_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
     """Wrap ``model`` with peft LoRA on ``config.targets``; everything else is frozen."""
     from peft import LoraConfig, get_peft_model
 
-    targets = config.targets
-    if targets == DEFAULT_TARGETS:  # every projection: in the model family's names (Phi-3: qkv_proj, gate_up_proj)
-        targets = architecture_of(model).lora_targets
+    targets = wrapped_targets(config, architecture_of(model))
     peft_config = LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
                              target_modules=list(targets), bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, peft_config)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchsuite.api.architecture import bos_token
+from benchsuite.api.architecture import architecture_of, bos_token
 from benchsuite.api.columns import Column
 from benchsuite.api.components import Granularity, PruneContext, PruneOutcome
 from benchsuite.api.corpora import Corpus
@@ -46,6 +46,7 @@ from benchsuite.running.finetune import (
     frozen_parameters,
     merge_lora,
     train_lora,
+    wrapped_targets,
 )
 from benchsuite.running.plan import ModelPlan, RunPlan, RunSpec, load_dense
 from benchsuite.running.records import SCHEMA, RecordProblem, check_record, config_hash, git_commit, hardware, versions
@@ -427,8 +428,10 @@ def record(plan: RunPlan, model_plan: ModelPlan, spec: RunSpec, stages: RunStage
     if pruning:
         out["layers_pruned"] = spec.layers
         out["ratio_basis"] = spec.unit_ratio
-        if spec.lora is not None:
-            out["lora"] = spec.lora.as_dict()
+        if spec.lora is not None:  # with the module names it wrapped, in the family's names
+            family = architecture_of({"model_type": (model_plan.family or {}).get("model_types", ["llama"])[0]},
+                                     prunable=False)
+            out["lora"] = spec.lora.as_dict() | {"wrapped": list(wrapped_targets(spec.lora, family))}
         out["calibration"] = spec.calibration
         if pruned is not None:
             out["pruned_units"] = pruned.pruned_units

@@ -26,7 +26,7 @@ from benchsuite.api.components import Criterion, Granularity, Method, Schedule
 from benchsuite.api.corpora import Corpus
 from benchsuite.api.errors import AssetError, ConfigError
 from benchsuite.api.metrics import STANDARD_METRICS, MeasureContext, Metric
-from benchsuite.api.model import base_linear, decoder_layers
+from benchsuite.api.model import base_linear, decoder_layers, layer_paths
 from benchsuite.api.profiles import (
     Profile,
     get_profile,
@@ -535,7 +535,7 @@ def unit_ratio(plan: RunPlan, method: MethodPlan, ratio: float, dense: nn.Module
         unit = ratio
     else:
         total = sum(base_linear(layer.get_submodule(path)).weight.numel()
-                    for layer in decoder_layers(dense) for path in architecture_of(dense).projections)
+                    for layer in decoder_layers(dense) for path in layer_paths(dense, layer))
         prunable = sum(g.size * n for g, n in zip(groups, granularity.unit_params(dense, groups)))
         unit = ratio * total / prunable
         info |= {"projection_params": total, "prunable_params": prunable}

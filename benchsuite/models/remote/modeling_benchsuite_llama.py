@@ -11,7 +11,10 @@ nothing but torch and transformers installed.
 - ``benchsuite_cut_with_heads``: norms over the whole query (``q``) or key/value (``kv``) projection, whose width
   follows the layer's head counts (OLMo 2's ``q_norm``/``k_norm``), or null;
 - ``benchsuite_projections``: the paths of q, k, v, o and gate, up, down in a decoder layer (a fused projection is
-  named for each of its parts, as Phi-3's ``qkv_proj``), or null for the Llama names.
+  named for each of its parts, as Phi-3's ``qkv_proj``), or null for the Llama names; for a mixture of experts, also
+  ``experts`` and ``router``: the layer's fused experts module (``gate_up_proj`` ``[experts, 2 * width, hidden]``,
+  ``down_proj`` ``[experts, hidden, width]``) and router (``weight`` ``[experts, hidden]``), which get the layer's
+  ``num_experts`` and ``intermediate_size`` (each expert's width).
 
 The classes subclass the installed transformers classes of the model's family (this file is written for each
 family from the Llama one, with its classes in place of Llama's) and only reshape the projections: attention,
@@ -58,6 +61,7 @@ class BenchsuiteLlamaForCausalLM(LlamaForCausalLM):
         paths = getattr(config, PATHS_KEY, None) or DEFAULT_PATHS
         q_path, k_path, v_path, o_path = paths["attention"]
         gate, up, down = paths["mlp"]
+        experts_path, router_path = paths.get("experts"), paths.get("router")
         hidden = config.hidden_size
         for layer, width, with_bias in zip(layers, widths, biases):
             attn = layer.get_submodule(q_path.rpartition(".")[0])
@@ -67,10 +71,15 @@ class BenchsuiteLlamaForCausalLM(LlamaForCausalLM):
             inter = width["intermediate_size"] if width else config.intermediate_size
             q, kv = heads * head_dim, kv_heads * head_dim
             rows: dict[str, int] = {}  # the parts of a fused projection (Phi-3's qkv_proj, gate_up_proj) add up
-            for path, size in ((q_path, q), (k_path, kv), (v_path, kv), (gate, inter), (up, inter)):
+            mlp_parts = () if experts_path else ((gate, inter), (up, inter))
+            for path, size in ((q_path, q), (k_path, kv), (v_path, kv), *mlp_parts):
                 rows[path] = rows.get(path, 0) + size
-            shapes = {path: (hidden, size) for path, size in rows.items()} | {o_path: (q, hidden),
-                                                                              down: (inter, hidden)}
+            shapes = {path: (hidden, size) for path, size in rows.items()} | {o_path: (q, hidden)}
+            if not experts_path:
+                shapes[down] = (inter, hidden)
+            else:
+                _reshape_experts(layer.get_submodule(experts_path), layer.get_submodule(router_path),
+                                 width["num_experts"] if width else None, inter)
             for path, (fan_in, fan_out) in shapes.items():
                 parent, _, name = path.rpartition(".")
                 owner = layer.get_submodule(parent)
@@ -90,6 +99,22 @@ class BenchsuiteLlamaForCausalLM(LlamaForCausalLM):
             if q_path == k_path and heads != config.num_attention_heads:  # a fused split reads the config's count
                 attn.config = copy.copy(attn.config)
                 attn.config.num_attention_heads = heads
+            if experts_path:
+                continue
             mlp = layer.get_submodule(gate.rpartition(".")[0])
             if hasattr(mlp, "intermediate_size"):
                 mlp.intermediate_size = inter
+
+
+def _reshape_experts(experts: nn.Module, router: nn.Module, count: int | None, inter: int) -> None:
+    """A mixture of experts' fused experts and router at ``count`` experts of width ``inter``."""
+    count = count if count is not None else experts.gate_up_proj.shape[0]
+    hidden = experts.gate_up_proj.shape[2]
+    for owner, name, shape in ((experts, "gate_up_proj", (count, 2 * inter, hidden)),
+                               (experts, "down_proj", (count, hidden, inter)), (router, "weight", (count, hidden))):
+        old = getattr(owner, name)
+        if tuple(old.shape) != shape:
+            setattr(owner, name, nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device)))
+    experts.num_experts = router.num_experts = count
+    if hasattr(experts, "intermediate_dim"):
+        experts.intermediate_dim = inter
