@@ -321,12 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hf: the new folder (default: the model folder's name plus .hf, beside it; it must not "
                         "exist, or be empty); gguf: the new .gguf file (default: the folder's name plus .f32.gguf); "
                         "compressed-tensors: the new folder (default: the folder's name plus .ct24)")
-    docs = sub.add_parser("docs", help="write the docs site's generated pages: the command-line reference and the "
-                          "home page", description="The docs site's generated pages: cli.md, every command's --help "
-                          "rendered from the parser at 100 columns, and index.md, the README with its links made "
-                          "relative to the docs folder. Prints the reference, or writes both into DIR.")
+    docs = sub.add_parser("docs", help="write the docs site's generated pages: the command-line reference, the "
+                          "home page and the changelog", description="The docs site's generated pages: cli.md, every "
+                          "command's --help rendered from the parser at 100 columns; index.md, the README with its "
+                          "links made relative to the docs folder; changelog.md, CHANGELOG.md. Prints the reference, "
+                          "or writes the three into DIR.")
     docs.add_argument("--update", type=Path, metavar="DIR",
-                      help="write DIR/cli.md and DIR/index.md (from README.md beside DIR; e.g. --update docs)")
+                      help="write DIR/cli.md, DIR/index.md and DIR/changelog.md (from README.md and CHANGELOG.md "
+                      "beside DIR; e.g. --update docs)")
     for command in (report, compare, plugins, models, methods, export, verify, docs):  # -v/-q after any command
         _verbosity_options(command, argparse.SUPPRESS)
     return parser
@@ -761,10 +763,11 @@ def cmd_docs(args) -> int:
         print(text, end="")
         return 0
     folder = Path(args.update)
-    readme = folder.resolve().parent / "README.md"
-    if not folder.is_dir() or not readme.is_file():
-        raise ConfigError(f"--update {folder}: give the docs folder, with README.md beside it")
-    for name, page in (("cli.md", text), ("index.md", docs_index(readme.read_text(encoding="utf-8")))):
+    readme, changelog = folder.resolve().parent / "README.md", folder.resolve().parent / "CHANGELOG.md"
+    if not folder.is_dir() or not readme.is_file() or not changelog.is_file():
+        raise ConfigError(f"--update {folder}: give the docs folder, with README.md and CHANGELOG.md beside it")
+    for name, page in (("cli.md", text), ("index.md", docs_index(readme.read_text(encoding="utf-8"))),
+                       ("changelog.md", changelog.read_text(encoding="utf-8"))):
         write_atomic(folder / name, page)
         print(f"{folder / name}: rewritten", file=sys.stderr)
     return 0

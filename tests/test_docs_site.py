@@ -31,6 +31,8 @@ def test_the_generated_pages_are_current():
         "run: benchsuite docs --update docs"
     assert (ROOT / "docs" / "index.md").read_text(encoding="utf-8") == docs_index(README), \
         "run: benchsuite docs --update docs"
+    assert (ROOT / "docs" / "changelog.md").read_text(encoding="utf-8") == (ROOT / "CHANGELOG.md").read_text(
+        encoding="utf-8"), "run: benchsuite docs --update docs"
 
 
 def _nav_files(entries) -> list[str]:
@@ -88,3 +90,40 @@ def test_the_readmes_plugin_runs_as_it_says(tmp_path, tiny_model_dir, offline):
     assert result.returncode == 0, result.stderr[-2000:]
     records = [json.loads(p.read_text()) for p in results.rglob("*.json")]
     assert {r.get("variant") for r in records if r["status"] == "ok"} >= {"squared-weight", "magnitude-l2"}
+
+
+#: code spans that name a file of this repository (a placeholder or a glob is not a file name)
+_PATH = re.compile(r"^(?:benchsuite|plugins|benchmarks|tests|docs|examples|results/reference|\.ci)/[\w./-]*[\w/]$")
+#: code spans that name a module or a name in one (``benchsuite.api.experts``, ``benchsuite.testing.tiny_model``)
+_MODULE = re.compile(r"^benchsuite(?:_plugins)?(?:\.\w+)+$")
+
+
+def _spans(page: Path) -> list[str]:
+    text = page.read_text(encoding="utf-8")
+    return re.findall(r"`([^`\n]+)`", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S))
+
+
+def _resolves(dotted: str) -> bool:
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", *PAGES], ids=lambda p: p.name)
+def test_every_file_and_module_the_docs_name_exists(page):
+    spans = _spans(page)
+    files = [s for s in spans if _PATH.match(s) and not (ROOT / s).exists()]
+    assert not files, f"{page.name} names files that do not exist: {files}"
+    modules = [s for s in spans if _MODULE.match(s) and not _resolves(s)]
+    assert not modules, f"{page.name} names modules or names that do not exist: {modules}"
