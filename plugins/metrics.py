@@ -1,5 +1,6 @@
 """Built-in plugin: the metrics every run measures (perplexity, zero-shot accuracy, parameters, FLOPs,
-latency with the dense model timed interleaved, and latency with 2:4 sparse kernels). Peak memory and
+latency with the dense model timed interleaved, and latency with 2:4 sparse kernels), and ``fidelity`` (KL divergence
+to the dense model's predictions and top-1 agreement) where asked for. Peak memory and
 times of the pruning, recovery and evaluation phases are measured by the runner around the phases
 themselves (``peak_mem_*_mb``, ``*_time_s``)."""
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from benchsuite import ConfigError, hookimpl
 from benchsuite.api.architecture import bos_token
-from benchsuite.api.columns import STANDARD, accuracy_column, perplexity_column
+from benchsuite.api.columns import STANDARD, Column, accuracy_column, perplexity_column
 from benchsuite.api.metrics import MeasureContext, Metric, MetricResult
 from benchsuite.api.profiles import corpus_label
 
@@ -185,7 +186,73 @@ class SparseLatency(Metric):
         return MetricResult(values, details)
 
 
+class Fidelity(Metric):
+    """KL divergence of the next-token distributions, KL(dense || pruned), and top-1 agreement with the dense model,
+    on the first ``windows`` perplexity windows of a corpus, the dense model run beside the pruned one on the same
+    windows (:func:`benchsuite.evaluation.fidelity.distance_to_dense`); nothing for the dense model itself."""
+
+    name = "fidelity"
+    description = ("KL(dense || pruned) of next-token distributions and top-1 agreement with the dense model, on "
+                   "perplexity windows, 95% interval over windows (--metrics default,fidelity)")
+
+    #: how many of the corpus' evaluation windows (the first ones; 0: all)
+    windows: int = 32
+    #: the corpus (a name from --corpora; empty: the first)
+    corpus: str = ""
+
+    def validate(self) -> None:
+        if self.windows < 0:
+            raise ValueError("windows must be 0 (all) or more")
+
+    def setup(self) -> None:
+        self._windows: torch.Tensor | None = None
+
+    def _corpus(self, ctx: MeasureContext):
+        if not ctx.corpora:
+            raise ConfigError("metric 'fidelity' compares on perplexity windows: give at least one corpus")
+        if not self.corpus:
+            return ctx.corpora[0]
+        found = [c for c in ctx.corpora if c.name == self.corpus or corpus_label(c.name) == self.corpus]
+        if not found:
+            raise ConfigError(f"metric 'fidelity': corpus '{self.corpus}' is not one of --corpora "
+                              f"({', '.join(c.name for c in ctx.corpora)})")
+        return found[0]
+
+    def _label(self, ctx: MeasureContext) -> str:
+        return corpus_label(self._corpus(ctx).name)
+
+    def columns(self, ctx: MeasureContext) -> list:
+        label = self._label(ctx)
+        return [Column(f"kl_{label}", f"KL {label}", ".3f", interval="points", views=("ppl",)),
+                Column(f"top1_{label}", f"top-1 {label} %", ".1f", scale=100.0, interval="points", views=("ppl",))]
+
+    def prepare(self, ctx: MeasureContext) -> None:
+        self._corpus(ctx)
+
+    def measure(self, model: nn.Module, ctx: MeasureContext) -> MetricResult:
+        from benchsuite.data.tokens import eval_windows
+        from benchsuite.evaluation.fidelity import distance_to_dense
+
+        if ctx.dense:
+            return MetricResult({})  # the distance of the dense model to itself is not a measurement
+        corpus, label = self._corpus(ctx), self._label(ctx)
+        if self._windows is None:
+            p = ctx.profile
+            windows = eval_windows(ctx.tokenizer, corpus, p.seq_len, p.eval_windows)
+            self._windows = windows[:self.windows] if self.windows else windows
+        reference = ctx.reference()
+        if reference is None:
+            return MetricResult({}, {f"kl_{label}": {"reason": "no second copy of the dense model fits in memory"}})
+        result = distance_to_dense(model, reference, self._windows, ctx.profile.eval_batch,
+                                   desc=f"KL to dense {corpus.name}", bos=bos_token(model, ctx.tokenizer))
+        del reference
+        values = {f"kl_{label}": result["kl"], f"kl_{label}_lo": result["kl_lo"], f"kl_{label}_hi": result["kl_hi"],
+                  f"top1_{label}": result["top1"], f"top1_{label}_lo": result["top1_lo"],
+                  f"top1_{label}_hi": result["top1_hi"]}
+        return MetricResult(values, {f"kl_{label}": result | {"corpus": corpus.name}})
+
+
 @hookimpl
 def benchsuite_register_metrics(register):
-    for metric in (Perplexity, ZeroShot, Params, Flops, Latency, SparseLatency):
+    for metric in (Perplexity, ZeroShot, Params, Flops, Latency, SparseLatency, Fidelity):
         register(metric)

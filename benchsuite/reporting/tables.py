@@ -10,6 +10,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from benchsuite.api.columns import STANDARD_COLUMNS, Column, perplexity_column
+from benchsuite.reporting.flips import with_flips
 from benchsuite.running.records import settings_hash
 
 #: the built-in layout (see :mod:`benchsuite.api.columns`); a record's ``metric_columns`` add the columns of
@@ -181,7 +182,9 @@ def declared_columns(records: list[dict[str, Any]]) -> list[Column]:
 
 def table(records: list[dict[str, Any]], view: str = "all") -> tuple[pd.DataFrame, list[str], list[list[str]]]:
     """The comparison table as :func:`render` prints it: the frame, the headers and the rows of cells
-    (empty frame and lists where there are no records)."""
+    (empty frame and lists where there are no records). Pruned records get their flips against the dense model
+    (:mod:`benchsuite.reporting.flips`)."""
+    records = with_flips(records)
     df = frame(records)
     if df.empty:
         return df, [], []
