@@ -164,10 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
                      "run, in order, with seconds (the same clock as the progress view; the run's end prints "
                      "the totals by stage)")
     run.add_argument("--tasks", default=None,
-                     help="zero-shot tasks through lm-eval, comma-separated: boolq, piqa, hellaswag, winogrande, "
-                     "arc_easy, arc_challenge, openbookqa, or 'none' (default: the profile's: all seven)")
+                     help="tasks through lm-eval, comma-separated: the seven offline zero-shot tasks (boolq, piqa, "
+                     "hellaswag, winogrande, arc_easy, arc_challenge, openbookqa), any lm-eval task or group "
+                     "(mmlu, lambada_openai ...: their data comes from the hub), a task of --include-path, or "
+                     "'none' (default: the profile's: the seven)")
     run.add_argument("--limit", type=int, default=None,
-                     help="examples per zero-shot task (default: the profile's: smoke 3, quick 20, paper-* all)")
+                     help="examples per task (default: the profile's: smoke 3, quick 20, paper-* all)")
+    run.add_argument("--include-path", type=Path, default=None, metavar="DIR",
+                     help="a folder of your own lm-eval task YAMLs (with local data files), for --tasks")
+    run.add_argument("--num-fewshot", type=int, default=None, metavar="N",
+                     help="few-shot examples for lm-eval's tasks and yours (default: each task's own; the seven "
+                     "offline tasks stay 0-shot, as the pruning papers score them)")
+    run.add_argument("--batch-size", type=int, default=None, metavar="N", dest="task_batch",
+                     help="lm-eval's batch size (default: the profile's; it does not change the scores' settings)")
     run.add_argument("--corpora", default=None,
                      help="perplexity corpora, comma-separated: wiki, c4 (shipped), wikitext2, ptb (through "
                      "`datasets`, where the hub or its cache is reachable), or .txt/.jsonl files "
@@ -364,6 +373,7 @@ def cmd_run(args) -> int:
                          ratios=args.ratios, seeds=args.seeds, profile=args.profile, results=args.results,
                          rerun=args.rerun, save_models=args.save_models, device=args.device, dtype=args.dtype,
                          granularity=args.granularity, tasks=_tasks(args.tasks), limit=args.limit,
+                         include_path=args.include_path, num_fewshot=args.num_fewshot, task_batch=args.task_batch,
                          train_steps=args.train_steps, grad_accum=args.grad_accum, lr_schedule=args.lr_schedule,
                          recovery=args.recovery, recovery_data=args.recovery_data,
                          ratio_basis=args.ratio_basis,

@@ -92,13 +92,18 @@ class ZeroShot(Metric):
             return MetricResult({})
         from benchsuite.evaluation.zeroshot import evaluate_zeroshot
 
-        zeroshot = evaluate_zeroshot(model, ctx.tokenizer, ctx.tasks, ctx.task_limit, ctx.profile.task_batch)
+        options = ctx.task_options
+        zeroshot = evaluate_zeroshot(model, ctx.tokenizer, ctx.tasks, ctx.task_limit,
+                                     options.get("batch_size") or ctx.profile.task_batch,
+                                     include_path=options.get("include_path"), num_fewshot=options.get("num_fewshot"))
         values = {}
         for task, result in zeroshot["tasks"].items():
             if not isinstance(result["value"], (int, float)) or not math.isfinite(result["value"]):
                 raise FloatingPointError(f"zero-shot {task}: accuracy {result['value']!r} is not a number")
             values[f"acc_{task}"] = result["value"]
-            values[f"acc_{task}_lo"], values[f"acc_{task}_hi"] = result["ci_lo"], result["ci_hi"]
+            values[f"acc_{task}_lo"], values[f"acc_{task}_hi"] = result.get("ci_lo"), result.get("ci_hi")
+            if "perplexity" in result.get("metrics", {}):  # LAMBADA: the perplexity of the last words too
+                values[f"ppl_{task}"] = result["metrics"]["perplexity"]
         values["acc_avg"] = zeroshot["average"]
         values["acc_avg_lo"], values["acc_avg_hi"] = zeroshot["average_ci_lo"], zeroshot["average_ci_hi"]
         return MetricResult(values, {"zeroshot": zeroshot})

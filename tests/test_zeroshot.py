@@ -44,11 +44,12 @@ def test_unknown_task_lists_available_ones():
     with pytest.raises(ConfigError) as info:
         resolve_tasks(["piqa", "helaswag"])
     message = str(info.value)
-    assert "'helaswag'" in message and "did you mean hellaswag?" in message
+    assert "'helaswag'" in message and "did you mean hellaswag" in message
     for name in TASKS:
         assert name in message
     with pytest.raises(ConfigError, match="available tasks: boolq, piqa"):
-        resolve_tasks(["mmlu"])
+        resolve_tasks(["no_such_task_anywhere"])
+    assert resolve_tasks(["mmlu", "lambada", "CoQA"]) == ["mmlu", "lambada", "coqa"]  # lm-eval's, and offline ones
 
 
 def test_missing_data_says_how_to_get_it(tmp_path, monkeypatch):

