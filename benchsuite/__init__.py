@@ -45,6 +45,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("Metric", "MetricResult", "MeasureContext"), "benchsuite.api.metrics"),
     "Column": "benchsuite.api.columns",
     **dict.fromkeys(("Architecture", "architecture_of"), "benchsuite.api.architecture"),
+    "Allocation": "benchsuite.api.allocation",
     "Corpus": "benchsuite.api.corpora",
     **dict.fromkeys(("FileCorpus", "HubCorpus"), "benchsuite.data.corpora"),
 }
@@ -56,7 +57,7 @@ __all__ = [
     "decoder_layers", "layer_paths", "hookimpl", "linear_modules", "module_key", "tensor_bytes", "unit_sums",
     "checked_scores",
     "Metric", "MetricResult", "MeasureContext", "Column", "Corpus", "FileCorpus", "HubCorpus", "Architecture",
-    "architecture_of",
+    "architecture_of", "Allocation",
 ]
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
 
     #: Decorate plugin functions with this: ``@hookimpl def benchsuite_register_criteria(register): ...``
     hookimpl: pluggy.HookimplMarker
+    from benchsuite.api.allocation import Allocation
     from benchsuite.api.architecture import Architecture, architecture_of
     from benchsuite.api.columns import Column
     from benchsuite.api.components import (

@@ -163,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write where the time went to this JSON file: the setup steps and every stage of every "
                      "run, in order, with seconds (the same clock as the progress view; the run's end prints "
                      "the totals by stage)")
+    run.add_argument("--allocation", default=None, metavar="NAME[:PARAM=VALUE,...]",
+                     help="how every method spreads its ratio over its layers: uniform (default), owl (outlier-"
+                     "weighted layerwise sparsity: owl:m=5,lam=0.08), profile:file=PATH.json, or a plugin's; "
+                     "unstructured granularities only (benchsuite methods lists them)")
     run.add_argument("--tasks", default=None,
                      help="tasks through lm-eval, comma-separated: the seven offline zero-shot tasks (boolq, piqa, "
                      "hellaswag, winogrande, arc_easy, arc_challenge, openbookqa), any lm-eval task or group "
@@ -374,6 +378,7 @@ def cmd_run(args) -> int:
                          rerun=args.rerun, save_models=args.save_models, device=args.device, dtype=args.dtype,
                          granularity=args.granularity, tasks=_tasks(args.tasks), limit=args.limit,
                          include_path=args.include_path, num_fewshot=args.num_fewshot, task_batch=args.task_batch,
+                         allocation=args.allocation,
                          train_steps=args.train_steps, grad_accum=args.grad_accum, lr_schedule=args.lr_schedule,
                          recovery=args.recovery, recovery_data=args.recovery_data,
                          ratio_basis=args.ratio_basis,

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import pluggy
 
 from benchsuite.api import hookspecs
+from benchsuite.api.allocation import Allocation
 from benchsuite.api.architecture import Architecture, use_architectures
 from benchsuite.api.components import (
     API_VERSION,
@@ -60,6 +61,7 @@ KINDS: dict[str, tuple[str, Any]] = {
     "benchsuite_register_metrics": ("metrics", Metric),
     "benchsuite_register_corpora": ("corpora", Corpus),
     "benchsuite_register_architectures": ("architectures", Architecture),
+    "benchsuite_register_allocations": ("allocations", Allocation),
 }
 
 
@@ -118,6 +120,7 @@ class Registry:
     metrics: dict[str, type[Metric]] = field(default_factory=dict)
     corpora: dict[str, Corpus] = field(default_factory=dict)
     architectures: dict[str, Architecture] = field(default_factory=dict)
+    allocations: dict[str, type[Allocation]] = field(default_factory=dict)
     plugins: list[PluginInfo] = field(default_factory=list)
     #: BENCHSUITE_STRICT_PLUGINS: a failing plugin is an error, and so is an ambiguous bare name in ``--methods``
     strict: bool = False
@@ -198,7 +201,7 @@ def _item_name(item: Any) -> str:
 
 def _singular(kind: str) -> str:
     return {"criteria": "criterion", "granularities": "granularity", "corpora": "corpus",
-            "architectures": "architecture"}.get(kind, kind[:-1])
+            "architectures": "architecture", "allocations": "allocation"}.get(kind, kind[:-1])
 
 
 def _check_component(item: Any) -> list[str]:

@@ -35,7 +35,7 @@ from benchsuite.pruning.structure import (
     tied_counts,
 )
 
-BENCHSUITE_API = "2.2"
+BENCHSUITE_API = "2.3"
 
 
 class Structured(Granularity):
@@ -316,9 +316,12 @@ class Unstructured(_ElementLevel):
     def label(self) -> str:
         return "unstructured" + ("/row" if self.per_row else "")
 
+    supports_allocation = True
+
     def select(self, groups, scores, ratio, previous=None):
         previous = previous or [None] * len(groups)
-        return [unstructured_mask(s, ratio, self.per_row, p) for s, p in zip(scores, previous)]
+        return [unstructured_mask(s, self.group_ratio(g, ratio), self.per_row, p)
+                for g, s, p in zip(groups, scores, previous)]
 
 
 @hookimpl

@@ -183,11 +183,11 @@ from typing import Literal
 
 import torch
 
-from benchsuite import (Architecture, Corpus, Criterion, Method, Metric, MetricResult, ModelSpec, Schedule,
-                        checked_scores, hookimpl)
+from benchsuite import (Allocation, Architecture, Corpus, Criterion, Method, Metric, MetricResult, ModelSpec,
+                        Schedule, checked_scores, hookimpl)
 from benchsuite_plugins.granularities import Structured
 
-BENCHSUITE_API = "2.1"
+BENCHSUITE_API = "2.3"
 
 
 class Shifted(Criterion):
@@ -285,6 +285,20 @@ def benchsuite_register_corpora(register):
 def benchsuite_register_architectures(register):
     register(Architecture("helium-local", ("helium",), "Helium: the Llama layout", config_class="HeliumConfig",
                           model_class="HeliumForCausalLM"))
+
+
+class FirstLight(Allocation):
+    name = "first-light"
+
+    def layer_ratios(self, layers, ratio, sizes, scores):
+        raw = {layer: ratio * (0.5 if i == 0 else 1.0) for i, layer in enumerate(layers)}
+        mean = sum(raw[l] * sizes[l] for l in layers) / sum(sizes[l] for l in layers)
+        return {layer: r - mean + ratio for layer, r in raw.items()}
+
+
+@hookimpl
+def benchsuite_register_allocations(register):
+    register(FirstLight)
 '''
 
 
@@ -315,7 +329,7 @@ def test_every_hook_registers_through_an_installed_distribution(tmp_path, monkey
     monkeypatch.syspath_prepend(str(pip_install(tmp_path, "bench-allhooks", {"allhooks_plugin": ALL_HOOKS_PLUGIN})))
     registry = load_registry(strict=True)
     info = next(p for p in registry.plugins if p.name == "allhooks-plugin")
-    assert info.distribution == "bench-allhooks" and info.version == "0.3.0" and info.api == "2.1" and not info.warnings
+    assert info.distribution == "bench-allhooks" and info.version == "0.3.0" and info.api == "2.3" and not info.warnings
     import allhooks_plugin
 
     implemented = {n for n in vars(allhooks_plugin) if n.startswith("benchsuite_register_")}
@@ -323,7 +337,7 @@ def test_every_hook_registers_through_an_installed_distribution(tmp_path, monkey
     assert {KINDS[h][0]: sorted(v) for h in KINDS for v in [info.registers.get(KINDS[h][0], [])]} == {
         "criteria": ["shifted"], "granularities": ["mlp-only"], "schedules": ["twice"],
         "methods": ["shifted-twice"], "models": ["tiny-local"], "metrics": ["zeros"], "corpora": ["numbers"],
-        "architectures": ["helium-local"]}
+        "architectures": ["helium-local"], "allocations": ["first-light"]}
     from benchsuite.api.architecture import architecture_of
 
     assert architecture_of({"model_type": "helium"}).name == "helium-local"
@@ -390,8 +404,8 @@ def test_api1_plugins_keep_working_with_a_deprecation_warning(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("declared, message", [
-    ('"3.0"', "targets plugin API 3.0, but this benchsuite provides 2.2: upgrade benchsuite"),
-    ('"2.7"', "targets plugin API 2.7, but this benchsuite provides 2.2"),
+    ('"3.0"', "targets plugin API 3.0, but this benchsuite provides 2.3: upgrade benchsuite"),
+    ('"2.7"', "targets plugin API 2.7, but this benchsuite provides 2.3"),
     ('"two"', "is not a version like"),
 ])
 def test_a_plugin_for_another_api_is_refused_with_what_to_do(tmp_path, monkeypatch, declared, message):

@@ -32,6 +32,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("Metric", "MetricResult", "MeasureContext"), "metrics"),
     "Column": "columns",
     **dict.fromkeys(("Architecture", "architecture_of"), "architecture"),
+    "Allocation": "allocation",
     **dict.fromkeys(("Profile", "get_profile"), "profiles"),
 }
 

@@ -50,7 +50,7 @@ class PruneContext:
 #: The plugin API this benchsuite provides. A plugin module declares the version it targets with a
 #: module attribute ``BENCHSUITE_API = "2.0"``; the host refuses a plugin needing a newer major or
 #: minor version, and loads a plugin without the attribute as API 1 (with a deprecation warning).
-API_VERSION = "2.2"
+API_VERSION = "2.3"
 
 #: What a criterion may declare in ``needs``, and what the host does for each (see docs/plugins.md).
 NEEDS: dict[str, str] = {
@@ -382,6 +382,24 @@ class Granularity(Parametrized, ABC):
     #: True when :meth:`select`'s mask of a group depends only on that group's scores and previous mask (N:M,
     #: unstructured): schedules may then call :meth:`select` and :meth:`apply_masks` with some of the groups.
     local_selection: ClassVar[bool] = False
+    #: True when :meth:`select` prunes each group at :meth:`group_ratio` (an allocation's per-layer ratio,
+    #: ``--allocation``); granularities without it run only with the uniform allocation
+    supports_allocation: ClassVar[bool] = False
+
+    def allocate(self, ratios: dict[int, float], target: float) -> None:
+        """Prune layer ``l`` at ``ratios[l]`` when asked for ``target`` (an allocation's per-layer ratios; the
+        pipeline calls this before the schedule runs)."""
+        self._allocation = (dict(ratios), float(target))
+
+    def group_ratio(self, group: GroupSet, ratio: float) -> float:
+        """The ratio to prune ``group`` at when :meth:`select` is asked for ``ratio``: ``ratio`` itself, or, after
+        :meth:`allocate`, its layer's allocated ratio scaled by ``ratio / target`` (an iterative schedule's
+        intermediate ratios keep the layers' proportions)."""
+        allocation = getattr(self, "_allocation", None)
+        if allocation is None or not allocation[1]:
+            return ratio
+        ratios, target = allocation
+        return ratios.get(group.layer, target) * ratio / target
 
     @classmethod
     def kind(cls) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pluggy
 
+from benchsuite.api.allocation import Allocation
 from benchsuite.api.architecture import Architecture
 from benchsuite.api.components import Criterion, Granularity, Method, ModelSpec, Schedule
 from benchsuite.api.corpora import Corpus
@@ -56,3 +57,9 @@ def benchsuite_register_corpora(register: Callable[[Corpus], None]) -> None:
 def benchsuite_register_architectures(register: Callable[[Architecture], None]) -> None:
     """Register model families (where a decoder keeps its layers and projections, what a pruned head takes with it,
     how it is exported): call ``register(Architecture instance)`` for each. Since plugin API 2.1."""
+
+
+@hookspec
+def benchsuite_register_allocations(register: Callable[[type[Allocation]], None]) -> None:
+    """Register allocations (how a pruning ratio is spread over the layers): call ``register(AllocationSubclass)``
+    for each. Since plugin API 2.3."""

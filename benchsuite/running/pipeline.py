@@ -30,7 +30,7 @@ from torch import nn
 
 from benchsuite.api.architecture import architecture_of, bos_token
 from benchsuite.api.columns import Column
-from benchsuite.api.components import Granularity, PruneContext, PruneOutcome
+from benchsuite.api.components import Criterion, Granularity, PruneContext, PruneOutcome
 from benchsuite.api.corpora import Corpus
 from benchsuite.api.metrics import MeasureContext, Metric, check_values
 from benchsuite.api.model import input_device
@@ -38,6 +38,7 @@ from benchsuite.api.profiles import Profile
 from benchsuite.data.tokens import batches, calibration_samples, with_bos
 from benchsuite.evaluation.memory import PeakMemory, tensor_bytes
 from benchsuite.models.checkpoint import device_map_of
+from benchsuite.pruning.scoring import checked_scores
 from benchsuite.running.finetune import (
     LoRAConfig,
     attach_lora,
@@ -172,11 +173,16 @@ def prune(plan: RunPlan, model_plan: ModelPlan, spec: RunSpec, calibration: Cali
         ctx.notes["device_map"] = placement
     watch = trainer.watch if trainer is not None else WeightGradWatch()
     start = time.perf_counter()
+    allocated = None
     with PeakMemory(plan.device) as mem:
+        if plan.allocation is not None:
+            allocated = allocate(plan, model, criterion, granularity, spec.unit_ratio["unit_ratio"], spec.layers, ctx)
         outcome = schedule.run(model, criterion, granularity, spec.unit_ratio["unit_ratio"], spec.layers, ctx)
         watch.observe(frozen_parameters(outcome.model))
     seconds = time.perf_counter() - start
     log = dict(outcome.log)
+    if allocated is not None:
+        log["allocation"] = allocated
     stats = criterion.stats()
     if stats:
         log["criterion_stats"] = stats
@@ -185,6 +191,32 @@ def prune(plan: RunPlan, model_plan: ModelPlan, spec: RunSpec, calibration: Cali
         notes=dict(ctx.notes), effective_params={part: component.params() for part, component in (
             ("criterion", criterion), ("granularity", granularity), ("schedule", schedule))},
         pruned_units=pruned_units(outcome), memory=mem.result(), seconds=seconds, weight_grad_bytes=watch.peak)
+
+
+def allocate(plan: RunPlan, model: nn.Module, criterion: Criterion, granularity: Granularity, ratio: float,
+             layers: list[int], ctx: PruneContext) -> dict[str, Any]:
+    """Spread ``ratio`` over ``layers`` with the plan's allocation (scoring the unpruned model once where it asks for
+    scores) and have the granularity prune each layer at its ratio; what the record keeps of it."""
+    from benchsuite.api.allocation import check_ratios, layer_sizes
+
+    name, params = plan.allocation
+    rule = plan.registry.lookup("allocations", name, ambiguous="quiet").create(params)
+    groups = granularity.units(model, layers)
+    sizes = layer_sizes(groups, [g.size * n for g, n in zip(groups, granularity.unit_params(model, groups))])
+    by_layer = None
+    if rule.needs_scores:
+        criterion.prepare(model, ctx)
+        scores = checked_scores(criterion, granularity, model, groups)
+        criterion.release()
+        by_layer = {}
+        for group, score in zip(groups, scores):
+            by_layer.setdefault(group.layer, []).append(score)
+        del scores
+    ratios = check_ratios(name, rule.layer_ratios(sorted(sizes), ratio, sizes, by_layer), sizes, ratio)
+    granularity.allocate(ratios, ratio)
+    extra = rule.outlier_ratios(by_layer) if hasattr(rule, "outlier_ratios") and by_layer is not None else None
+    return {"name": name, "params": rule.params(), "layer_ratios": {str(k): round(v, 6) for k, v in ratios.items()}} | (
+        {"outlier_ratios": {str(k): round(v, 6) for k, v in extra.items()}} if extra else {})
 
 
 #: how many mask entries :func:`pruned_units` samples (at fixed pseudo-random positions of all masks in order)
@@ -435,6 +467,8 @@ def record(plan: RunPlan, model_plan: ModelPlan, spec: RunSpec, stages: RunStage
         out["calibration"] = spec.calibration
         if pruned is not None:
             out["pruned_units"] = pruned.pruned_units
+            if "allocation" in pruned.log:  # each layer's ratio, as the allocation gave it
+                out["allocation"] = pruned.log["allocation"]
             if recovered is not None:
                 out["recovery_log"] = recovered.log
             if recovered is not None or not spec.recovers_after_pruning:

@@ -72,6 +72,9 @@ class RunRequest:
     include_path: Path | None = None
     num_fewshot: int | None = None
     task_batch: int | None = None
+    #: how every method spreads its ratio over its layers: ``NAME[:PARAM=VALUE,...]`` of a registered allocation
+    #: (``owl``, ``owl:lam=0.1``, ``profile:file=ratios.json``); None: uniform
+    allocation: str | None = None
     #: LoRA optimizer steps instead of the profile's (the profile is then named e.g. quick-steps200)
     train_steps: int | None = None
     #: micro-batches per optimizer step and the learning-rate schedule instead of the profile's (named e.g.
@@ -400,6 +403,8 @@ class RunPlan:
     metrics: list[Metric]
     #: the metric selection recorded in the settings; None for the standard one (records stay comparable)
     metric_selection: list[str] | None
+    #: the allocation (name and parameters) where it is not uniform
+    allocation: tuple[str, dict[str, Any]] | None = None
 
 
 def plan_request(request: RunRequest, registry: Registry) -> RunPlan:
@@ -461,7 +466,37 @@ def plan_request(request: RunRequest, registry: Registry) -> RunPlan:
     elif request.include_path is not None or request.num_fewshot is not None:
         raise ConfigError("--include-path and --num-fewshot set how lm-eval tasks run: name them with --tasks")
     metrics, selection = select_metrics(request.metrics, registry)
-    return RunPlan(request, registry, profile, methods, device, dtype, tasks, limit, corpora, metrics, selection)
+    allocation = parse_allocation(request.allocation, registry)
+    if allocation is not None:
+        for method in methods:  # a granularity that can't apply it is refused before any run
+            granularity = method.build()[1]
+            if not granularity.supports_allocation:
+                why = ("N:M fixes every row's density" if granularity.fixed_ratio is not None else
+                       "this version spreads ratios over layers for unstructured pruning only")
+                raise ConfigError(f"--allocation {allocation[0]}: method {method.key} prunes at granularity "
+                                  f"'{granularity.label()}', which can't take a ratio per layer ({why})")
+    return RunPlan(request, registry, profile, methods, device, dtype, tasks, limit, corpora, metrics, selection,
+                   allocation)
+
+
+def parse_allocation(text: str | None, registry: Registry) -> tuple[str, dict[str, Any]] | None:
+    """``NAME[:PARAM=VALUE,...]`` -> (name, parameters), checked against the registered allocation (unknown names
+    and parameters: a ConfigError with close matches); None for the uniform allocation without parameters."""
+    from benchsuite.api.allocation import UNIFORM
+
+    if text is None or not text.strip():
+        return None
+    name, _, rest = text.strip().partition(":")
+    params: dict[str, Any] = {}
+    for setting in filter(None, (s.strip() for s in rest.split(","))):
+        key, sep, value = setting.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--allocation {text}: '{setting}' is not PARAM=VALUE")
+        params[key.strip()] = _parse_value(value.strip())
+    cls = registry.lookup("allocations", name)
+    cls.create(params)  # a bad parameter: ConfigError naming the accepted ones
+    return None if name == UNIFORM and not params else (registry.display("allocations", registry.qualify(
+        "allocations", name, ambiguous="quiet")), params)
 
 
 @dataclass
@@ -670,6 +705,8 @@ def run_spec(plan: RunPlan, weights_sha: str, train_steps: int, method: MethodPl
         "ratio_basis": plan.request.ratio_basis, "train_steps": train_steps}
     if plan.metric_selection is not None:
         config["metrics"] = plan.metric_selection
+    if plan.allocation is not None:  # uniform is not named: records without it keep their settings hash
+        config["allocation"] = {"name": plan.allocation[0]} | plan.allocation[1]
     files = {p.prefix: {"file": p.file, "sha256": p.sha256} for p in plan.registry.plugins if p.file}
     used = sorted({q.partition(":")[0] for q in method.components.values()} & files.keys())
     if used:  # a component from a --plugin file: the file's digest defines the result too
