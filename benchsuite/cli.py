@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "the totals by stage)")
     run.add_argument("--allocation", default=None, metavar="NAME[:PARAM=VALUE,...]",
                      help="how every method spreads its ratio over its layers: uniform (default), owl (outlier-"
-                     "weighted layerwise sparsity: owl:m=5,lam=0.08), profile:file=PATH.json, or a plugin's; "
+                     "weighted layerwise sparsity: owl:m=5,lam=0.08), global (one score threshold across layers: "
+                     "global:normalize=mean), profile:file=PATH.json, or a plugin's; "
                      "unstructured granularities only (benchsuite methods lists them)")
     run.add_argument("--tasks", default=None,
                      help="tasks through lm-eval, comma-separated: the seven offline zero-shot tasks (boolq, piqa, "

@@ -1,10 +1,12 @@
 """Built-in plugin: the allocations ``uniform`` (every layer at the target ratio), ``owl`` (outlier-weighted layerwise
-sparsity, Yin et al., ICML 2024) and ``profile`` (each layer's ratio from a JSON file)."""
+sparsity, Yin et al., ICML 2024), ``global`` (one score threshold across layers) and ``profile`` (each layer's ratio
+from a JSON file)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -63,6 +65,63 @@ class OWL(Allocation):
         return {layer: 1.0 - density[layer] for layer in layers}
 
 
+class Global(Allocation):
+    """Global ranking (LLM-Pruner's and Torch-Pruning's global pruning): one score threshold over the weights of all
+    layers, each layer's ratio the fraction of its weights below it, so the target holds over all of them. Scores
+    compare across layers only once put on a common scale: ``normalize`` divides each layer's scores by their mean
+    (``mean``, the default), their L2 norm (``l2``), or nothing (``none``). No layer loses more than ``cap``."""
+
+    name = "global"
+    description = "one score threshold across layers (global ranking), per-layer normalisation: mean, l2 or none"
+    needs_scores = True
+
+    normalize: Literal["mean", "l2", "none"] = "mean"
+    #: the largest ratio any layer gets
+    cap: float = 0.95
+
+    def validate(self) -> None:
+        if not 0 < self.cap < 1:
+            raise ValueError("cap must be in (0, 1)")
+
+    def _sorted(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        flat = torch.cat([s.detach().float().reshape(-1) for s in tensors])
+        if self.normalize == "mean":
+            flat = flat / flat.mean().clamp_min(1e-30)
+        elif self.normalize == "l2":
+            flat = flat / flat.norm().clamp_min(1e-30)
+        return torch.sort(flat.double()).values
+
+    def layer_ratios(self, layers, ratio, sizes, scores):
+        ranked = {layer: self._sorted(scores[layer]) for layer in layers}
+        total = sum(sizes[layer] for layer in layers)
+
+        def ratios_at(threshold: float) -> dict[int, float]:
+            out = {}
+            for layer in layers:
+                below = int(torch.searchsorted(ranked[layer], torch.tensor([threshold], dtype=torch.float64))[0])
+                out[layer] = min(below / ranked[layer].numel(), self.cap)
+            return out
+
+        def mean(r: dict[int, float]) -> float:
+            return sum(r[layer] * sizes[layer] for layer in layers) / total
+
+        if ratio > self.cap:
+            raise ValueError(f"global: target {ratio} above cap {self.cap}")
+        low = min(float(t[0]) for t in ranked.values())
+        high = max(float(t[-1]) for t in ranked.values()) * 2 + 1.0
+        for _ in range(200):  # the pruned fraction grows with the threshold: bisect to the target
+            mid = (low + high) / 2
+            if mean(ratios_at(mid)) < ratio:
+                low = mid
+            else:
+                high = mid
+        found = ratios_at(high)
+        excess = mean(found) - ratio  # ties at the threshold: take the remainder evenly from the uncapped layers
+        free = [layer for layer in layers if found[layer] < self.cap]
+        weight = sum(sizes[layer] for layer in free)
+        return {layer: found[layer] - (excess * total / weight if layer in free else 0.0) for layer in layers}
+
+
 class Profile(Allocation):
     """Each layer's ratio from a JSON file: a list with one number per decoder layer of the model (or an object
     ``{"layer index": ratio}``). The numbers are relative: they are shifted so that their size-weighted mean is the
@@ -96,4 +155,5 @@ class Profile(Allocation):
 def benchsuite_register_allocations(register):
     register(Uniform)
     register(OWL)
+    register(Global)
     register(Profile)

@@ -126,3 +126,18 @@ def test_a_third_party_allocation_in_one_file_runs(tmp_path, tiny_model_dir, off
     record = json.loads(next(results.rglob("magnitude/*.json")).read_text())
     ratios = [record["allocation"]["layer_ratios"][k] for k in sorted(record["allocation"]["layer_ratios"], key=int)]
     assert ratios == sorted(ratios) and ratios[-1] - ratios[0] == pytest.approx(0.3)
+
+
+def test_global_ranking_is_one_threshold_across_layers():
+    from benchsuite_plugins.allocations import Global
+
+    scores = {0: [torch.arange(1.0, 11.0)], 1: [torch.arange(11.0, 21.0)]}  # layer 1's scores all higher
+    sizes = {0: 10, 1: 10}
+    raw = Global.create({"normalize": "none"}).layer_ratios([0, 1], 0.4, sizes, scores)
+    assert raw == pytest.approx({0: 0.8, 1: 0.0})  # the 8 lowest weights of all are layer 0's
+    assert check_ratios("global", raw, sizes, 0.4)
+    capped = Global.create({"normalize": "none", "cap": 0.6}).layer_ratios([0, 1], 0.4, sizes, scores)
+    assert capped == pytest.approx({0: 0.6, 1: 0.2})
+    same = Global.create({"normalize": "mean"}).layer_ratios([0, 1], 0.4, sizes, {0: [torch.arange(1.0, 11.0)],
+                                                                                  1: [torch.arange(1.0, 11.0) * 7]})
+    assert same == pytest.approx({0: 0.4, 1: 0.4})  # per-layer scale removed by the normalisation
