@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how every method spreads its ratio over its layers: uniform (default), owl (outlier-"
                      "weighted layerwise sparsity: owl:m=5,lam=0.08), global (one score threshold across layers: "
                      "global:normalize=mean), profile:file=PATH.json, or a plugin's; "
-                     "unstructured granularities only (benchsuite methods lists them)")
+                     "unstructured and structured granularities (not N:M)")
     run.add_argument("--tasks", default=None,
                      help="tasks through lm-eval, comma-separated: the seven offline zero-shot tasks (boolq, piqa, "
                      "hellaswag, winogrande, arc_easy, arc_challenge, openbookqa), any lm-eval task or group "

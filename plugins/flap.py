@@ -231,6 +231,7 @@ class GlobalStructured(Structured):
     description = ("heads (GQA-aware) and MLP channels, lowest scores across all layers removed up to the "
                    "parameter budget (FLAP's adaptive structure); compensate: removed outputs' mean as a bias")
     adaptive = True
+    supports_allocation = False  # one threshold across layers allocates by itself
 
     #: one threshold over attention and MLP units together (FLAP's AL-AM), or one per kind (AL-MM)
     allocation: Literal["global", "per-kind"] = "global"

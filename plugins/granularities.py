@@ -87,9 +87,12 @@ class Structured(Granularity):
             scores.append(s)
         return scores
 
+    supports_allocation = True
+
     def select(self, groups, scores, ratio, previous=None):
         previous = previous or [None] * len(groups)
-        counts = tied_counts(groups, ratio, [pruned_per_block(g, p) for g, p in zip(groups, previous)])
+        ratios = [self.group_ratio(g, ratio) for g in groups] if getattr(self, "_allocation", None) else None
+        counts = tied_counts(groups, ratio, [pruned_per_block(g, p) for g, p in zip(groups, previous)], ratios)
         return [select_units(g, s, n, p) for g, s, n, p in zip(groups, scores, counts, previous)]
 
     def apply_masks(self, model, groups, masks) -> None:

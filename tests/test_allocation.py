@@ -141,3 +141,37 @@ def test_global_ranking_is_one_threshold_across_layers():
     same = Global.create({"normalize": "mean"}).layer_ratios([0, 1], 0.4, sizes, {0: [torch.arange(1.0, 11.0)],
                                                                                   1: [torch.arange(1.0, 11.0) * 7]})
     assert same == pytest.approx({0: 0.4, 1: 0.4})  # per-layer scale removed by the normalisation
+
+
+def test_structured_pruning_takes_each_layers_ratio():
+    """Structured units at per-layer ratios: each layer's heads and channels at its ratio (within the rounding of a
+    unit), the kind's total the sum of the layers' ideal counts; without an allocation, the counts are unchanged."""
+    from benchsuite.pruning.structure import prune_counts
+    from benchsuite.testing import tiny_llama
+    from benchsuite_plugins.granularities import Structured
+
+    model = tiny_llama(6, 2, 4)
+    gran = Structured()
+    groups = gran.units(model, [0, 1, 2, 3])
+    scores = [torch.rand(g.size, generator=torch.Generator().manual_seed(i)) for i, g in enumerate(groups)]
+    uniform = [int((~m).sum()) for m in gran.select(groups, scores, 0.5)]
+    assert prune_counts(groups, 0.5) == prune_counts(groups, 0.5, ratios=[0.5] * len(groups))
+    gran.allocate({0: 0.2, 1: 0.4, 2: 0.6, 3: 0.8}, 0.5)
+    masks = gran.select(groups, scores, 0.5)
+    mlp = {g.layer: int((~m).sum()) for g, m in zip(groups, masks) if g.kind == "mlp"}
+    width = next(g.size for g in groups if g.kind == "mlp")
+    assert [mlp[layer] for layer in range(4)] == [round(r * width) for r in (0.2, 0.4, 0.6, 0.8)]
+    assert sum(mlp.values()) == sum(n for g, n in zip(groups, uniform) if g.kind == "mlp")
+
+
+def test_owl_with_a_structured_method_scores_elements_and_hits_the_target(tmp_path, tiny_model_dir, offline):
+    results = tmp_path / "results"
+    result = bench("run", "--model", str(tiny_model_dir), "--methods", "llm-pruner+none", "--ratios", "0.5",
+                   "--ratio-basis", "units", "--allocation", "owl", "--results", str(results), *smoke(offline),
+                   "--metrics", "params")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(next(results.rglob("llm-pruner_none/*.json")).read_text())
+    ratios = {int(k): v for k, v in record["allocation"]["layer_ratios"].items()}
+    assert len(record["allocation"]["outlier_ratios"]) == len(ratios) == len(record["layers_pruned"])
+    units = record["pruned_units"]["total"]
+    assert units["mlp"]["pruned"] / units["mlp"]["of"] == pytest.approx(0.5, abs=1 / units["mlp"]["of"] + 1e-9)

@@ -6,7 +6,8 @@ counts and, where it asks for them (``needs_scores``), the criterion's scores of
 ratio per layer whose parameter-weighted mean is the target: OWL gives layers with more outlier scores a lower
 ratio, a profile gives each layer its own. Plugins register allocations with ``benchsuite_register_allocations``
 (the built-ins are in ``benchsuite_plugins.allocations``); ``--allocation NAME[:k=v,...]`` picks one for a run.
-Unstructured granularities apply them; N:M fixes each row's density, so it refuses any but ``uniform``.
+The unstructured and structured granularities apply them; N:M fixes each row's density, so it refuses any but
+``uniform``.
 
 May import: :mod:`benchsuite.util` and the other modules of :mod:`benchsuite.api`.
 """

@@ -188,10 +188,12 @@ def mlp_groups(layer: nn.Module, index: int, arch: Architecture | None = None) -
             for e in range(count)]
 
 
-def tied_counts(groups: list[GroupSet], ratio: float, floors: list[int] | None = None) -> list[int]:
+def tied_counts(groups: list[GroupSet], ratio: float, floors: list[int] | None = None,
+                ratios: list[float] | None = None) -> list[int]:
     """:func:`prune_counts` where groups sharing a ``tie`` (the experts of one layer) count as one group of that
-    many blocks: each of them loses the same number of units."""
+    many blocks: each of them loses the same number of units (``ratios``: per group, the same within a tie)."""
     floors = list(floors) if floors is not None else [0] * len(groups)
+    merged_ratios: list[float] = []
     merged: list[GroupSet] = []
     merged_floors: list[int] = []
     where: list[int] = []
@@ -201,11 +203,13 @@ def tied_counts(groups: list[GroupSet], ratio: float, floors: list[int] | None =
             where.append(len(merged))
             merged.append(group)
             merged_floors.append(floor)
+            merged_ratios.append(ratios[len(where) - 1] if ratios is not None else ratio)
             continue
         if group.tie not in ties:
             ties[group.tie] = len(merged)
             merged.append(GroupSet(group.tie, group.layer, group.kind, 0, [], 0))
             merged_floors.append(0)
+            merged_ratios.append(ratios[len(where)] if ratios is not None else ratio)
         j = ties[group.tie]
         tied = merged[j]
         if tied.blocks and tied.size // tied.blocks != group.size // group.blocks:
@@ -214,7 +218,7 @@ def tied_counts(groups: list[GroupSet], ratio: float, floors: list[int] | None =
         tied.blocks += group.blocks
         merged_floors[j] = max(merged_floors[j], floor)
         where.append(j)
-    counts = prune_counts(merged, ratio, merged_floors)
+    counts = prune_counts(merged, ratio, merged_floors, merged_ratios if ratios is not None else None)
     return [counts[j] for j in where]
 
 
@@ -225,7 +229,8 @@ def pruned_per_block(group: GroupSet, keep: torch.Tensor | None) -> int:
     return int((~keep.cpu()).reshape(group.blocks, group.size // group.blocks).sum(1).max())
 
 
-def prune_counts(groups: list[GroupSet], ratio: float, floors: list[int] | None = None) -> list[int]:
+def prune_counts(groups: list[GroupSet], ratio: float, floors: list[int] | None = None,
+                 ratios: list[float] | None = None) -> list[int]:
     """Units to prune per block of each group, so that each kind (attention, mlp) loses ``ratio`` of
     its units over all the groups, and every layer is within one unit (per block) of ``ratio``.
 
@@ -234,37 +239,44 @@ def prune_counts(groups: list[GroupSet], ratio: float, floors: list[int] | None 
     are units already pruned per block (an iterative schedule's earlier events): a layer never gets
     a unit back, and the excess it carries is taken from the layers after it, so the total still
     equals the target and the rounding stays spread over the layers (units pruned earlier at a
-    lower ratio never exceed the rounded-up count). At least one unit per block stays."""
+    lower ratio never exceed the rounded-up count). At least one unit per block stays.
+
+    ``ratios``: each group's own ratio instead of ``ratio`` (an allocation's per-layer ratios); each kind then loses
+    the sum of its groups' ideal counts, rounded the same way."""
     floors = list(floors) if floors is not None else [0] * len(groups)
     counts = [0] * len(groups)
+    own = ratios if ratios is not None else [ratio] * len(groups)
     for kind in dict.fromkeys(g.kind for g in groups):
         idx = [i for i, g in enumerate(groups) if g.kind == kind]
         per = {i: groups[i].size // groups[i].blocks for i in idx}
         carry = 0.0
         for i in idx:
-            ideal = ratio * per[i]
+            ideal = own[i] * per[i]
             low = min(max(floors[i], math.floor(ideal + 1e-9)), per[i] - 1)  # never give a unit back
             high = max(low, min(math.ceil(ideal - 1e-9), per[i] - 1))
             wanted = ideal + carry
             counts[i] = min(max(int(wanted + 0.5), low), high)  # round half up, within one of the ideal
             carry = wanted - counts[i]  # a layer held up by its floor makes the next ones round down
-        target = ratio * sum(per[i] * groups[i].blocks for i in idx)
+        if ratios is None:  # (the uniform case computed as it always was: the same rounding, bit for bit)
+            target = ratio * sum(per[i] * groups[i].blocks for i in idx)
+        else:
+            target = sum(own[i] * per[i] * groups[i].blocks for i in idx)
         total = sum(counts[i] * groups[i].blocks for i in idx)
 
         while total > target:  # floors pushed some layers up: take back where rounded up the most
-            options = [i for i in idx if counts[i] > floors[i] and counts[i] - 1 >= math.floor(ratio * per[i])
+            options = [i for i in idx if counts[i] > floors[i] and counts[i] - 1 >= math.floor(own[i] * per[i])
                        and _closer(total - groups[i].blocks, total, target)]
             if not options:
                 break
-            i = max(reversed(options), key=lambda j: counts[j] - ratio * per[j])
+            i = max(reversed(options), key=lambda j: counts[j] - own[j] * per[j])
             counts[i] -= 1
             total -= groups[i].blocks
         while total < target:  # (caps or floors elsewhere) give to the layers furthest below the ratio
-            options = [i for i in idx if counts[i] + 1 <= min(math.ceil(ratio * per[i] - 1e-9), per[i] - 1)
+            options = [i for i in idx if counts[i] + 1 <= min(math.ceil(own[i] * per[i] - 1e-9), per[i] - 1)
                        and _closer(total + groups[i].blocks, total, target)]
             if not options:
                 break
-            i = max(options, key=lambda j: ratio * per[j] - counts[j])
+            i = max(options, key=lambda j: own[j] * per[j] - counts[j])
             counts[i] += 1
             total += groups[i].blocks
     return counts

@@ -30,10 +30,10 @@ from torch import nn
 
 from benchsuite.api.architecture import architecture_of, bos_token
 from benchsuite.api.columns import Column
-from benchsuite.api.components import Criterion, Granularity, PruneContext, PruneOutcome
+from benchsuite.api.components import Criterion, Granularity, PruneContext, PruneOutcome, module_key
 from benchsuite.api.corpora import Corpus
 from benchsuite.api.metrics import MeasureContext, Metric, check_values
-from benchsuite.api.model import input_device
+from benchsuite.api.model import decoder_layers, input_device, layer_paths
 from benchsuite.api.profiles import Profile
 from benchsuite.data.tokens import batches, calibration_samples, with_bos
 from benchsuite.evaluation.memory import PeakMemory, tensor_bytes
@@ -204,14 +204,19 @@ def allocate(plan: RunPlan, model: nn.Module, criterion: Criterion, granularity:
     groups = granularity.units(model, layers)
     sizes = layer_sizes(groups, [g.size * n for g, n in zip(groups, granularity.unit_params(model, groups))])
     by_layer = None
-    if rule.needs_scores:
+    if rule.needs_scores:  # the criterion's element scores of every projection (its unit scores where it has none)
         criterion.prepare(model, ctx)
-        scores = checked_scores(criterion, granularity, model, groups)
-        criterion.release()
         by_layer = {}
-        for group, score in zip(groups, scores):
-            by_layer.setdefault(group.layer, []).append(score)
-        del scores
+        try:
+            decoder = decoder_layers(model)
+            for i in sorted({g.layer for g in groups}):
+                by_layer[i] = [criterion.element_scores(module_key(i, path), decoder[i].get_submodule(path)).cpu()
+                               for path in layer_paths(model, decoder[i])]
+        except NotImplementedError:
+            by_layer = {}
+            for group, score in zip(groups, checked_scores(criterion, granularity, model, groups)):
+                by_layer.setdefault(group.layer, []).append(score)
+        criterion.release()
     ratios = check_ratios(name, rule.layer_ratios(sorted(sizes), ratio, sizes, by_layer), sizes, ratio)
     granularity.allocate(ratios, ratio)
     extra = rule.outlier_ratios(by_layer) if hasattr(rule, "outlier_ratios") and by_layer is not None else None

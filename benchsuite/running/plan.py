@@ -472,7 +472,7 @@ def plan_request(request: RunRequest, registry: Registry) -> RunPlan:
             granularity = method.build()[1]
             if not granularity.supports_allocation:
                 why = ("N:M fixes every row's density" if granularity.fixed_ratio is not None else
-                       "this version spreads ratios over layers for unstructured pruning only")
+                       "it allocates by itself, or has no per-layer ratio")
                 raise ConfigError(f"--allocation {allocation[0]}: method {method.key} prunes at granularity "
                                   f"'{granularity.label()}', which can't take a ratio per layer ({why})")
     return RunPlan(request, registry, profile, methods, device, dtype, tasks, limit, corpora, metrics, selection,
