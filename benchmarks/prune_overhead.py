@@ -24,12 +24,12 @@ from pathlib import Path
 METHODS = "loraprune,llm-pruner,magnitude-l2"
 
 
-def prune_seconds(tree: Path, threads: int) -> dict[str, float]:
+def prune_seconds(tree: Path, threads: int, methods: str = METHODS) -> dict[str, float]:
     """One run of the matrix from ``tree``: method -> seconds of its prune stage."""
     with tempfile.TemporaryDirectory() as tmp:
         timings = Path(tmp) / "timings.json"
         env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        cmd = [sys.executable, "-m", "benchsuite", "run", "--methods", METHODS, "--ratios", "0.5", "--tasks", "none",
+        cmd = [sys.executable, "-m", "benchsuite", "run", "--methods", methods, "--ratios", "0.5", "--tasks", "none",
                "--metrics", "params", "--results", str(Path(tmp) / "results"), "--timings", str(timings), "-q"]
         subprocess.run(cmd, env=env, cwd=tree, check=True, stdout=subprocess.DEVNULL)
         runs = json.loads(timings.read_text())["runs"]
@@ -42,13 +42,14 @@ def main() -> None:
     parser.add_argument("after", type=Path, help="source tree of the commit after it")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--methods", default=METHODS, help=f"comma-separated (default: {METHODS})")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     trees = {"before": args.before, "after": args.after}
     seen: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
     for i in range(args.repeats):
         for name, tree in trees.items():
-            for method, seconds in prune_seconds(tree, args.threads).items():
+            for method, seconds in prune_seconds(tree, args.threads, args.methods).items():
                 seen[name].setdefault(method, []).append(seconds)
             print(f"repeat {i + 1}/{args.repeats}, {name}: {json.dumps({m: v[-1] for m, v in seen[name].items()})}",
                   file=sys.stderr, flush=True)
