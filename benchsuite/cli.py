@@ -80,10 +80,18 @@ def _run_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ratios", type=_floats, help="only these ratios (comma-separated)")
     parser.add_argument("--seeds", type=_ints, help="only these seeds (comma-separated; e.g. 0 for what a default "
                         "run measures, where more seeds are stored)")
-    parser.add_argument("--recovery", choices=["lora", "none"], help="only runs with (or without) LoRA recovery")
+    parser.add_argument("--recovery", choices=["lora", "distill", "none"],
+                        help="only runs with LoRA recovery (distill: LoRA trained on the dense model's logits), or "
+                        "without")
     parser.add_argument("--settings", metavar="HASH",
                         help="only runs with these settings: the hash (or its start) that the 'settings' column "
                         "shows where runs of one method and ratio were made with different settings")
+
+
+def _recovery_kind(label: str) -> str:
+    """``lora``, ``distill`` or ``none`` of a table's recovery label (``LoRA``, ``LoRA distill, during`` ...)."""
+    first = label.split(",")[0].lower()
+    return "distill" if "distill" in first else first
 
 
 def _wants_json(args) -> bool:
@@ -126,9 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "methods pruning different layer ranges end with the same parameter count (each prunes "
                      "the share of heads/channels in its own layers that this needs); units: the fraction of "
                      "heads/channels (or weights) removed in each method's own layers (default: params)")
-    run.add_argument("--recovery", choices=["method", "lora", "none"], default="method",
+    run.add_argument("--recovery", choices=["method", "lora", "distill", "none"], default="method",
                      help="method: each method's own recovery; lora: every method gets the profile's LoRA "
-                     "recovery (the same steps, tokens and data); none: no recovery (default: method)")
+                     "recovery (the same steps, tokens and data); distill: the same LoRA trained on the dense "
+                     "model's logits (KL at temperature 1; a second copy of the dense model in memory); none: no "
+                     "recovery (default: method)")
     run.add_argument("--recovery-data", default=None,
                      help="text LoRA trains on: instruct (question-answer examples in the Alpaca template, "
                      "outside the evaluation corpora and tasks; the default), a corpus name, or a .txt/.jsonl file")
@@ -487,7 +497,7 @@ def run_filter(args):
             (not args.ratios or any(abs(r.get("ratio", -1) - x) < 1e-9 for x in args.ratios))
             and (not getattr(args, "seeds", None) or r.get("seed") in args.seeds)
             and (not args.granularity or (r.get("granularity") or {}).get("label") == args.granularity)
-            and (not args.recovery or recovery_label(r).split(",")[0].lower() == args.recovery)
+            and (not args.recovery or _recovery_kind(recovery_label(r)) == args.recovery)
             and (not args.settings or settings_hash(r["config"]).startswith(args.settings)))
 
     return keep

@@ -57,6 +57,11 @@ class LoRAConfig:
     #: skip (and count) optimizer steps whose loss is NaN/inf instead of failing the run; off: a
     #: non-finite loss is an error that names the stage and step
     skip_nonfinite_steps: bool = False
+    #: logit distillation from the dense model instead of the language-model loss: the temperature T of
+    #: ``KL(softmax(teacher / T) || softmax(student / T)) * T^2`` per token (None: the LM loss alone)
+    distill_temperature: float | None = None
+    #: with distillation, ``alpha`` times the LM loss is added (0: logits alone, Minitron's best)
+    distill_alpha: float = 0.0
 
     @classmethod
     def from_params(cls, params: dict[str, Any] | None, budget: dict[str, Any] | None = None) -> LoRAConfig:
@@ -142,14 +147,26 @@ class TrainLog:
 StepCallback = Callable[[int, nn.Module], None]
 
 
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean over tokens of ``KL(softmax(teacher / T) || softmax(student / T)) * T^2`` (logits ``[..., vocab]``)."""
+    t = torch.log_softmax(teacher.float() / temperature, dim=-1)
+    s = torch.log_softmax(student.float() / temperature, dim=-1)
+    return (t.exp() * (t - s)).sum(-1).mean() * temperature**2
+
+
 def train_lora(model: nn.Module, batches: Iterator[torch.Tensor], steps: int, config: LoRAConfig,
                seed: int = 0, before_step: StepCallback | None = None,
-               after_step: StepCallback | None = None, desc: str = "LoRA fine-tuning") -> TrainLog:
+               after_step: StepCallback | None = None, desc: str = "LoRA fine-tuning",
+               teacher: nn.Module | None = None) -> TrainLog:
     """Train the LoRA parameters of ``model`` for ``steps`` optimizer steps.
 
     ``before_step`` sees the accumulated LoRA gradients (LoRAPrune scores them there);
-    ``after_step`` runs after the update (schedules prune there).
+    ``after_step`` runs after the update (schedules prune there). With ``config.distill_temperature`` the loss is
+    the distillation from ``teacher`` (the dense model, run on the same micro-batch without gradients; see
+    :func:`distill_loss`), plus ``config.distill_alpha`` times the LM loss.
     """
+    if config.distill_temperature is not None and teacher is None:
+        raise ValueError("distillation needs the dense model as the teacher")
     params = lora_parameters(model)
     if not params:
         raise ValueError("the model has no trainable LoRA parameters (call attach_lora first)")
@@ -165,7 +182,17 @@ def train_lora(model: nn.Module, batches: Iterator[torch.Tensor], steps: int, co
         total = 0.0
         for _ in range(config.grad_accum):
             batch = next(batches).to(device)
-            loss = model(input_ids=batch, labels=batch, use_cache=False).loss / config.grad_accum
+            if config.distill_temperature is None:
+                loss = model(input_ids=batch, labels=batch, use_cache=False).loss / config.grad_accum
+            else:
+                with torch.no_grad():
+                    target = teacher(input_ids=batch.to(input_device(teacher)), use_cache=False).logits
+                out = model(input_ids=batch, labels=batch if config.distill_alpha else None, use_cache=False)
+                loss = distill_loss(out.logits, target.to(out.logits.device), config.distill_temperature)
+                if config.distill_alpha:
+                    loss = loss + config.distill_alpha * out.loss
+                loss = loss / config.grad_accum
+                del target, out
             loss.backward()
             total += float(loss.detach())
             log.tokens += batch.numel()

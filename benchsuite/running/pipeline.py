@@ -101,9 +101,11 @@ class LoRATrainer:
     gradients at every step (they should stay absent)."""
 
     def __init__(self, tokenizer: Any, profile: Profile, data: list[Corpus], lora: LoRAConfig, seed: int,
-                 gradient_checkpointing: bool = False) -> None:
+                 gradient_checkpointing: bool = False, teacher: Callable[[], nn.Module] | None = None) -> None:
         self.tokenizer, self.profile, self.data, self.lora, self.seed = tokenizer, profile, data, lora, seed
         self.gradient_checkpointing = gradient_checkpointing
+        #: loads the dense model, the teacher of a distillation (loaded for each training, dropped after it)
+        self.teacher = teacher
         self.watch = WeightGradWatch()
 
     def __call__(self, model: nn.Module, steps: int, before_step: Callable | None = None,
@@ -119,9 +121,21 @@ class LoRATrainer:
         bos = bos_token(model, self.tokenizer)
         data = (with_bos(batch, bos) for batch in cycle_batches(self.tokenizer, self.data, p.train_len, p.train_batch,
                                                                 self.seed))
+        teacher = None
+        if self.lora.distill_temperature is not None:
+            if self.teacher is None:
+                raise ValueError("distillation needs the dense model as the teacher")
+            teacher = self.teacher().eval()
+            for param in teacher.parameters():
+                param.requires_grad_(False)
         with checkpointing(model, self.gradient_checkpointing):
-            log = train_lora(model, data, steps, self.lora, self.seed, watched, after_step, desc)
-        return log.summary() | {"micro_batch": p.train_batch, "length": p.train_len} | (
+            log = train_lora(model, data, steps, self.lora, self.seed, watched, after_step, desc, teacher=teacher)
+        del teacher
+        distill = {} if self.lora.distill_temperature is None else {"loss": (
+            f"KL(dense || pruned) of the logits at temperature {self.lora.distill_temperature:g}, x T^2"
+            + (f" + {self.lora.distill_alpha:g} x the LM loss" if self.lora.distill_alpha else "")
+            + "; the dense model (a second copy) run on every micro-batch")}
+        return log.summary() | distill | {"micro_batch": p.train_batch, "length": p.train_len} | (
             {"gradient_checkpointing": True} if self.gradient_checkpointing else {}) | (
             {"bos": f"token {bos} before every window"} if bos is not None else {})
 
@@ -159,7 +173,8 @@ def prune(plan: RunPlan, model_plan: ModelPlan, spec: RunSpec, calibration: Cali
     if spec.lora is not None:
         model = attach_lora(model, spec.lora)
         trainer = LoRATrainer(model_plan.tokenizer, plan.profile, model_plan.recovery_corpora, spec.lora, spec.seed,
-                              gradient_checkpointing=bool(spec.config.get("gradient_checkpointing")))
+                              gradient_checkpointing=bool(spec.config.get("gradient_checkpointing")),
+                              teacher=lambda: load_dense(plan, model_plan.model_info))
     cal = spec.calibration
     # a model spread over GPUs (--device-map): ctx.device is where its inputs go, the embedding's GPU
     ctx = PruneContext(seed=spec.seed, device=input_device(model) if plan.request.device_map else plan.device,

@@ -107,7 +107,9 @@ class RunRequest:
 
 
 DEFAULT_RATIOS = [0.2, 0.5]
-RECOVERY_CHOICES = ("method", "lora", "none")
+RECOVERY_CHOICES = ("method", "lora", "distill", "none")
+#: ``--recovery distill``: LoRA trained on the dense model's logits (Minitron's best: logits alone, T = 1)
+DISTILL = {"distill_temperature": 1.0, "distill_alpha": 0.0}
 RATIO_BASES = ("params", "units")
 
 
@@ -145,10 +147,12 @@ class MethodPlan:
         return LoRAConfig.from_params(params, budget), steps
 
     def recovery_label(self) -> str:
-        """``none``, ``LoRA`` (after pruning) or ``LoRA, during`` (a schedule that prunes while training)."""
+        """``none``, ``LoRA`` (after pruning) or ``LoRA, during`` (a schedule that prunes while training); ``LoRA
+        distill`` where it learns from the dense model's logits."""
         if self.method.recovery is None and not self.needs_lora:
             return "none"
-        return "LoRA, during" if self.schedule.trains else "LoRA"
+        name = "LoRA distill" if (self.method.recovery or {}).get("distill_temperature") is not None else "LoRA"
+        return f"{name}, during" if self.schedule.trains else name
 
 
 def parse_granularity(text: str) -> tuple[str, dict[str, Any]]:
@@ -283,6 +287,9 @@ def plan_methods(names: list[str], registry: Registry, ratios: list[float] | Non
         elif own == "lora" and method.recovery is None:
             plan.method = replace(method, recovery={})  # LoRAConfig's defaults: r 8, alpha 16, dropout 0.05
             key += "+lora"
+        elif own == "distill":  # the method's own LoRA (or LoRAConfig's defaults), trained on the teacher's logits
+            plan.method = replace(method, recovery=dict(method.recovery or {}) | DISTILL)
+            key += "+distill"
         plan.lora()
         plan.key = key
         fixed = gran.fixed_ratio
