@@ -87,6 +87,17 @@ def test_owl_with_wanda_runs_hits_the_target_and_is_recorded(tmp_path, tiny_mode
     assert sum("allocation" in r["config"] for r in plain) == 1 and len(plain) == 2
     refused = bench(*common, "--methods", "wanda-2:4", "--allocation", "owl")
     assert refused.returncode == 2 and "N:M fixes every row's density" in refused.stderr
+    from benchsuite.cli import stored_records
+    from benchsuite.reporting.figures import figures
+
+    figs = figures(stored_records(results))
+    try:
+        drawn = next(f for f in figs if f.name == "layer-ratios").figure.axes[0]
+        labels = sorted(line.get_label() for line in drawn.get_lines() if not line.get_label().startswith("_"))
+        assert labels == ["magnitude · owl · 0.5 · seed 0", "wanda · owl · 0.5 · seed 0"]
+    finally:
+        for f in figs:
+            f.close()
 
 
 ONE_FILE = '''

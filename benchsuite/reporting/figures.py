@@ -141,7 +141,7 @@ def _colours(df: pd.DataFrame) -> dict[str, Any]:
 
 def figures(records: list[dict[str, Any]]) -> list[Figure]:
     """Every figure of ``records``, per (model, profile): quality vs ratio, Pareto views, the zero-shot
-    heatmap and the pruning cost, each where the records hold its data."""
+    heatmap, the pruning cost and the per-layer ratios of allocations, each where the records hold its data."""
     df = frame(records)
     if df.empty:
         return []
@@ -154,8 +154,9 @@ def figures(records: list[dict[str, Any]]) -> list[Figure]:
             part = df[(df["model"] == model) & (df["profile"] == profile)].reset_index(drop=True)
             prefix = "" if len(groups) == 1 else f"{slug(model)}-{slug(profile)}-"
             where = f"{model} · {profile}"
-            for make in (quality_vs_ratio, pareto, heatmap, pruning_cost):
-                fig = make(part, where)
+            own = [r for r in records if (r.get("model"), r.get("profile")) == (model, profile)]
+            made = [make(part, where) for make in (quality_vs_ratio, pareto, heatmap, pruning_cost)]
+            for fig in [*made, layer_ratios(own, where)]:
                 if fig is not None:
                     fig.name = prefix + fig.name
                     fig.group = where
@@ -381,6 +382,31 @@ def pruning_cost(df: pd.DataFrame, where: str) -> Figure | None:
     fig.suptitle(f"Pruning cost per run ({where}); time: solid = pruning, pale = pruning + tuning")
     fig.tight_layout()
     return Figure("pruning-cost", "Pruning cost", fig)
+
+
+def layer_ratios(records: list[dict[str, Any]], where: str) -> Figure | None:
+    """Each layer's pruning ratio, one line per run whose allocation was not uniform (the records'
+    ``allocation.layer_ratios``), the run's target dashed."""
+    runs = [r for r in records if r.get("status") == "ok" and isinstance(r.get("allocation"), dict)
+            and r["allocation"].get("layer_ratios")]
+    if not runs:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
+    cmap = plt.get_cmap("tab10")
+    for i, r in enumerate(sorted(runs, key=lambda r: (str(r.get("variant")), r.get("ratio", 0), r.get("seed", 0)))):
+        ratios = {int(k): float(v) for k, v in r["allocation"]["layer_ratios"].items()}
+        layers = sorted(ratios)
+        colour = cmap(i % 10)
+        label = f"{r.get('variant')} · {r['allocation']['name']} · {r.get('ratio', 0):g} · seed {r.get('seed', 0)}"
+        ax.plot(layers, [ratios[k] for k in layers], marker=".", color=colour, label=label)
+        ax.axhline(r.get("ratio", 0), color=colour, linestyle=":", linewidth=0.8)
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("ratio pruned")
+    ax.set_title(f"Per-layer ratios of the allocations ({where}); dotted: the run's target")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
+    fig.tight_layout()
+    return Figure("layer-ratios", "Per-layer ratios of the allocations", fig)
 
 
 def safe_name(name: str) -> str:
