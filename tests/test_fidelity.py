@@ -58,6 +58,16 @@ def test_a_run_with_fidelity_records_and_shows_it(tmp_path, tiny_model_dir, offl
         assert m[f"kl_{label}_lo"] <= m[f"kl_{label}"] <= m[f"kl_{label}_hi"]
         assert len(records[name]["measurement"][f"kl_{label}"]["window_kl"]) <= 32
     assert f"KL {label}" in result.stdout and f"top-1 {label} %" in result.stdout
+    from benchsuite.cli import stored_records
+    from benchsuite.reporting.figures import figures
+
+    figs = figures(stored_records(results))
+    try:  # drawn against the ratio beside perplexity
+        labels = [ax.get_ylabel() for ax in figs[0].figure.axes if ax.get_ylabel()]
+        assert f"KL to dense, {label} (log)" in labels and f"top-1 agreement with dense, {label} (%)" in labels
+    finally:
+        for f in figs:
+            f.close()
 
 
 def _record(method: str, bits_by_task: dict[str, list[int]], doc_ids: dict[str, list[list[int]]] | None = None):

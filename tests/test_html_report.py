@@ -92,10 +92,12 @@ def test_figures_follow_the_data(results):
     figs = figures(records)
     try:
         assert [f.name for f in figs] == FIGURES
-        # quality vs ratio: a row per quality metric (wiki, c4, zero-shot average), one line per method
+        # quality vs ratio: a row per quality metric (wiki, c4, zero-shot average, its flips against the dense
+        # model's answers), one line per method
         quality = figs[0].figure
         assert [ax.get_ylabel() for ax in quality.axes if ax.get_ylabel()] == [
-            "perplexity wiki (log)", "perplexity c4 (log)", "zero-shot accuracy, average (%)"]
+            "perplexity wiki (log)", "perplexity c4 (log)", "zero-shot accuracy, average (%)",
+            "zero-shot flips against dense, average (%)"]
         lines = [line for line in quality.axes[0].get_lines() if line.get_label() not in ("dense",)
                  and not line.get_label().startswith("_")]
         assert sorted(line.get_label() for line in lines) == [

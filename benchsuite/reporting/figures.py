@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from benchsuite.api.columns import TASK_HEADERS
+from benchsuite.reporting.flips import with_flips
 from benchsuite.reporting.tables import _INTERVAL_SUFFIXES, frame
 from benchsuite.running.records import slug
 
@@ -109,7 +110,8 @@ def _has(df: pd.DataFrame, key: str) -> bool:
 
 
 def quality_metrics(df: pd.DataFrame) -> list[tuple[str, str, bool]]:
-    """(metric, label, lower is better) for the perplexity corpora and the zero-shot average present."""
+    """(metric, label, lower is better) for the perplexity corpora, the zero-shot average, and the paired distances
+    to the dense model present: the average of the zero-shot flips, the KL divergence and top-1 agreement."""
     out = []
     corpora = [c for c in df.columns if c.startswith("ppl_") and not c.endswith(_INTERVAL_SUFFIXES)]
     order = {"ppl_wiki": 0, "ppl_c4": 1}
@@ -118,7 +120,19 @@ def quality_metrics(df: pd.DataFrame) -> list[tuple[str, str, bool]]:
             out.append((key, f"perplexity {key[4:]} (log)", True))
     if _has(df, "acc_avg"):
         out.append(("acc_avg", "zero-shot accuracy, average (%)", False))
+    if _has(df, "flips_avg"):
+        out.append(("flips_avg", "zero-shot flips against dense, average (%)", True))
+    paired = sorted(c for c in df.columns if c.startswith(("kl_", "top1_")) and not c.endswith(_INTERVAL_SUFFIXES))
+    for key in paired:
+        if _has(df, key):
+            kind, _, corpus = key.partition("_")
+            out.append((key, f"KL to dense, {corpus} (log)", True) if kind == "kl" else
+                       (key, f"top-1 agreement with dense, {corpus} (%)", False))
     return out
+
+
+def _log_scale(key: str) -> bool:
+    return key.startswith(("ppl_", "kl_"))
 
 
 def tasks(df: pd.DataFrame) -> list[str]:
@@ -129,7 +143,7 @@ def tasks(df: pd.DataFrame) -> list[str]:
 
 
 def _scale(key: str) -> float:
-    return 100.0 if key.startswith("acc_") else 1.0
+    return 100.0 if key.startswith(("acc_", "flips_", "top1_")) else 1.0
 
 
 def _colours(df: pd.DataFrame) -> dict[str, Any]:
@@ -142,6 +156,7 @@ def _colours(df: pd.DataFrame) -> dict[str, Any]:
 def figures(records: list[dict[str, Any]]) -> list[Figure]:
     """Every figure of ``records``, per (model, profile): quality vs ratio, Pareto views, the zero-shot
     heatmap, the pruning cost and the per-layer ratios of allocations, each where the records hold its data."""
+    records = with_flips(records)
     df = frame(records)
     if df.empty:
         return []
@@ -221,7 +236,7 @@ def quality_vs_ratio(df: pd.DataFrame, where: str) -> Figure | None:
                 if not all(math.isnan(v) for v in lo[1:]):
                     ax.fill_between(xs, lo, hi, color=colour, alpha=0.12, linewidth=0)
                 handles.setdefault(f"{first['method']} · {first['recovery']}", h)
-            if lower:
+            if _log_scale(key):
                 ax.set_yscale("log")
             if i == 0:
                 ax.set_title(f"{gran}")
@@ -291,7 +306,7 @@ def pareto(df: pd.DataFrame, where: str) -> Figure | None:
                 ax.step(fx, fy, where="post", color="grey", linewidth=1, zorder=2)
                 h = ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="red", linewidths=1.2, zorder=4)
                 handles.setdefault("Pareto front", h)
-            if lower:
+            if _log_scale(key):
                 ax.set_yscale("log")
             ax.set_xlabel(cost_label)
             if j == 0:
