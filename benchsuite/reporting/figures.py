@@ -203,7 +203,7 @@ def quality_vs_ratio(df: pd.DataFrame, where: str) -> Figure | None:
     fig, axes = plt.subplots(len(metrics), len(grans), figsize=(4.6 * len(grans) + 2.6, 3.0 * len(metrics)),
                              squeeze=False, sharex=True)
     handles: dict[str, Any] = {}
-    for i, (key, label, lower) in enumerate(metrics):
+    for i, (key, label, _lower) in enumerate(metrics):
         scale = _scale(key)
         for j, gran in enumerate(grans):
             ax = axes[i][j]
