@@ -210,8 +210,10 @@ def prune(plan: RunPlan, model_plan: ModelPlan, spec: RunSpec, calibration: Cali
 
 def allocate(plan: RunPlan, model: nn.Module, criterion: Criterion, granularity: Granularity, ratio: float,
              layers: list[int], ctx: PruneContext) -> dict[str, Any]:
-    """Spread ``ratio`` over ``layers`` with the plan's allocation (scoring the unpruned model once where it asks for
-    scores) and have the granularity prune each layer at its ratio; what the record keeps of it."""
+    """Spread ``ratio`` (the run's unit ratio: the fraction of the pruned layers' units, which ``--ratio-basis params``
+    derives from the fraction of all decoder weights) over ``layers`` with the plan's allocation (scoring the unpruned
+    model once where it asks for scores) and have the granularity prune each layer at its ratio; what the record keeps
+    of it (``target``: that unit ratio, the size-weighted mean of ``layer_ratios``)."""
     from benchsuite.api.allocation import check_ratios, layer_sizes
 
     name, params = plan.allocation
@@ -235,7 +237,8 @@ def allocate(plan: RunPlan, model: nn.Module, criterion: Criterion, granularity:
     ratios = check_ratios(name, rule.layer_ratios(sorted(sizes), ratio, sizes, by_layer), sizes, ratio)
     granularity.allocate(ratios, ratio)
     extra = rule.outlier_ratios(by_layer) if hasattr(rule, "outlier_ratios") and by_layer is not None else None
-    return {"name": name, "params": rule.params(), "layer_ratios": {str(k): round(v, 6) for k, v in ratios.items()}} | (
+    return {"name": name, "params": rule.params(), "target": ratio,
+            "layer_ratios": {str(k): round(v, 6) for k, v in ratios.items()}} | (
         {"outlier_ratios": {str(k): round(v, 6) for k, v in extra.items()}} if extra else {})
 
 
