@@ -80,12 +80,23 @@ def _run_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ratios", type=_floats, help="only these ratios (comma-separated)")
     parser.add_argument("--seeds", type=_ints, help="only these seeds (comma-separated; e.g. 0 for what a default "
                         "run measures, where more seeds are stored)")
-    parser.add_argument("--recovery", choices=["lora", "distill", "none"],
-                        help="only runs with LoRA recovery (distill: LoRA trained on the dense model's logits), or "
-                        "without")
+    parser.add_argument("--recovery", type=_recoveries, metavar="KINDS",
+                        help="only runs with these recoveries, comma-separated: lora, distill (LoRA trained on the "
+                        "dense model's logits), none")
+    parser.add_argument("--allocation", metavar="NAME",
+                        help="only runs whose ratio was spread over the layers by this allocation (uniform: the "
+                        "runs without --allocation; e.g. owl, global)")
     parser.add_argument("--settings", metavar="HASH",
                         help="only runs with these settings: the hash (or its start) that the 'settings' column "
                         "shows where runs of one method and ratio were made with different settings")
+
+
+def _recoveries(text: str) -> list[str]:
+    kinds = split_names(text)
+    unknown = [k for k in kinds if k not in ("lora", "distill", "none")]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"{text!r}: give lora, distill or none (comma-separated)")
+    return kinds
 
 
 def _recovery_kind(label: str) -> str:
@@ -486,7 +497,7 @@ def stored_records(results: Path) -> list[dict]:
 
 def run_filter(args):
     """The filters ``report`` and ``compare`` share, as a test of one record: model and profile for every record;
-    ratios, seeds, granularity, recovery and settings for the pruned runs (a dense record passes those)."""
+    ratios, seeds, granularity, recovery, allocation and settings for the pruned runs (a dense record passes those)."""
     from benchsuite.reporting.tables import recovery_label
     from benchsuite.running.records import settings_hash
 
@@ -497,7 +508,9 @@ def run_filter(args):
             (not args.ratios or any(abs(r.get("ratio", -1) - x) < 1e-9 for x in args.ratios))
             and (not getattr(args, "seeds", None) or r.get("seed") in args.seeds)
             and (not args.granularity or (r.get("granularity") or {}).get("label") == args.granularity)
-            and (not args.recovery or _recovery_kind(recovery_label(r)) == args.recovery)
+            and (not args.recovery or _recovery_kind(recovery_label(r)) in args.recovery)
+            and (not getattr(args, "allocation", None)
+                 or ((r.get("config") or {}).get("allocation") or {}).get("name", "uniform") == args.allocation)
             and (not args.settings or settings_hash(r["config"]).startswith(args.settings)))
 
     return keep

@@ -78,7 +78,7 @@ def _short(value: Any) -> str:
     if isinstance(value, list):
         text = ",".join(str(v) for v in value) if value else "none"
     else:
-        text = str(value)
+        text = "-" if value is None else str(value)  # a setting the other runs have and this one has not
     return text if len(text) <= 24 else text[:12] + "..." + text[-8:]
 
 
