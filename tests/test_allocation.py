@@ -85,6 +85,11 @@ def test_owl_with_wanda_runs_hits_the_target_and_is_recorded(tmp_path, tiny_mode
     assert uniform.returncode == 0
     plain = [json.loads(p.read_text()) for p in results.rglob("wanda/*.json")]
     assert sum("allocation" in r["config"] for r in plain) == 1 and len(plain) == 2
+    only = bench("report", "--results", str(results), "--methods", "wanda", "--allocation", "owl", "--format", "json")
+    assert [r["config"]["allocation"]["name"] for r in json.loads(only.stdout) if r.get("variant")] == ["owl"]
+    plain = bench("report", "--results", str(results), "--methods", "wanda", "--allocation", "uniform",
+                  "--recovery", "lora,none", "--format", "json")
+    assert [("allocation" in r["config"]) for r in json.loads(plain.stdout) if r.get("variant")] == [False]
     refused = bench(*common, "--methods", "wanda-2:4", "--allocation", "owl")
     assert refused.returncode == 2 and "N:M fixes every row's density" in refused.stderr
     from benchsuite.cli import stored_records
