@@ -382,3 +382,16 @@ def test_exports_no_family_is_tested_for_are_refused_with_the_reason(tmp_path):
     with pytest.raises(ConfigError, match="a qwen3 model; the compressed-tensors export is tested on Llama"):
         export(folder, "compressed-tensors", tmp_path / "out.ct")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["qwen3-2_4"]
+
+
+def test_a_mixture_of_experts_with_dense_layers_is_refused_with_the_reason():
+    import transformers
+
+    from benchsuite.api.model import decoder_layers
+
+    config = transformers.Qwen3MoeConfig(vocab_size=260, hidden_size=96, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=6, num_key_value_heads=2, head_dim=16, num_experts=4,
+                                         num_experts_per_tok=2, moe_intermediate_size=64, mlp_only_layers=[0])
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with pytest.raises(ConfigError, match="has layers without them .*mlp_only_layers"):
+        decoder_layers(model)

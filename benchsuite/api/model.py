@@ -57,6 +57,11 @@ def _find_layers(model: nn.Module) -> nn.ModuleList:
             if all(_has_projections(layer, paths) for layer in module):
                 _LAYER_PATHS[model] = name
                 return module
+    family = _family(model)
+    if family is not None and family.experts:
+        raise ConfigError(f"{type(model).__name__}: the {family.name} description needs every decoder layer to hold "
+                          f"{', '.join(paths)}; this checkpoint has layers without them (dense MLP layers, e.g. "
+                          "Qwen3-MoE's mlp_only_layers or decoder_sparse_step > 1), which this version can't prune")
     raise ConfigError(
         f"{type(model).__name__} does not have the LLaMA-family layout that pruning needs "
         "(decoder layers with self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj)"
