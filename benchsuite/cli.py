@@ -612,7 +612,9 @@ def cmd_compare(args) -> int:
     keep = run_filter(args)
 
     def chosen(results: Path) -> list[dict]:
-        return [r for r in stored_records(results) if keep(r)]
+        from benchsuite.reporting.flips import with_flips
+
+        return with_flips([r for r in stored_records(results) if keep(r)])  # flips against the dense runs kept
 
     if args.against is not None:
         pairs = pairs_between(chosen(args.results), chosen(args.against), methods)

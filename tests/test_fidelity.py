@@ -61,6 +61,10 @@ def test_a_run_with_fidelity_records_and_shows_it(tmp_path, tiny_model_dir, offl
     from benchsuite.cli import stored_records
     from benchsuite.reporting.figures import figures
 
+    paired = bench("compare", "--results", str(results), "--baseline", "magnitude-l2", "--methods", "random",
+                   "--metrics", f"kl_{label},top1_{label}")
+    assert paired.returncode == 0, paired.stderr
+    assert paired.stdout.count("paired over") == 2 and f"kl_{label}" in paired.stdout
     figs = figures(stored_records(results))
     try:  # drawn against the ratio beside perplexity
         labels = [ax.get_ylabel() for ax in figs[0].figure.axes if ax.get_ylabel()]
@@ -88,7 +92,8 @@ def test_flips_pair_each_document_with_the_dense_models_answer():
     values, counts = flips(dense, pruned)
     assert values["flips_piqa"] == 2 / 5 and values["flips_boolq"] == 0.0  # same accuracy 3/5, two answers changed
     assert values["flips_avg"] == (2 / 5 + 0) / 2
-    assert counts["piqa"] == {"examples": 5, "flips": 2, "to_wrong": 1, "to_right": 1}
+    assert counts["piqa"] == {"examples": 5, "flips": 2, "to_wrong": 1, "to_right": 1, "bits": "01100",
+                              "documents": [0, 1, 2, 3, 4]}
     assert values["flips_piqa_lo"] <= values["flips_piqa"] <= values["flips_piqa_hi"]
     # the same accuracy hides them: the accuracy difference is 0, the flips are not
     other = _record("random", {"piqa": [0, 1, 1, 0, 1, 1]}, doc_ids={"piqa": [[0, 6]]})
@@ -106,3 +111,16 @@ def test_documents_are_paired_by_id_not_by_position():
     values, _ = flips(dense, pruned)
     # doc 0: dense 1, pruned 0; doc 1: dense 0, pruned 1; doc 2: dense 1, pruned 1
     assert values["flips_piqa"] == 2 / 3
+
+
+def test_compare_pairs_flips_over_the_same_examples():
+    from benchsuite.reporting.compare import compare_runs
+    from benchsuite.reporting.flips import with_flips
+
+    dense = _record("dense", {"piqa": [1, 1, 0, 0, 1, 1, 0, 1]})
+    one = _record("random", {"piqa": [1, 0, 0, 0, 1, 1, 0, 1]}) | {"seed": 0, "ratio": 0.5}
+    two = _record("magnitude", {"piqa": [0, 0, 1, 1, 0, 1, 0, 1]}) | {"seed": 0, "ratio": 0.5}
+    _, a, b = with_flips([dense, one, two])
+    (d,) = compare_runs(a, b, ["flips_piqa"])
+    assert (d.a, d.b) == (1 / 8, 5 / 8) and d.diff == pytest.approx(0.5) and d.lo <= 0.5 <= d.hi
+    assert d.note.startswith("paired over 8 examples")

@@ -9,6 +9,9 @@ folders, e.g. two commits) with 95% intervals, marked significant only when the 
 - Zero-shot accuracy: difference in points, paired bootstrap over the same examples (the records keep
   every example's correctness); the average resamples each task's examples.
 - Parameters, FLOPs: exact differences (no interval: they are deterministic).
+- Distance to the dense model: zero-shot flips in points, paired over the same examples (each run's flips against
+  the dense model, read from the records); KL divergence and top-1 agreement (``--metrics default,fidelity``),
+  paired over the same windows.
 - Latency: the ratio of the medians with a bootstrap interval over the repeats of each; never marked
   significant when either measurement was flagged noisy.
 
@@ -33,7 +36,7 @@ from benchsuite.running.records import context_hash, slug
 from benchsuite.util.names import did_you_mean
 
 #: metrics where a higher value is worse
-HIGHER_IS_WORSE = ("ppl_", "latency", "params", "flops", "peak_mem")
+HIGHER_IS_WORSE = ("ppl_", "latency", "params", "flops", "peak_mem", "kl_", "flips_")
 
 
 def pair_key(record: dict[str, Any], with_variant: bool) -> tuple:
@@ -107,7 +110,7 @@ def compare_runs(a: dict[str, Any], b: dict[str, Any], metrics: list[str] | None
 
 
 def _comparable(key: str) -> bool:
-    return (key.startswith(("ppl_", "acc_", "params", "flops_per_token", "latency_ms"))
+    return (key.startswith(("ppl_", "acc_", "params", "flops_per_token", "latency_ms", "kl_", "top1_", "flips_"))
             and not key.endswith(("_lo", "_hi", "_stderr", "_noisy", "_iqr_ms")))
 
 
@@ -146,6 +149,32 @@ def _paired(name: str, a: dict[str, Any], b: dict[str, Any]) -> Difference:
                     or ta.get("doc_ids") != tb.get("doc_ids"):
                 return Difference(name, va, vb, vb - va, None, None, False, False, "no per-example data to pair")
             bits.append((decode_bits(ta["correct"]), decode_bits(tb["correct"])))
+        if len(bits) == 1:
+            p = paired_mean(*bits[0])
+            return Difference(name, va, vb, vb - va, p["lo"], p["hi"], False, p["significant"],
+                              f"paired over {p['n']} examples")
+        lo, hi = paired_average(bits)
+        return Difference(name, va, vb, vb - va, lo, hi, False, lo > 0 or hi < 0,
+                          f"paired over {sum(len(x) for x, _ in bits)} examples of {len(bits)} tasks")
+    if name.startswith(("kl_", "top1_")):  # per window, on the same windows (the fidelity metric)
+        key, field = "kl_" + name.partition("_")[2], "window_kl" if name.startswith("kl_") else "window_top1"
+        wa, wb = (how_a.get(key) or {}).get(field), (how_b.get(key) or {}).get(field)
+        if wa and wb and len(wa) == len(wb):
+            p = paired_mean(wa, wb)
+            return Difference(name, va, vb, vb - va, p["lo"], p["hi"], False, p["significant"],
+                              f"paired over {p['n']} windows")
+        return Difference(name, va, vb, vb - va, None, None, False, False, "no per-window data to pair")
+    if name.startswith("flips_"):  # each example's flip against the dense model (benchsuite.reporting.flips)
+        fa, fb = how_a.get("flips") or {}, how_b.get("flips") or {}
+        names = [t for t in fa if t in fb] if name == "flips_avg" else [name[6:]]
+        bits = []
+        for task in names:
+            ta, tb = fa.get(task) or {}, fb.get(task) or {}
+            if not (ta.get("bits") and tb.get("bits")) or ta.get("documents") != tb.get("documents"):
+                return Difference(name, va, vb, vb - va, None, None, False, False, "no per-example data to pair")
+            bits.append((decode_bits(ta["bits"]), decode_bits(tb["bits"])))
+        if not bits:
+            return Difference(name, va, vb, vb - va, None, None, False, False, "no per-example data to pair")
         if len(bits) == 1:
             p = paired_mean(*bits[0])
             return Difference(name, va, vb, vb - va, p["lo"], p["hi"], False, p["significant"],
@@ -229,7 +258,7 @@ def format_difference(d: Difference) -> tuple[str, str]:
     if d.relative:
         text = f"{100 * d.diff:+.1f}%"
         ci = f"[{100 * d.lo:+.1f}%, {100 * d.hi:+.1f}%]" if d.lo is not None else "-"
-    elif d.metric.startswith("acc_"):
+    elif d.metric.startswith(("acc_", "flips_", "top1_")):
         text = f"{100 * d.diff:+.1f} pt"
         ci = f"[{100 * d.lo:+.1f}, {100 * d.hi:+.1f}]" if d.lo is not None else "-"
     else:

@@ -50,7 +50,8 @@ def flips(dense: dict[str, Any], pruned: dict[str, Any]) -> tuple[dict[str, floa
         values |= {f"flips_{task}": sum(bits) / len(bits), f"flips_{task}_lo": lo, f"flips_{task}_hi": hi}
         counts[task] = {"examples": len(bits), "flips": sum(bits),
                         "to_wrong": sum(1 for d in mine if theirs[d] and not mine[d]),
-                        "to_right": sum(1 for d in mine if mine[d] and not theirs[d])}
+                        "to_right": sum(1 for d in mine if mine[d] and not theirs[d]),
+                        "bits": stats.encode_bits(bits), "documents": sorted(mine)}
         by_task.append(bits)
     if by_task:
         lo, hi = average_interval(by_task)
@@ -61,7 +62,8 @@ def flips(dense: dict[str, Any], pruned: dict[str, Any]) -> tuple[dict[str, floa
 
 def with_flips(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``records`` with each pruned record's flips against the dense record of its model (name and weights),
-    profile and tasks added to its metrics (copies; the records on disk are not changed)."""
+    profile and tasks added to its metrics, and each example's flip to ``measurement.flips`` (for paired comparisons;
+    copies: the records on disk are not changed)."""
     dense: dict[tuple, dict[str, Any]] = {}
     for record in records:
         if record.get("method") == "dense" and record.get("status") == "ok" and _tasks(record):
@@ -72,11 +74,13 @@ def with_flips(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if record.get("method") == "dense" or ref is None or not _tasks(record):
             out.append(record)
             continue
-        values, _ = flips(ref, record)
+        values, counts = flips(ref, record)
         if not values:
             out.append(record)
             continue
         tasks = [key[6:] for key in values if not key.endswith(("_lo", "_hi"))]
-        out.append(record | {"metrics": dict(record.get("metrics") or {}) | values, "metric_columns": [
-            *(record.get("metric_columns") or []), *(flip_column(t).as_dict() for t in tasks)]})
+        out.append(record | {"metrics": dict(record.get("metrics") or {}) | values,
+                             "measurement": dict(record.get("measurement") or {}) | {"flips": counts},
+                             "metric_columns": [*(record.get("metric_columns") or []),
+                                                *(flip_column(t).as_dict() for t in tasks)]})
     return out
