@@ -246,7 +246,7 @@ def render(records: list[dict[str, Any]], fmt: str = "markdown", view: str = "al
     when = measured(records)
     if df["model"].nunique() == 1 and df["profile"].nunique() == 1:
         text = f"model: {df['model'].iloc[0]} · profile: {df['profile'].iloc[0]}" + (
-            f" · {when}" if when else "") + f"\n\n{text}"
+            f"  \n{when}" if when else "") + f"\n\n{text}"  # (two spaces: a line break in markdown)
     elif when:
         text = f"{when}\n\n{text}"
     return text
