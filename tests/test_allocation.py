@@ -90,6 +90,14 @@ def test_owl_with_wanda_runs_hits_the_target_and_is_recorded(tmp_path, tiny_mode
     plain = bench("report", "--results", str(results), "--methods", "wanda", "--allocation", "uniform",
                   "--recovery", "lora,none", "--format", "json")
     assert [("allocation" in r["config"]) for r in json.loads(plain.stdout) if r.get("variant")] == [False]
+    from benchsuite.reporting.compare import pairs_within
+
+    runs = [json.loads(p.read_text()) for p in results.rglob("wanda/*.json")]
+    owl_run = next(r for r in runs if "allocation" in r["config"])
+    other = owl_run | {"variant": "other", "method": "other"}
+    for order in (runs, runs[::-1]):  # a run pairs with the baseline's run of its own allocation, in any order
+        (pair,) = pairs_within([*order, other], "wanda", ["other"])
+        assert pair[0] is owl_run
     refused = bench(*common, "--methods", "wanda-2:4", "--allocation", "owl")
     assert refused.returncode == 2 and "N:M fixes every row's density" in refused.stderr
     from benchsuite.cli import stored_records

@@ -39,10 +39,14 @@ from benchsuite.util.names import did_you_mean
 HIGHER_IS_WORSE = ("ppl_", "latency", "params", "flops", "peak_mem", "kl_", "flips_")
 
 
-def pair_key(record: dict[str, Any], with_variant: bool) -> tuple:
+def pair_key(record: dict[str, Any], with_variant: bool, with_allocation: bool = True) -> tuple:
+    """What two paired runs share: model, profile, granularity, ratio, seed, evaluation context, and (within one
+    folder) how the ratio was spread over the layers; between folders, the method variant instead."""
     gran = (record.get("granularity") or {}).get("label", "-")
     key = (record["model"], record.get("weights_sha256"), record["profile"], gran, round(record["ratio"], 6),
            record["seed"], context_hash(record["config"]))
+    if with_allocation:
+        key += (((record.get("config") or {}).get("allocation") or {}).get("name", "uniform"),)
     return key + ((record.get("variant") or record["method"],) if with_variant else ())
 
 
@@ -75,8 +79,9 @@ def pairs_within(records: list[dict[str, Any]], baseline: str, methods: list[str
 def pairs_between(old: list[dict[str, Any]], new: list[dict[str, Any]], methods: list[str] | None
                   ) -> list[tuple[dict, dict]]:
     """(old run, new run) of the same method variant, model, profile, ratio and seed in two folders."""
-    before = {pair_key(r, True): r for r in old if r["status"] == "ok"}
-    return [(before[pair_key(r, True)], r) for r in new if r["status"] == "ok" and pair_key(r, True) in before
+    before = {pair_key(r, True, False): r for r in old if r["status"] == "ok"}
+    return [(before[pair_key(r, True, False)], r) for r in new
+            if r["status"] == "ok" and pair_key(r, True, False) in before
             and (not methods or _variant(r) in methods or r["method"] in methods)]
 
 
