@@ -303,8 +303,9 @@ def _shuffled(windows: torch.Tensor, batch: int, seed: int) -> Iterator[torch.Te
 @dataclass
 class ConformanceReport:
     """What :func:`check_criterion` found: one line per failed check (``failures``), per combination
-    that was not run or that the criterion declined (``skipped``, with the reason), and per check that
-    passed (``passed``)."""
+    that was not run or that the criterion declined (``skipped``, with the reason), per check that
+    passed (``passed``), and per granularity that does not apply to the test models (``not_applicable``:
+    whole experts, on the tiny Llamas; neither a skip of the criterion nor a failure)."""
 
     criterion: str
     params: dict[str, Any]
@@ -312,6 +313,7 @@ class ConformanceReport:
     failures: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    not_applicable: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -634,7 +636,7 @@ def _check_criterion(criterion_cls, params, granularities, schedules, models, ra
                     try:  # a granularity for other models (whole experts) does not apply to these tiny Llamas
                         granularity.check_model(model)
                     except ConfigError as exc:
-                        report.skipped.append(f"{where}: the granularity does not apply to the test models: {exc}")
+                        report.not_applicable.append(f"{where}: {exc}")
                         break
                     try:
                         run.outcome = schedule.run(model, criterion, granularity, target, pruned, ctx)
