@@ -21,6 +21,7 @@ for the three methods, then seed 1, then 20%.
 
     python benchmarks/loraprune_ablations.py                          # run (or resume) everything
     python benchmarks/loraprune_ablations.py --ablations accum --ratios 0.5
+    python benchmarks/loraprune_ablations.py --ablations accum --ratios 0.5 --methods llm-pruner,random+lora
 """
 
 from __future__ import annotations
@@ -44,11 +45,14 @@ def order(ablations: list[str], ratios: list[float]) -> list[tuple[str, float, i
     return [(name, ratio, seed) for ratio in ratios for seed in SEEDS for name in ablations]
 
 
-def run(results: Path, ablations: list[str], ratios: list[float]) -> None:
+def run(results: Path, ablations: list[str], ratios: list[float], only: list[str] | None = None) -> None:
     from benchsuite.running.runner import Runner, RunRequest
 
     for name, ratio, seed in order(ablations, ratios):
         steps, accum, schedule, methods = ABLATIONS[name]
+        methods = [m for m in methods if only is None or m.split(":")[0] in only]
+        if not methods:
+            continue
         print(f"loraprune ablations: {name}, ratio {ratio}, seed {seed}", flush=True)
         request = RunRequest(methods=methods, ratios=[ratio], seeds=[seed], profile="quick", results=results,
                              train_steps=steps, grad_accum=accum, lr_schedule=schedule, tasks=[])
@@ -60,12 +64,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=Path("results/reference"))
     parser.add_argument("--ablations", default=",".join(ABLATIONS), help="comma-separated: " + ", ".join(ABLATIONS))
     parser.add_argument("--ratios", default=",".join(str(r) for r in RATIOS))
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated subset of " + ", ".join(METHODS) + " (two processes side by side)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.ablations.split(",") if n.strip()]
     unknown = [n for n in names if n not in ABLATIONS]
     if unknown:
         parser.error(f"unknown ablation(s) {unknown}; choose from {', '.join(ABLATIONS)}")
-    run(args.results, names, [float(r) for r in args.ratios.split(",")])
+    only = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    if only and set(only) - set(METHODS):
+        parser.error(f"unknown method(s) {sorted(set(only) - set(METHODS))}; choose from {', '.join(METHODS)}")
+    run(args.results, names, [float(r) for r in args.ratios.split(",")], only)
 
 
 if __name__ == "__main__":
