@@ -709,7 +709,8 @@ def families_table(registry) -> str:
             prunes = ("structured (each expert's channels), experts" if family.experts else "structured") + \
                 ", N:M, unstructured" + (", depth" if family.depth else "")
             export = "yes (structured: with its modeling code)"
-            gguf = ("all" if family.gguf_per_layer else "dense, N:M, unstructured") if family.gguf else "no"
+            gguf = (f"{family.gguf}: " + ("all (structured as deci)" if family.gguf_per_layer else
+                                          "dense, N:M, unstructured")) if family.gguf else "no"
             notes = family.description
         rows.append([registry.display("architectures", qualified), ", ".join(family.model_types), family.model_class,
                      prunes, export, gguf, notes])

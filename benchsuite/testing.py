@@ -86,6 +86,19 @@ def offline_tokenizer():
                                    pad_token=pad)
 
 
+def add_a_merge(folder: str | os.PathLike) -> Path:
+    """Give the :func:`offline_tokenizer` saved in ``folder`` one merge (``Ġ`` + ``t`` -> token 260, so the model
+    needs a vocabulary of at least 261): a GGUF BPE vocabulary needs merges, and the offline tokenizer has none.
+    Returns the folder."""
+    folder = Path(folder)
+    file = folder / "tokenizer.json"
+    data = json.loads(file.read_text())
+    data["model"]["vocab"]["Ġt"] = TINY_VOCAB
+    data["model"]["merges"] = [["Ġ", "t"]]
+    file.write_text(json.dumps(data))
+    return folder
+
+
 # -- models ---------------------------------------------------------------------------------------------
 #: family -> (transformers config class, what its config adds to the common tiny settings): a tiny checkpoint of
 #: every family :mod:`benchsuite_plugins.architectures` describes (Phi-3's fused projections, the mixtures of experts
@@ -109,14 +122,16 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 
 def tiny_model(family: str = "llama", heads: int = 4, kv_heads: int = 4, layers: int = 8, seed: int = 0, *,
                hidden_size: int = 96, intermediate_size: int = 128, vocab_size: int = TINY_VOCAB,
-               max_positions: int = 256, weight_std: float = 0.2, norm_std: float = 0.1):
+               max_positions: int = 256, weight_std: float = 0.2, norm_std: float = 0.1,
+               config: Mapping[str, Any] | None = None):
     """A tiny random causal LM of ``family`` (a key of :data:`FAMILY_CONFIGS`), made with that family's own
     transformers config class, in eval mode: ``heads`` query heads sharing ``kv_heads`` key/value heads
     (``kv_heads == heads``: multi-head attention; fewer: GQA), ``layers`` decoder layers,
     ``head_dim = hidden_size // heads``, tied embeddings, :data:`TINY_VOCAB` tokens (the offline tokenizer's).
     Its matrices are drawn from ``N(0, weight_std)`` (wider than the usual initialisation), so that pruning visibly
     changes the logits, and its norm weights moved by ``N(0, norm_std)`` from their initial values, so that a norm
-    cut or kept wrongly shows. Seeds torch's global generator with ``seed``."""
+    cut or kept wrongly shows. ``config`` overrides settings of the family's config (e.g. ``sliding_window``).
+    Seeds torch's global generator with ``seed``."""
     import transformers
 
     if family not in FAMILY_CONFIGS:
@@ -125,13 +140,14 @@ def tiny_model(family: str = "llama", heads: int = 4, kv_heads: int = 4, layers:
         raise ValueError(f"hidden_size {hidden_size} must divide by heads {heads}, and heads by kv_heads {kv_heads}")
     torch.manual_seed(seed)
     config_name, extra = FAMILY_CONFIGS[family]
-    config = getattr(transformers, config_name)(
+    settings = dict(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
         head_dim=hidden_size // heads, max_position_embeddings=max_positions, tie_word_embeddings=True,
         bos_token_id=257, eos_token_id=258, pad_token_id=259, **extra,
     )
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    model = transformers.AutoModelForCausalLM.from_config(
+        getattr(transformers, config_name)(**{**settings, **(config or {})})).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() >= 2:
@@ -146,7 +162,7 @@ def tiny_model(family: str = "llama", heads: int = 4, kv_heads: int = 4, layers:
 
 def tiny_llama(heads: int = 4, kv_heads: int = 4, layers: int = 8, seed: int = 0, *, hidden_size: int = 96,
                intermediate_size: int = 128, vocab_size: int = TINY_VOCAB, max_positions: int = 256,
-               weight_std: float = 0.2):
+               weight_std: float = 0.2, config: Mapping[str, Any] | None = None):
     """A tiny random ``LlamaForCausalLM`` in eval mode (:func:`tiny_model` of the ``llama`` family, its norms left
     at one): ``heads`` query heads sharing ``kv_heads`` key/value heads (``kv_heads == heads``: multi-head
     attention; fewer: GQA), ``layers`` decoder layers, ``head_dim = hidden_size // heads``, tied embeddings,
@@ -156,7 +172,7 @@ def tiny_llama(heads: int = 4, kv_heads: int = 4, layers: int = 8, seed: int = 0
     """
     return tiny_model("llama", heads, kv_heads, layers, seed, hidden_size=hidden_size,
                       intermediate_size=intermediate_size, vocab_size=vocab_size, max_positions=max_positions,
-                      weight_std=weight_std, norm_std=0.0)
+                      weight_std=weight_std, norm_std=0.0, config=config)
 
 
 def save_tiny_model(path: str | os.PathLike, heads: int = 6, kv_heads: int = 2, layers: int = 8, seed: int = 0,

@@ -24,7 +24,7 @@ from benchsuite.host import get_registry
 from benchsuite.models.checkpoint import load_model_dir, save_pruned
 from benchsuite.models.export import export
 from benchsuite.running.runner import Runner, RunRequest
-from benchsuite.testing import offline_tokenizer, save_tiny_model, tiny_model
+from benchsuite.testing import add_a_merge, offline_tokenizer, save_tiny_model, tiny_model
 from benchsuite_plugins.granularities import NM, Experts, Structured, Unstructured
 from tests.test_export import NO_BENCHSUITE
 
@@ -368,20 +368,88 @@ def test_families_that_expect_bos_get_it_before_every_window_and_score_the_same_
     assert records[-1]["recovery_setup"]["tokens"] == 4 * 2 * 65  # the smoke profile's 4 steps of 2 x (64 + BOS)
 
 
-def test_exports_no_family_is_tested_for_are_refused_with_the_reason(tmp_path):
-    """GGUF (llama.cpp's Llama layout) and compressed-tensors (read back on Llama only) refuse other families before
-    writing anything; hf writes them all (above)."""
-    model = tiny_model("qwen3", 6, 2, 2)
-    gran = NM(n=2, m=4)
+def _nm_pruned(family, folder, config=None, granularity=None):
+    model = tiny_model(family, 6, 2, 2, config=config)
+    gran = granularity or NM(n=2, m=4)
     groups = gran.units(model, [0, 1])
-    masks = gran.select(groups, _element_scores(model, groups), 0.5)
+    masks = gran.select(groups, _element_scores(model, groups) if isinstance(gran, NM) else
+                        [torch.rand(g.size, generator=torch.Generator().manual_seed(1)) for g in groups], 0.5)
     gran.apply_masks(model, groups, masks)
-    folder = save_pruned(gran.finalize(model, groups, masks), tmp_path / "qwen3-2_4", tokenizer=offline_tokenizer())
-    with pytest.raises(ConfigError, match="a qwen3 model can't be written as GGUF by this version"):
-        export(folder, "gguf", tmp_path / "out.gguf")
+    return save_pruned(gran.finalize(model, groups, masks), folder, tokenizer=offline_tokenizer())
+
+
+def test_exports_llama_cpp_would_compute_differently_are_refused_with_the_reason(tmp_path):
+    """GGUF refuses what llama.cpp's graph for the family would compute differently (tests/test_interop.py checks
+    what it writes against llama.cpp itself), and compressed-tensors (read back on Llama only) other families,
+    before writing anything; hf writes them all (above)."""
+    cases = [("qwen3", None, Structured(), "it has per-layer widths .* one head count and width for all layers"),
+             ("mistral", None, None, "sliding window of 16 tokens"),
+             ("gemma2", {"query_pre_attn_scalar": 32}, None, "query_pre_attn_scalar 32"),
+             ("qwen3-moe", {"norm_topk_prob": False}, None, "does not renormalise the top-k weights"),
+             ("llama", {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}}, None,
+              "RoPE type 'linear'")]
+    for family, config, gran, reason in cases:
+        folder = _nm_pruned(family, tmp_path / family, config, gran)
+        with pytest.raises(ConfigError, match=f"this {family} model can't be written as GGUF: .*{reason}"):
+            export(folder, "gguf", tmp_path / "out.gguf")
+        assert not (tmp_path / "out.gguf").exists()
     with pytest.raises(ConfigError, match="a qwen3 model; the compressed-tensors export is tested on Llama"):
-        export(folder, "compressed-tensors", tmp_path / "out.ct")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["qwen3-2_4"]
+        export(tmp_path / "qwen3", "compressed-tensors", tmp_path / "out.ct")
+    folder = _nm_pruned("qwen2", tmp_path / "qwen2")  # the offline tokenizer: one token per byte, no merges
+    with pytest.raises(ConfigError, match="a BPE vocabulary without merges"):
+        export(folder, "gguf", tmp_path / "out.gguf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([c[0] for c in cases] + ["qwen2"])
+
+
+def test_gguf_writes_each_familys_llama_cpp_layout(tmp_path):
+    """Read back with gguf.GGUFReader: Gemma's norms stored as 1 + w, its sliding-window pattern and local RoPE base;
+    Granite's multipliers and permuted q/k rows; a mixture of experts' experts stacked under llama.cpp's names."""
+    import gguf
+    import numpy as np
+
+    from benchsuite.models.gguf_file import permute_rope, write_gguf
+
+    def read(folder):
+        reader = gguf.GGUFReader(write_gguf(add_a_merge(folder), folder.with_suffix(".gguf")))
+        fields = {k: f.contents() for k, f in reader.fields.items()}
+        return fields, {t.name: np.asarray(t.data) for t in reader.tensors}
+
+    gemma = save_tiny_model(tmp_path / "gemma3", 6, 2, 6, family="gemma3")
+    state = load_model_dir(gemma).state_dict()
+    fields, tensors = read(gemma)
+    assert fields["general.architecture"] == "gemma3"
+    assert fields["gemma3.attention.sliding_window"] == 16
+    assert fields["gemma3.attention.sliding_window_pattern"] == [True] * 5 + [False]
+    assert fields["gemma3.rope.freq_base_swa"] == 10000.0 and fields["gemma3.rope.freq_base"] == 1e6
+    for name, gguf_name in (("model.layers.1.input_layernorm.weight", "blk.1.attn_norm.weight"),
+                            ("model.layers.1.self_attn.q_norm.weight", "blk.1.attn_q_norm.weight"),
+                            ("model.norm.weight", "output_norm.weight")):
+        assert np.array_equal(tensors[gguf_name], state[name].numpy() + 1.0), name
+    assert np.array_equal(tensors["blk.1.attn_q.weight"], state["model.layers.1.self_attn.q_proj.weight"].numpy())
+
+    granite = save_tiny_model(tmp_path / "granite", 6, 2, 2, family="granite")
+    state = load_model_dir(granite).state_dict()
+    fields, tensors = read(granite)
+    assert (fields["granite.embedding_scale"], fields["granite.residual_scale"], fields["granite.attention.scale"],
+            fields["granite.logit_scale"]) == (6.0, 0.5, np.float32(0.1), 4.0)
+    assert np.array_equal(tensors["blk.0.attn_k.weight"],
+                          permute_rope(state["model.layers.0.self_attn.k_proj.weight"].numpy(), 2))
+
+    for family in ("mixtral", "qwen3-moe"):
+        config = {"norm_topk_prob": True} if family == "qwen3-moe" else None
+        saved = save_tiny_model(tmp_path / family, 6, 2, 2, family=family, config=config)  # the hub's layout
+        pruned = _nm_pruned(family, tmp_path / f"{family}-2_4", config)  # the suite's (fused)
+        model = load_model_dir(pruned)
+        for folder in (saved, pruned):
+            fields, tensors = read(folder)
+            arch = fields["general.architecture"]
+            assert (fields[f"{arch}.expert_count"], fields[f"{arch}.expert_used_count"]) == (4, 2)
+        experts = decoder_layers(model)[1].mlp.experts
+        for part, linear in (("gate", "gate_linear"), ("up", "up_linear"), ("down", "down_linear")):
+            stacked = np.stack([getattr(e, linear).weight.detach().numpy() for e in experts])
+            assert np.array_equal(tensors[f"blk.1.ffn_{part}_exps.weight"], stacked), (family, part)
+        assert np.array_equal(tensors["blk.1.ffn_gate_inp.weight"],
+                              decoder_layers(model)[1].mlp.gate.weight.detach().numpy())
 
 
 def test_a_mixture_of_experts_with_dense_layers_is_refused_with_the_reason():

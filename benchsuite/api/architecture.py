@@ -57,9 +57,10 @@ class Architecture:
     #: parameters that a pruned head leaves whole (norms over ``head_dim`` shared by every head): documented,
     #: and checked to be present
     kept: tuple[str, ...] = ()
-    #: llama.cpp's name for the family (plain GGUF exports: dense, N:M, unstructured); None: no GGUF export
+    #: llama.cpp's architecture for the family, one the GGUF writer knows (``benchsuite.models.gguf_file.LAYOUTS``:
+    #: dense, N:M, unstructured exports); None: no GGUF export
     gguf: str | None = None
-    #: llama.cpp reads this family's per-layer head counts and MLP widths (structured GGUF exports)
+    #: the plain Llama layout, which llama.cpp's ``deci`` reads with per-layer widths (structured GGUF exports)
     gguf_per_layer: bool = False
     #: removing whole decoder layers keeps the model working (depth pruning)
     depth: bool = True
