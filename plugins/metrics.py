@@ -61,7 +61,7 @@ class Perplexity(Metric):
         for corpus in ctx.corpora:
             key = f"ppl_{corpus_label(corpus.name)}"
             result = perplexity(model, self.windows(corpus, ctx), ctx.profile.eval_batch, desc=f"ppl {corpus.name}",
-                                bos=bos)
+                                bos=bos, observers=ctx.window_observers.get(corpus.name, ()))
             values[key], values[f"{key}_lo"], values[f"{key}_hi"] = result["ppl"], result["ci_lo"], result["ci_hi"]
             details[key] = {k: v for k, v in result.items() if k != "ppl"} | {
                 "corpus": corpus.name, "split": "evaluation part (disjoint from calibration)",
@@ -193,12 +193,15 @@ class SparseLatency(Metric):
 
 class Fidelity(Metric):
     """KL divergence of the next-token distributions, KL(dense || pruned), and top-1 agreement with the dense model,
-    on the first ``windows`` perplexity windows of a corpus, the dense model run beside the pruned one on the same
-    windows (:func:`benchsuite.evaluation.fidelity.distance_to_dense`); nothing for the dense model itself."""
+    on the first ``windows`` perplexity windows of a corpus (:mod:`benchsuite.evaluation.fidelity`); nothing for the
+    dense model itself. It shares the perplexity metric's forward passes: the dense model's log-probabilities are
+    kept from its own perplexity pass, and each pruned model's logits are read from its pass. Where the dense
+    model was measured by an earlier invocation (resumed runs), a copy of it computes them once."""
 
     name = "fidelity"
     description = ("KL(dense || pruned) of next-token distributions and top-1 agreement with the dense model, on "
-                   "perplexity windows, 95% interval over windows (--metrics default,fidelity)")
+                   "perplexity windows, 95% interval over windows (no forward pass of its own)")
+    default = True
 
     #: how many of the corpus' evaluation windows (the first ones; 0: all)
     windows: int = 32
@@ -211,6 +214,9 @@ class Fidelity(Metric):
 
     def setup(self) -> None:
         self._windows: torch.Tensor | None = None
+        self._reference: torch.Tensor | None = None  # the dense model's log-probabilities of the windows
+        self._capture: dict[int, torch.Tensor] = {}  # the dense model's, while its perplexity pass runs
+        self._pending = None  # this model's distances, while its perplexity pass runs
 
     def _corpus(self, ctx: MeasureContext):
         if not ctx.corpora:
@@ -226,6 +232,15 @@ class Fidelity(Metric):
     def _label(self, ctx: MeasureContext) -> str:
         return corpus_label(self._corpus(ctx).name)
 
+    def _window_count(self, ctx: MeasureContext) -> int:
+        if self._windows is None:
+            from benchsuite.data.tokens import eval_windows
+
+            p = ctx.profile
+            windows = eval_windows(ctx.tokenizer, self._corpus(ctx), p.seq_len, p.eval_windows)
+            self._windows = windows[:self.windows] if self.windows else windows
+        return len(self._windows)
+
     def columns(self, ctx: MeasureContext) -> list:
         label = self._label(ctx)
         return [Column(f"kl_{label}", f"KL {label}", ".3f", interval="points", views=("ppl",)),
@@ -234,23 +249,47 @@ class Fidelity(Metric):
     def prepare(self, ctx: MeasureContext) -> None:
         self._corpus(ctx)
 
-    def measure(self, model: nn.Module, ctx: MeasureContext) -> MetricResult:
-        from benchsuite.data.tokens import eval_windows
-        from benchsuite.evaluation.fidelity import distance_to_dense
+    def observe(self, corpus: str, ctx: MeasureContext):
+        from benchsuite.evaluation.fidelity import WindowDistances, log_probs
 
+        if corpus != self._corpus(ctx).name:
+            return None
+        count = self._window_count(ctx)
         if ctx.dense:
-            return MetricResult({})  # the distance of the dense model to itself is not a measurement
+            self._capture = {}
+
+            def capture(start: int, logits: torch.Tensor) -> None:
+                for i in range(min(len(logits), count - start)):
+                    self._capture[start + i] = log_probs(logits[i]).cpu()
+            return capture
+        self._pending = WindowDistances(self._reference) if self._reference is not None else None
+        return self._pending.add if self._pending is not None else None
+
+    def measure(self, model: nn.Module, ctx: MeasureContext) -> MetricResult:
+        from benchsuite.evaluation.fidelity import dense_reference, distance_to_dense
+
         corpus, label = self._corpus(ctx), self._label(ctx)
-        if self._windows is None:
-            p = ctx.profile
-            windows = eval_windows(ctx.tokenizer, corpus, p.seq_len, p.eval_windows)
-            self._windows = windows[:self.windows] if self.windows else windows
-        reference = ctx.reference()
-        if reference is None:
-            return MetricResult({}, {f"kl_{label}": {"reason": "no second copy of the dense model fits in memory"}})
-        result = distance_to_dense(model, reference, self._windows, ctx.profile.eval_batch,
-                                   desc=f"KL to dense {corpus.name}", bos=bos_token(model, ctx.tokenizer))
-        del reference
+        count = self._window_count(ctx)
+        if ctx.dense:  # keep the dense model's log-probabilities; its distance to itself is not a measurement
+            if len(self._capture) == count:
+                self._reference = torch.stack([self._capture[i] for i in range(count)])
+            self._capture = {}
+            return MetricResult({})
+        pending, self._pending = self._pending, None
+        bos = bos_token(model, ctx.tokenizer)
+        if pending is not None and pending.complete:
+            result = pending.summary(f"KL to dense {corpus.name}") | {"pass": "shared with perplexity"}
+        else:  # no perplexity pass over these windows, or the dense model measured by an earlier invocation
+            if self._reference is None:
+                reference = ctx.reference()
+                if reference is None:
+                    return MetricResult({}, {f"kl_{label}": {
+                        "reason": "no second copy of the dense model fits in memory"}})
+                self._reference = dense_reference(reference, self._windows, ctx.profile.eval_batch, bos,
+                                                  desc=f"dense log-probabilities {corpus.name}")
+                del reference
+            result = distance_to_dense(model, self._reference, self._windows, ctx.profile.eval_batch,
+                                       desc=f"KL to dense {corpus.name}", bos=bos) | {"pass": "its own"}
         values = {f"kl_{label}": result["kl"], f"kl_{label}_lo": result["kl_lo"], f"kl_{label}_hi": result["kl_hi"],
                   f"top1_{label}": result["top1"], f"top1_{label}_lo": result["top1_lo"],
                   f"top1_{label}_hi": result["top1_hi"]}

@@ -74,6 +74,32 @@ def test_a_run_with_fidelity_records_and_shows_it(tmp_path, tiny_model_dir, offl
             f.close()
 
 
+def test_fidelity_shares_the_perplexity_pass_and_equals_its_own_computation(tmp_path, tiny_model_dir, offline):
+    """By default fidelity reads the dense model's log-probabilities and each pruned model's logits from the
+    perplexity passes; alone (no perplexity pass) or resumed (the dense record written earlier), it runs its own
+    passes. All give the same numbers, to the last bit."""
+
+    def run(results, methods, metrics):
+        result = bench("run", "--model", str(tiny_model_dir), "--methods", methods, "--ratios", "0.5",
+                       "--results", str(results), *(("--metrics", metrics) if metrics else ()), "--tasks", "none",
+                       *smoke(offline))
+        assert result.returncode == 0, result.stderr
+        return {r.get("variant", "dense"): r for r in (json.loads(p.read_text()) for p in results.rglob("*.json"))}
+
+    shared = run(tmp_path / "a", "magnitude-l2", None)  # the default metrics
+    label = next(k for k in shared["magnitude-l2"]["metrics"] if k.startswith("kl_") and k.count("_") == 1)[3:]
+    assert "fidelity" in shared["magnitude-l2"]["config"]["metrics"]
+    assert shared["magnitude-l2"]["measurement"][f"kl_{label}"]["pass"] == "shared with perplexity"
+    alone = run(tmp_path / "b", "magnitude-l2", "fidelity")
+    assert alone["magnitude-l2"]["measurement"][f"kl_{label}"]["pass"] == "its own"
+    resumed = run(tmp_path / "a", "magnitude-l2,random", None)  # the dense record is kept: no dense pass to share
+    assert resumed["random"]["measurement"][f"kl_{label}"]["pass"] == "its own"
+    again = run(tmp_path / "c", "random", None)
+    for key in (f"kl_{label}", f"kl_{label}_lo", f"kl_{label}_hi", f"top1_{label}", f"top1_{label}_lo"):
+        assert alone["magnitude-l2"]["metrics"][key] == shared["magnitude-l2"]["metrics"][key], key
+        assert resumed["random"]["metrics"][key] == again["random"]["metrics"][key], key
+
+
 def _record(method: str, bits_by_task: dict[str, list[int]], doc_ids: dict[str, list[list[int]]] | None = None):
     from benchsuite.evaluation.stats import encode_bits
 

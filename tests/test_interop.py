@@ -1,7 +1,7 @@
 """llama.cpp opens the suite's GGUF exports of the real default model, dense and structurally pruned, and generates
 the tokens transformers generates; on a tiny checkpoint of every family with a llama.cpp layout, dense, 2:4 and
-(Llama layout) structured, it computes transformers' logits. ``tox -e interop`` (llama-cpp-python is built from source there); skipped
-where llama_cpp is not installed."""
+(Llama layout) structured, it computes transformers' logits. ``tox -e interop`` (llama-cpp-python is built from
+source there); skipped where llama_cpp is not installed."""
 
 from __future__ import annotations
 

@@ -82,6 +82,10 @@ class MeasureContext:
     #: how lm-eval runs the tasks where the user said: ``include_path`` (a folder of task YAMLs), ``num_fewshot``
     #: (for lm-eval's own tasks), ``batch_size``
     task_options: dict[str, Any] = field(default_factory=dict)
+    #: corpus name -> callbacks for the logits of this model on that corpus' perplexity windows, filled from the
+    #: metrics' :meth:`Metric.observe` before a measurement; whoever runs the model over those windows (the
+    #: ``perplexity`` metric) calls each with ``(first window index, logits)`` for every batch
+    window_observers: dict[str, list[Callable[[int, torch.Tensor], None]]] = field(default_factory=dict)
 
 
 class Metric(Parametrized, ABC):
@@ -107,6 +111,13 @@ class Metric(Parametrized, ABC):
     def prepare(self, ctx: MeasureContext) -> None:  # noqa: B027 - optional hook
         """Fetch or check what :meth:`measure` needs, before any run: a problem raised here (a
         ``ConfigError`` for the user's settings) stops the request before anything is written."""
+
+    def observe(self, corpus: str, ctx: MeasureContext) -> Callable[[int, torch.Tensor], None] | None:
+        """A callback to see this model's next-token logits on ``corpus``' perplexity windows while another metric
+        runs the model over them, instead of a forward pass of your own: called with the first window's index and
+        the logits of the scored positions (``[windows, tokens - 1, vocab]``, float32) for every batch, before
+        :meth:`measure`. Asked before each measurement; default: None (nothing to observe)."""
+        return None
 
     @abstractmethod
     def measure(self, model: nn.Module, ctx: MeasureContext) -> MetricResult:

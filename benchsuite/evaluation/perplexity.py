@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -17,12 +18,14 @@ from benchsuite.util.progress import track
 
 @torch.inference_mode()
 def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
-               desc: str = "perplexity", bos: int | None = None) -> dict[str, Any]:
+               desc: str = "perplexity", bos: int | None = None,
+               observers: Sequence[Callable[[int, torch.Tensor], None]] = ()) -> dict[str, Any]:
     """Token perplexity over non-overlapping windows: exp(mean NLL of every predicted token).
 
     Each window is scored independently (no context carried over); the first token of each window
     is context only. ``bos``, where given (families that expect it, :func:`~benchsuite.api.architecture.bos_token`),
-    is put before every window as context: the same tokens are scored either way.
+    is put before every window as context: the same tokens are scored either way. ``observers`` are called with
+    each batch's first window index and the logits of its scored positions (metrics that share this pass).
     """
     device = input_device(model)  # a model spread over devices (device_map): logits may come from another
     window_nll: list[float] = []
@@ -31,6 +34,8 @@ def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
         skip = 0 if bos is None else 1
         batch = with_bos(batch, bos).to(device)
         logits = model(batch, use_cache=False).logits[:, skip:-1].float()  # one pass: no KV cache to build
+        for observe in observers:
+            observe(start, logits)
         batch = batch[:, skip:]
         targets = batch[:, 1:].to(logits.device)
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")

@@ -373,6 +373,11 @@ def measure(model: nn.Module, metrics: list[Metric], ctx: MeasureContext, device
         add(metric.name, result.values, result.details)
 
     model.eval()
+    for metric in metrics:  # metrics that share another's forward pass over the perplexity windows
+        for corpus in ctx.corpora:
+            callback = metric.observe(corpus.name, ctx)
+            if callback is not None:
+                ctx.window_observers.setdefault(corpus.name, []).append(callback)
     with PeakMemory(device) as mem:
         for metric in metrics:
             if metric.phase == "evaluation":
