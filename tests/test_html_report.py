@@ -18,8 +18,8 @@ from tests.conftest import bench
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "smollm2-135m" / "quick"
 #: a few reference records: the dense model, two structured methods at two ratios (with zero-shot accuracy)
 SUBSET = ["dense.7b9a74c6.json", "llm-pruner", "random_lora"]
-#: what those records draw: quality vs ratio, Pareto views, the zero-shot heatmap, the pruning cost
-FIGURES = ["quality-vs-ratio", "pareto", "zero-shot-heatmap", "pruning-cost"]
+#: what those records draw: quality vs ratio, Pareto views, the zero-shot heatmaps (accuracy, flips), the pruning cost
+FIGURES = ["quality-vs-ratio", "pareto", "zero-shot-heatmap", "zero-shot-flips", "pruning-cost"]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def built(results) -> dict[str, object]:
 
 def test_html_is_self_contained_and_deterministic(results, built):
     page = (results / "report.html").read_text(encoding="utf-8")
-    assert "4 figures" in built["stderr"]
+    assert f"{len(FIGURES)} figures" in built["stderr"]
     # nothing to fetch: no external script, stylesheet, image or font
     assert not re.search(r"""<(script|link|img|iframe)[^>]*\b(src|href)\s*=""", page, re.I)
     assert not re.search(r"""\b(src|href)\s*=\s*["']?(https?:)?//""", page, re.I)
@@ -84,6 +84,28 @@ def test_html_is_self_contained_and_deterministic(results, built):
     assert page.count("<details") == 5 and "2a04413f0296" in page
     # the heatmap's hover texts carry the intervals
     assert re.search(r"<title>llm-pruner · structured · LoRA recovery · 0.2, BoolQ: 85.0%, 95% interval", page)
+
+
+def test_columns_that_separate_nothing_are_greyed(results, built):
+    """At 20 examples per task, no two rows' zero-shot intervals exclude each other on most tasks: those columns are
+    greyed in the HTML tables and the heatmaps, and named under the markdown table; perplexity separates."""
+    from benchsuite.cli import stored_records
+    from benchsuite.reporting.tables import render, separates, table
+
+    records = stored_records(results)
+    df, _, _ = table(records, "zeroshot")
+    flat = [c.key for c in df.attrs["columns"] if separates(df, c.key) is False]
+    assert "acc_piqa" in flat and "ppl_wiki" not in flat and separates(df, "ppl_wiki") is True
+    text = render(records, "markdown", view="zeroshot")
+    assert "No two rows differ beyond their 95% intervals in: " in text and "PIQA" in text.split("No two rows")[1]
+    assert "PPL wiki" not in text.split("No two rows")[1]
+    page = built["page"]
+    assert '<th class="nosep">PIQA</th>' in page and '<th class="nosep">PPL wiki</th>' not in page
+    heat = next(f for f in built["figs"] if f.name == "zero-shot-heatmap")
+    labels = [t.get_text() for t in heat.figure.axes[0].get_xticklabels()]
+    assert "PIQA *" in labels and any("grey: no two rows" in ax.get_title() for ax in heat.figure.axes)
+    flips = next(f for f in built["figs"] if f.name == "zero-shot-flips")
+    assert "dense" not in [t.get_text() for t in flips.figure.axes[0].get_yticklabels()]
 
 
 def test_figures_follow_the_data(results):

@@ -154,8 +154,9 @@ def _colours(df: pd.DataFrame) -> dict[str, Any]:
 
 
 def figures(records: list[dict[str, Any]]) -> list[Figure]:
-    """Every figure of ``records``, per (model, profile): quality vs ratio, Pareto views, the zero-shot
-    heatmap, the pruning cost and the per-layer ratios of allocations, each where the records hold its data."""
+    """Every figure of ``records``, per (model, profile): quality vs ratio, Pareto views, the zero-shot heatmaps
+    (accuracy and flips per task), the pruning cost and the per-layer ratios of allocations, each where the records
+    hold its data."""
     records = with_flips(records)
     df = frame(records)
     if df.empty:
@@ -170,7 +171,7 @@ def figures(records: list[dict[str, Any]]) -> list[Figure]:
             prefix = "" if len(groups) == 1 else f"{slug(model)}-{slug(profile)}-"
             where = f"{model} · {profile}"
             own = [r for r in records if (r.get("model"), r.get("profile")) == (model, profile)]
-            made = [make(part, where) for make in (quality_vs_ratio, pareto, heatmap, pruning_cost)]
+            made = [make(part, where) for make in (quality_vs_ratio, pareto, heatmap, flips_heatmap, pruning_cost)]
             for fig in [*made, layer_ratios(own, where)]:
                 if fig is not None:
                     fig.name = prefix + fig.name
@@ -326,33 +327,52 @@ def _row_label(r: Any) -> str:
 
 
 def heatmap(df: pd.DataFrame, where: str) -> Figure | None:
-    """Per-task zero-shot accuracy, one row per method, ratio and recovery; hover a cell for its 95% interval."""
-    names = tasks(df)
-    rows = df[df[[f"acc_{t}" for t in names]].notna().any(axis=1)] if names else df.iloc[0:0]
+    """Per-task zero-shot accuracy, one row per method, ratio and recovery; hover a cell for its 95% interval. A
+    task on which no two rows differ beyond their intervals is greyed (it tells nothing apart at these sizes)."""
+    return _task_heatmap(df, where, "acc", "zero-shot-heatmap", "Zero-shot accuracy per task", "accuracy")
+
+
+def flips_heatmap(df: pd.DataFrame, where: str) -> Figure | None:
+    """Per-task flips: the share of each task's examples whose correctness changed against the dense model, one row
+    per pruned method, ratio and recovery; greyed as the accuracy heatmap."""
+    return _task_heatmap(df[df["method"] != "dense"], where, "flips", "zero-shot-flips",
+                         "Zero-shot flips against dense per task", "flips")
+
+
+def _task_heatmap(df: pd.DataFrame, where: str, prefix: str, name: str, title: str, what: str) -> Figure | None:
+    from benchsuite.reporting.tables import separates
+
+    names = [t for t in tasks(df) if _has(df, f"{prefix}_{t}")]
+    rows = df[df[[f"{prefix}_{t}" for t in names]].notna().any(axis=1)] if names else df.iloc[0:0]
     if rows.empty:
         return None
     plt = _plt()
     from matplotlib.patches import Rectangle
 
-    columns = names + (["avg"] if _has(df, "acc_avg") else [])
+    columns = names + (["avg"] if _has(df, f"{prefix}_avg") else [])
+    flat = {task for task in columns if separates(rows, f"{prefix}_{task}") is False}
     fig, ax = plt.subplots(figsize=(1.0 * len(columns) + 4.5, 0.32 * len(rows) + 1.6))
     cmap = plt.get_cmap("viridis")
     hover = {}
     for i, (_, r) in enumerate(rows.iterrows()):
         for j, task in enumerate(columns):
-            v = _value(r, f"acc_{task}")
+            v = _value(r, f"{prefix}_{task}")
             if v is None:
                 continue
-            gid = f"heat-{i}-{j}"
-            ax.add_patch(Rectangle((j, i), 1, 1, facecolor=cmap(v), edgecolor="white", gid=gid))
+            gid = f"{prefix}-heat-{i}-{j}"
+            grey = task in flat
+            ax.add_patch(Rectangle((j, i), 1, 1, facecolor="#e6e6e6" if grey else cmap(v), edgecolor="white",
+                                   gid=gid))
             ax.text(j + 0.5, i + 0.5, f"{100 * v:.0f}", ha="center", va="center", fontsize=8,
-                    color="white" if v < 0.6 else "black")
-            lo, hi = _value(r, f"acc_{task}_lo"), _value(r, f"acc_{task}_hi")
+                    color="#8a8a8a" if grey else ("white" if v < 0.6 else "black"))
+            lo, hi = _value(r, f"{prefix}_{task}_lo"), _value(r, f"{prefix}_{task}_hi")
             interval = f", 95% interval {100 * lo:.1f}-{100 * hi:.1f}" if lo is not None and hi is not None else ""
-            hover[gid] = f"{_row_label(r)}, {TASK_HEADERS.get(task, task)}: {100 * v:.1f}%{interval}"
+            hover[gid] = f"{_row_label(r)}, {TASK_HEADERS.get(task, task)}: {100 * v:.1f}%{interval}" + (
+                " (no two rows apart beyond their intervals on this task)" if grey else "")
     ax.set_xlim(0, len(columns))
     ax.set_ylim(len(rows), 0)
-    ax.set_xticks([j + 0.5 for j in range(len(columns))], [TASK_HEADERS.get(t, t) for t in columns])
+    ax.set_xticks([j + 0.5 for j in range(len(columns))],
+                  [TASK_HEADERS.get(t, t) + (" *" if t in flat else "") for t in columns])
     ax.set_yticks([i + 0.5 for i in range(len(rows))], [_row_label(r) for _, r in rows.iterrows()])
     ax.grid(False)
     ax.tick_params(length=0)
@@ -361,10 +381,11 @@ def heatmap(df: pd.DataFrame, where: str) -> Figure | None:
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    fig.colorbar(ScalarMappable(Normalize(0, 100), cmap), ax=ax, label="accuracy (%)", fraction=0.04)
-    ax.set_title(f"Zero-shot accuracy per task (%), hover a cell for its 95% interval ({where})")
+    fig.colorbar(ScalarMappable(Normalize(0, 100), cmap), ax=ax, label=f"{what} (%)", fraction=0.04)
+    note = "\n* grey: no two rows differ beyond their 95% intervals" if flat else ""
+    ax.set_title(f"{title} (%), hover a cell for its 95% interval ({where}){note}")
     fig.tight_layout()
-    return Figure("zero-shot-heatmap", "Zero-shot accuracy per task", fig, hover=hover)
+    return Figure(name, title, fig, hover=hover)
 
 
 def pruning_cost(df: pd.DataFrame, where: str) -> Figure | None:

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from benchsuite.reporting.figures import Figure, figures, safe_name
-from benchsuite.reporting.tables import table
+from benchsuite.reporting.tables import table, unseparated
 from benchsuite.util.atomic import write_atomic
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em auto;max-width:1400px;
 color:#222;padding:0 1em}
+.nosep{color:#9a9a9a;background:#f3f3f3}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
 figure.chart{margin:1em 0;overflow-x:auto}figure.chart svg{max-width:100%;height:auto}
 figcaption{font-size:.9em;color:#555}
@@ -64,11 +65,18 @@ def _table(records: list[dict[str, Any]], view: str, caption: str) -> str:
     df, headers, body = table(records, view)
     if df.empty:
         return "<p>no results yet</p>"
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    flat = {c.header for c in unseparated(df, df.attrs.get("columns", []))}  # greyed: they tell nothing apart
+    if flat:
+        caption += ("; greyed: no two rows differ beyond their 95% intervals (" + ", ".join(sorted(flat)) + ")")
+
+    def attrs(h: str) -> str:
+        classes = (["text"] if h in _TEXT_COLUMNS else []) + (["nosep"] if h in flat else [])
+        return f' class="{" ".join(classes)}"' if classes else ""
+
+    head = "".join(f"<th{attrs(h) if h in flat else ''}>{_e(h)}</th>" for h in headers)
     rows = []
     for line in body:
-        cells = "".join(f'<td class="text">{_e(c)}</td>' if h in _TEXT_COLUMNS else f"<td>{_e(c)}</td>"
-                        for h, c in zip(headers, line))
+        cells = "".join(f"<td{attrs(h)}>{_e(c)}</td>" for h, c in zip(headers, line))
         rows.append(f"<tr>{cells}</tr>")
     return (f'<div class="wrap"><table class="results"><caption>{_e(caption)}</caption><thead><tr>{head}</tr>'
             f"</thead><tbody>{''.join(rows)}</tbody></table></div>")

@@ -167,6 +167,24 @@ def cell(row: Any, column: Column, interval: bool = True) -> str:
     return text
 
 
+def separates(df: pd.DataFrame, key: str) -> bool | None:
+    """Whether any two rows of ``df`` differ beyond their 95% intervals on ``key`` (one's interval entirely above
+    the other's); None where fewer than two rows have an interval (nothing to tell)."""
+    if f"{key}_lo" not in df.columns or f"{key}_hi" not in df.columns:
+        return None
+    bounds = [(float(lo), float(hi)) for lo, hi in zip(df[f"{key}_lo"], df[f"{key}_hi"])
+              if not (pd.isna(lo) or pd.isna(hi))]
+    if len(bounds) < 2:
+        return None
+    return max(lo for lo, _ in bounds) > min(hi for _, hi in bounds)
+
+
+def unseparated(df: pd.DataFrame, columns: list[Column]) -> list[Column]:
+    """The ``columns`` on which no two rows differ beyond their 95% intervals (views that can tell nothing apart
+    at these sample sizes; a paired comparison, ``benchsuite compare``, may still)."""
+    return [c for c in columns if separates(df, c.key) is False]
+
+
 def declared_columns(records: list[dict[str, Any]]) -> list[Column]:
     """The columns the records' metrics declared (``metric_columns``), first declaration of a key wins;
     a malformed declaration (from another version, say) is left out."""
@@ -208,6 +226,7 @@ def table(records: list[dict[str, Any]], view: str = "all") -> tuple[pd.DataFram
                and (shown is None or c.key in shown)]
     if compact:  # in the view's own order (the KL column next to perplexity)
         present.sort(key=lambda c: shown.index(c.key) if c.key in shown else len(shown))
+    df.attrs["columns"] = present
     body = []
     for _, row in df.iterrows():
         dense = row["method"] == "dense"
@@ -246,6 +265,11 @@ def render(records: list[dict[str, Any]], fmt: str = "markdown", view: str = "al
         df.to_csv(buf, index=False)
         return buf.getvalue()
     text = _tabulate(body, headers, padding=0 if view == "compact" else 2)
+    flat_columns = unseparated(df, df.attrs.get("columns", []))
+    if flat_columns:
+        text += ("\n\nNo two rows differ beyond their 95% intervals in: " +
+                 ", ".join(c.header for c in flat_columns) + " (at these sample sizes; `benchsuite compare` pairs "
+                 "the same examples and windows).")
     when = measured(records)
     if df["model"].nunique() == 1 and df["profile"].nunique() == 1:
         text = f"model: {df['model'].iloc[0]} · profile: {df['profile'].iloc[0]}" + (
