@@ -17,7 +17,7 @@ from benchsuite.api.columns import STANDARD, Column, accuracy_column, perplexity
 from benchsuite.api.metrics import MeasureContext, Metric, MetricResult
 from benchsuite.api.profiles import corpus_label
 
-BENCHSUITE_API = "2.0"
+BENCHSUITE_API = "2.4"
 
 
 class Perplexity(Metric):

@@ -187,7 +187,7 @@ from benchsuite import (Allocation, Architecture, Corpus, Criterion, Method, Met
                         Schedule, checked_scores, hookimpl)
 from benchsuite_plugins.granularities import Structured
 
-BENCHSUITE_API = "2.3"
+BENCHSUITE_API = "2.4"
 
 
 class Shifted(Criterion):
@@ -329,7 +329,7 @@ def test_every_hook_registers_through_an_installed_distribution(tmp_path, monkey
     monkeypatch.syspath_prepend(str(pip_install(tmp_path, "bench-allhooks", {"allhooks_plugin": ALL_HOOKS_PLUGIN})))
     registry = load_registry(strict=True)
     info = next(p for p in registry.plugins if p.name == "allhooks-plugin")
-    assert info.distribution == "bench-allhooks" and info.version == "0.3.0" and info.api == "2.3" and not info.warnings
+    assert info.distribution == "bench-allhooks" and info.version == "0.3.0" and info.api == "2.4" and not info.warnings
     import allhooks_plugin
 
     implemented = {n for n in vars(allhooks_plugin) if n.startswith("benchsuite_register_")}
@@ -404,8 +404,8 @@ def test_api1_plugins_keep_working_with_a_deprecation_warning(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("declared, message", [
-    ('"3.0"', "targets plugin API 3.0, but this benchsuite provides 2.3: upgrade benchsuite"),
-    ('"2.7"', "targets plugin API 2.7, but this benchsuite provides 2.3"),
+    ('"3.0"', "targets plugin API 3.0, but this benchsuite provides 2.4: upgrade benchsuite"),
+    ('"2.7"', "targets plugin API 2.7, but this benchsuite provides 2.4"),
     ('"two"', "is not a version like"),
 ])
 def test_a_plugin_for_another_api_is_refused_with_what_to_do(tmp_path, monkeypatch, declared, message):

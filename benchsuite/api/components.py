@@ -50,7 +50,7 @@ class PruneContext:
 #: The plugin API this benchsuite provides. A plugin module declares the version it targets with a
 #: module attribute ``BENCHSUITE_API = "2.0"``; the host refuses a plugin needing a newer major or
 #: minor version, and loads a plugin without the attribute as API 1 (with a deprecation warning).
-API_VERSION = "2.3"
+API_VERSION = "2.4"
 
 #: What a criterion may declare in ``needs``, and what the host does for each (see docs/plugins.md).
 NEEDS: dict[str, str] = {
