@@ -82,7 +82,7 @@ def _run_filters(parser: argparse.ArgumentParser) -> None:
                         "run measures, where more seeds are stored)")
     parser.add_argument("--recovery", type=_recoveries, metavar="KINDS",
                         help="only runs with these recoveries, comma-separated: lora, distill (LoRA trained on the "
-                        "dense model's logits), none")
+                        "dense model's logits), full (every remaining weight trained), none")
     parser.add_argument("--allocation", metavar="NAME",
                         help="only runs whose ratio was spread over the layers by this allocation (uniform: the "
                         "runs without --allocation; e.g. owl, global)")
@@ -93,14 +93,15 @@ def _run_filters(parser: argparse.ArgumentParser) -> None:
 
 def _recoveries(text: str) -> list[str]:
     kinds = split_names(text)
-    unknown = [k for k in kinds if k not in ("lora", "distill", "none")]
+    unknown = [k for k in kinds if k not in ("lora", "distill", "full", "none")]
     if unknown or not kinds:
-        raise argparse.ArgumentTypeError(f"{text!r}: give lora, distill or none (comma-separated)")
+        raise argparse.ArgumentTypeError(f"{text!r}: give lora, distill, full or none (comma-separated)")
     return kinds
 
 
 def _recovery_kind(label: str) -> str:
-    """``lora``, ``distill`` or ``none`` of a table's recovery label (``LoRA``, ``LoRA distill, during`` ...)."""
+    """``lora``, ``distill``, ``full`` or ``none`` of a table's recovery label (``LoRA``, ``LoRA distill, during``,
+    ``full`` ...)."""
     first = label.split(",")[0].lower()
     return "distill" if "distill" in first else first
 
@@ -145,11 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "methods pruning different layer ranges end with the same parameter count (each prunes "
                      "the share of heads/channels in its own layers that this needs); units: the fraction of "
                      "heads/channels (or weights) removed in each method's own layers (default: params)")
-    run.add_argument("--recovery", choices=["method", "lora", "distill", "none"], default="method",
+    run.add_argument("--recovery", choices=["method", "lora", "distill", "full", "none"], default="method",
                      help="method: each method's own recovery; lora: every method gets the profile's LoRA "
                      "recovery (the same steps, tokens and data); distill: the same LoRA trained on the dense "
-                     "model's logits (KL at temperature 1; a second copy of the dense model in memory); none: no "
-                     "recovery (default: method)")
+                     "model's logits (KL at temperature 1; a second copy of the dense model in memory); full: "
+                     "every remaining weight trains at lr 1e-5, at the same steps, tokens and data, weights pruned "
+                     "to zero kept at zero (AdamW's states: twice the model's size in memory); none: no recovery "
+                     "(default: method)")
     run.add_argument("--recovery-data", default=None,
                      help="text LoRA trains on: instruct (question-answer examples in the Alpaca template, "
                      "outside the evaluation corpora and tasks; the default), a corpus name, or a .txt/.jsonl file")

@@ -29,6 +29,10 @@ from benchsuite.util.progress import track
 #: LoRA settings that belong to the profile's budget, not to a method
 BUDGET_KEYS = ("grad_accum", "warmup_steps", "lr_schedule")
 
+#: the learning rate of ``--recovery full`` (all weights train: a tenth of LoRA's, as full fine-tuning recipes of
+#: small models use; a method's recovery may set its own ``lr``)
+FULL_LR = 1e-5
+
 #: LoRAPrune's reference targets: all seven projections
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -62,6 +66,9 @@ class LoRAConfig:
     distill_temperature: float | None = None
     #: with distillation, ``alpha`` times the LM loss is added (0: logits alone, Minitron's best)
     distill_alpha: float = 0.0
+    #: full fine-tuning instead of LoRA: every remaining weight trains (no adapters), and weights that pruning set to
+    #: zero (N:M, unstructured) stay zero (``--recovery full``, lr :data:`FULL_LR` unless the method sets one)
+    full: bool = False
 
     @classmethod
     def from_params(cls, params: dict[str, Any] | None, budget: dict[str, Any] | None = None) -> LoRAConfig:
@@ -124,6 +131,18 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
 
 
+def pruned_zeros(model: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """``(weight, kept)`` of every 2-D weight with exact zeros (what N:M and unstructured pruning leave): full
+    fine-tuning multiplies the weight by ``kept`` after each update, so the pruned weights stay zero."""
+    out = []
+    for p in model.parameters():
+        if p.dim() == 2:
+            kept = p.detach() != 0
+            if not bool(kept.all()):
+                out.append((p, kept))
+    return out
+
+
 def frozen_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if "lora_" not in n]
 
@@ -135,12 +154,15 @@ class TrainLog:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     skipped_nan: int = 0
+    #: full fine-tuning: the weights whose pruned zeros were kept
+    masked: int | None = None
 
     def summary(self) -> dict[str, Any]:
         tail = self.losses[-max(1, len(self.losses) // 10):] if self.losses else []
         return {"steps": self.steps, "tokens": self.tokens, "seconds": round(self.seconds, 2),
                 "first_loss": self.losses[0] if self.losses else None,
-                "final_loss": sum(tail) / len(tail) if tail else None, "skipped_nan": self.skipped_nan}
+                "final_loss": sum(tail) / len(tail) if tail else None, "skipped_nan": self.skipped_nan} | (
+                    {"weights_with_kept_zeros": self.masked} if self.masked is not None else {})
 
 
 #: Called after each optimizer step's backward, before the step: (step index from 0, model)
@@ -158,7 +180,8 @@ def train_lora(model: nn.Module, batches: Iterator[torch.Tensor], steps: int, co
                seed: int = 0, before_step: StepCallback | None = None,
                after_step: StepCallback | None = None, desc: str = "LoRA fine-tuning",
                teacher: nn.Module | None = None) -> TrainLog:
-    """Train the LoRA parameters of ``model`` for ``steps`` optimizer steps.
+    """Train the LoRA parameters of ``model`` for ``steps`` optimizer steps (with ``config.full``: every parameter
+    of the plain model, weights pruned to zero kept at zero, :func:`pruned_zeros`).
 
     ``before_step`` sees the accumulated LoRA gradients (LoRAPrune scores them there);
     ``after_step`` runs after the update (schedules prune there). With ``config.distill_temperature`` the loss is
@@ -167,7 +190,16 @@ def train_lora(model: nn.Module, batches: Iterator[torch.Tensor], steps: int, co
     """
     if config.distill_temperature is not None and teacher is None:
         raise ValueError("distillation needs the dense model as the teacher")
-    params = lora_parameters(model)
+    masks: list[tuple[nn.Parameter, torch.Tensor]] = []
+    if config.full:
+        if lora_parameters(model):
+            raise ValueError("full fine-tuning trains the plain model: merge its LoRA adapters first")
+        params = list(model.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        masks = pruned_zeros(model)
+    else:
+        params = lora_parameters(model)
     if not params:
         raise ValueError("the model has no trainable LoRA parameters (call attach_lora first)")
     torch.manual_seed(seed)
@@ -210,12 +242,19 @@ def train_lora(model: nn.Module, batches: Iterator[torch.Tensor], steps: int, co
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for weight, kept in masks:
+                weight.mul_(kept)
         log.losses.append(total)
         log.steps += 1
         if after_step is not None:
             after_step(step, model)
     log.seconds = time.perf_counter() - start
     model.eval()
+    if config.full:
+        for p in params:
+            p.requires_grad_(False)
+        log.masked = len(masks)
     return log
 
 

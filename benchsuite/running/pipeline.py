@@ -171,7 +171,8 @@ def prune(plan: RunPlan, model_plan: ModelPlan, spec: RunSpec, calibration: Cali
     model = load_dense(plan, model_plan.model_info)
     trainer = None
     if spec.lora is not None:
-        model = attach_lora(model, spec.lora)
+        if not spec.lora.full:  # full fine-tuning trains the plain model's weights
+            model = attach_lora(model, spec.lora)
         trainer = LoRATrainer(model_plan.tokenizer, plan.profile, model_plan.recovery_corpora, spec.lora, spec.seed,
                               gradient_checkpointing=bool(spec.config.get("gradient_checkpointing")),
                               teacher=lambda: load_dense(plan, model_plan.model_info))
@@ -315,7 +316,8 @@ def recover(plan: RunPlan, spec: RunSpec, pruned: PruneResult) -> RecoveryResult
     trainer.watch = WeightGradWatch()
     start = time.perf_counter()
     with PeakMemory(plan.device) as mem:
-        log = trainer(pruned.model, spec.recovery_steps, desc="LoRA recovery")
+        log = trainer(pruned.model, spec.recovery_steps,
+                      desc="full fine-tuning recovery" if spec.lora.full else "LoRA recovery")
     return RecoveryResult(log, mem.result(), time.perf_counter() - start, trainer.watch.peak)
 
 
@@ -450,6 +452,7 @@ def recovery_setup(plan: RunPlan, model_plan: ModelPlan, spec: RunSpec, pruned: 
     return {"label": label, "when": "while pruning" if spec.method.schedule.trains else "after pruning",
             "steps": train_log.get("steps"), "micro_batch": plan.profile.train_batch, "grad_accum": lora.grad_accum,
             "length": plan.profile.train_len, "tokens": train_log.get("tokens"), "lr": lora.lr,
+            "trains": "every remaining weight (pruned zeros kept at zero)" if lora.full else "LoRA adapters",
             "lr_schedule": lora.lr_schedule, "warmup_steps": lora.warmup_steps, "data": model_plan.recovery_data} | (
                 {"bos": train_log["bos"]} if train_log.get("bos") else {})
 

@@ -45,7 +45,7 @@ from benchsuite.models.checkpoint import DEVICE_MAPS, device_map_of, load_model_
 from benchsuite.models.hf import read_config
 from benchsuite.models.resolve import ResolvedModel, resolve_model
 from benchsuite.pruning.structure import parse_layers
-from benchsuite.running.finetune import LoRAConfig
+from benchsuite.running.finetune import FULL_LR, LoRAConfig
 from benchsuite.running.records import check_writable
 
 
@@ -107,9 +107,11 @@ class RunRequest:
 
 
 DEFAULT_RATIOS = [0.2, 0.5]
-RECOVERY_CHOICES = ("method", "lora", "distill", "none")
+RECOVERY_CHOICES = ("method", "lora", "distill", "full", "none")
 #: ``--recovery distill``: LoRA trained on the dense model's logits (Minitron's best: logits alone, T = 1)
 DISTILL = {"distill_temperature": 1.0, "distill_alpha": 0.0}
+#: ``--recovery full``: every remaining weight trains, pruned zeros kept (see ``LoRAConfig.full``)
+FULL = {"full": True, "lr": FULL_LR}
 RATIO_BASES = ("params", "units")
 
 
@@ -148,10 +150,13 @@ class MethodPlan:
 
     def recovery_label(self) -> str:
         """``none``, ``LoRA`` (after pruning) or ``LoRA, during`` (a schedule that prunes while training); ``LoRA
-        distill`` where it learns from the dense model's logits."""
+        distill`` where it learns from the dense model's logits; ``full`` where every remaining weight trains."""
         if self.method.recovery is None and not self.needs_lora:
             return "none"
-        name = "LoRA distill" if (self.method.recovery or {}).get("distill_temperature") is not None else "LoRA"
+        recovery = self.method.recovery or {}
+        if recovery.get("full"):
+            return "full"
+        name = "LoRA distill" if recovery.get("distill_temperature") is not None else "LoRA"
         return f"{name}, during" if self.schedule.trains else name
 
 
@@ -290,6 +295,13 @@ def plan_methods(names: list[str], registry: Registry, ratios: list[float] | Non
         elif own == "distill":  # the method's own LoRA (or LoRAConfig's defaults), trained on the teacher's logits
             plan.method = replace(method, recovery=dict(method.recovery or {}) | DISTILL)
             key += "+distill"
+        elif own == "full":
+            if plan.needs_lora:
+                raise ConfigError(f"{method.name} prunes with LoRA ({plan.schedule.name} schedule, criterion "
+                                  f"{plan.criterion.name}): --recovery full is for methods that prune without LoRA")
+            kept = {k: v for k, v in (method.recovery or {}).items() if k in ("weight_decay", "max_grad_norm")}
+            plan.method = replace(method, recovery=kept | FULL)
+            key += "+full"
         plan.lora()
         plan.key = key
         fixed = gran.fixed_ratio

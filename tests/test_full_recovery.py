@@ -1,0 +1,57 @@
+"""Full fine-tuning recovery (``--recovery full``): every remaining weight trains, weights that pruning set to zero
+stay zero (N:M and unstructured), recorded as such and kept apart from LoRA; refused for methods that prune with
+LoRA."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import torch
+
+from benchsuite.running.finetune import LoRAConfig, train_lora
+from benchsuite.testing import tiny_model
+from tests.conftest import bench
+from tests.test_cli import smoke
+
+
+def test_full_fine_tuning_trains_every_weight_and_keeps_pruned_zeros():
+    model = tiny_model("llama", 6, 2, 2).train()
+    mlp = model.model.layers[0].mlp
+    with torch.no_grad():  # an unstructured pattern and a 2:4 one
+        mlp.up_proj.weight[:, ::3] = 0
+        mlp.down_proj.weight.view(-1, 4)[:, :2] = 0
+    zeros = {name: p.detach() == 0 for name, p in model.named_parameters() if p.dim() == 2}
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    gen = torch.Generator().manual_seed(0)
+    batches = (torch.randint(0, 256, (2, 16), generator=gen) for _ in itertools.count())
+    log = train_lora(model, batches, 3, LoRAConfig(full=True, lr=1e-3))
+    assert log.steps == 3 and log.summary()["weights_with_kept_zeros"] == 2
+    for name, p in model.named_parameters():
+        assert not p.requires_grad  # handed back frozen, as after LoRA
+        assert not torch.equal(p.detach(), before[name]), f"{name} did not train"
+        if name in zeros and zeros[name].any():
+            assert (p.detach()[zeros[name]] == 0).all(), f"{name}: a pruned weight came back"
+            assert (p.detach()[~zeros[name]] != 0).all()
+
+
+def test_a_run_with_full_recovery(tmp_path, tiny_model_dir, offline):
+    results = tmp_path / "results"
+    common = ("--model", str(tiny_model_dir), "--ratios", "0.5", "--results", str(results), *smoke(offline),
+              "--metrics", "perplexity")
+    result = bench("run", "--methods", "magnitude-l2,magnitude-2:4", "--recovery", "full", *common)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = {r["variant"]: r for r in (json.loads(p.read_text()) for p in results.rglob("*.json"))
+               if r.get("variant")}
+    structured, nm = records["magnitude-l2+full"], records["magnitude-2:4+full"]
+    for record in (structured, nm):
+        assert record["status"] == "ok", record.get("error")
+        assert record["recovery"] == {"full": True, "lr": 1e-5}
+        assert record["recovery_setup"]["label"] == "full" and "every remaining weight" in \
+            record["recovery_setup"]["trains"]
+        assert record["recovery_log"]["steps"] == 4 and record["metrics"]["weight_grad_mb"] > 0
+        assert record["metrics"]["peak_mem_recover_mb"] is not None
+    assert nm["recovery_log"]["weights_with_kept_zeros"] > 0  # the 2:4 pattern survives (the merge check too)
+    assert "full" in bench("report", "--results", str(results), "--recovery", "full").stdout
+    refused = bench("run", "--methods", "loraprune", "--recovery", "full", *common)
+    assert refused.returncode != 0 and "--recovery full is for methods that prune without LoRA" in refused.stderr
