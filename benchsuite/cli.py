@@ -146,8 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "methods pruning different layer ranges end with the same parameter count (each prunes "
                      "the share of heads/channels in its own layers that this needs); units: the fraction of "
                      "heads/channels (or weights) removed in each method's own layers (default: params)")
-    run.add_argument("--recovery", choices=["method", "lora", "distill", "full", "none"], default="method",
-                     help="method: each method's own recovery; lora: every method gets the profile's LoRA "
+    run.add_argument("--recovery", default="method", metavar="NAME[:k=v,...]",
+                     help="method, lora, distill, full or none, with settings after a colon (e.g. full:lr=2e-5, "
+                     "distill:temperature=2,lm_weight=0.5, lora:r=16). method: each method's own recovery; lora: "
+                     "every method gets the profile's LoRA "
                      "recovery (the same steps, tokens and data); distill: the same LoRA trained on the dense "
                      "model's logits (KL at temperature 1; a second copy of the dense model in memory); full: "
                      "every remaining weight trains at lr 1e-5, at the same steps, tokens and data, weights pruned "

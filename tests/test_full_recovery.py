@@ -55,3 +55,27 @@ def test_a_run_with_full_recovery(tmp_path, tiny_model_dir, offline):
     assert "full" in bench("report", "--results", str(results), "--recovery", "full").stdout
     refused = bench("run", "--methods", "loraprune", "--recovery", "full", *common)
     assert refused.returncode != 0 and "--recovery full is for methods that prune without LoRA" in refused.stderr
+
+
+def test_recovery_settings_are_parsed_recorded_and_refused_with_the_accepted_ones():
+    import pytest
+
+    from benchsuite.api import ConfigError
+    from benchsuite.host import get_registry
+    from benchsuite.running.plan import parse_recovery, plan_methods
+
+    registry = get_registry()
+    assert parse_recovery("full:lr=2e-5") == ("full", {"lr": 2e-5}, ":lr=2e-5")
+    assert parse_recovery("distill:temperature=2,lm_weight=0.5")[1] == {"distill_temperature": 2,
+                                                                         "distill_alpha": 0.5}
+    [full] = plan_methods(["magnitude-l2"], registry, [0.5], recovery="full:lr=2e-5")
+    assert full.key == "magnitude-l2+full:lr=2e-5" and full.method.recovery == {"full": True, "lr": 2e-5}
+    assert full.lora()[0].full and full.lora()[0].lr == 2e-5 and full.recovery_label() == "full"
+    [suffixed] = plan_methods(["llm-pruner+lora:r=16"], registry, [0.5])
+    assert suffixed.key == "llm-pruner+lora:r=16" and suffixed.lora()[0].r == 16
+    [distill] = plan_methods(["llm-pruner"], registry, [0.5], recovery="distill:temperature=2")
+    assert distill.lora()[0].distill_temperature == 2 and distill.lora()[0].lr == 1e-4  # its own LoRA, distilled
+    with pytest.raises(ConfigError, match="'r=4' is not a setting of full recovery.*accepted: lr, weight_decay"):
+        plan_methods(["magnitude-l2"], registry, [0.5], recovery="full:r=4")
+    with pytest.raises(ConfigError, match="--recovery 'ful' unknown; did you mean full"):
+        plan_methods(["magnitude-l2"], registry, [0.5], recovery="ful")

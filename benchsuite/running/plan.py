@@ -232,6 +232,38 @@ def apply_overrides(method: Method, plan_parts: dict[str, Any], settings: list[t
     return replace(method, **params)
 
 
+#: the settings ``--recovery NAME:k=v,...`` accepts per recovery, and the training setting each one sets
+RECOVERY_PARAMS: dict[str, dict[str, str]] = {
+    "lora": {k: k for k in ("r", "alpha", "dropout", "lr", "weight_decay", "max_grad_norm")},
+    "distill": {k: k for k in ("r", "alpha", "dropout", "lr", "weight_decay", "max_grad_norm")} | {
+        "temperature": "distill_temperature", "lm_weight": "distill_alpha"},
+    "full": {k: k for k in ("lr", "weight_decay", "max_grad_norm")},
+    "none": {}, "method": {},
+}
+
+
+def parse_recovery(text: str) -> tuple[str, dict[str, Any], str]:
+    """``full:lr=2e-5`` -> (``full``, {``lr``: 2e-05} in the training's own names, ``:lr=2e-5`` for the results
+    folder's name); unknown recoveries and settings are refused naming what is accepted."""
+    from benchsuite.util.names import did_you_mean
+
+    kind, _, rest = text.strip().partition(":")
+    if kind not in RECOVERY_CHOICES:
+        raise ConfigError(f"--recovery '{kind}' unknown{did_you_mean(kind, RECOVERY_CHOICES)}; choose one of "
+                          f"{', '.join(RECOVERY_CHOICES)}, with settings as NAME:key=value,...")
+    params: dict[str, Any] = {}
+    for item in (x.strip() for x in rest.split(",") if x.strip()):
+        key, eq, value = item.partition("=")
+        accepted = RECOVERY_PARAMS[kind]
+        if not eq or key not in accepted:
+            names = ", ".join(accepted) or "none"
+            raise ConfigError(f"--recovery {text}: '{item}' is not a setting of {kind} recovery"
+                              f"{did_you_mean(key, list(accepted))} (accepted: {names}; write {kind}:key=value,...)")
+        params[accepted[key]] = _parse_value(value)
+    suffix = "".join(f":{item.strip()}" for item in rest.split(",") if item.strip())
+    return kind, params, suffix
+
+
 def _check_folder_spelling(name: str, registry: Registry) -> None:
     """A method named as its results folder spells it (``random_lora`` for ``random+lora``): say so."""
     base, sep, suffix = name.rpartition("_")
@@ -244,8 +276,8 @@ def plan_methods(names: list[str], registry: Registry, ratios: list[float] | Non
                  granularity: str | None = None, recovery: str | None = None) -> list[MethodPlan]:
     plans = []
     override = parse_granularity(granularity) if granularity else None
-    if recovery not in (None, *RECOVERY_CHOICES):
-        raise ConfigError(f"--recovery '{recovery}' unknown; choose one of {', '.join(RECOVERY_CHOICES)}")
+    if recovery is not None:
+        parse_recovery(recovery)  # an unknown recovery or setting fails before anything else
     for name in names:
         own = recovery
         if name in RENAMED:  # one name per method: the old spelling still runs, and says the new one
@@ -253,7 +285,7 @@ def plan_methods(names: list[str], registry: Registry, ratios: list[float] | Non
                   f"write {RENAMED[name]}", file=sys.stderr)
             name = RENAMED[name]
         base, plus, suffix = name.rpartition("+")
-        if plus and suffix in RECOVERY_CHOICES:  # e.g. magnitude-l2+lora: this method with LoRA recovery
+        if plus and suffix.partition(":")[0] in RECOVERY_CHOICES:  # e.g. magnitude-l2+lora: with LoRA recovery
             name, own = base, suffix
         name, settings = split_overrides(name)  # e.g. loraprune:beta=0.99: a parameter of one of its parts
         _check_folder_spelling(name, registry)
@@ -283,25 +315,27 @@ def plan_methods(names: list[str], registry: Registry, ratios: list[float] | Non
         if override is not None:
             key = f"{method.name}@{gran.label()}"
         key += "".join(f":{k}={v}" for k, v in settings)  # e.g. loraprune:beta=0.99, as the user wrote it
-        if own == "none" and plan.needs_lora:
+        kind, settings_of_recovery, written = parse_recovery(own) if own is not None else ("method", {}, "")
+        if kind == "none" and plan.needs_lora:
             raise ConfigError(f"{method.name} prunes with LoRA ({plan.schedule.name} schedule, criterion "
                               f"{plan.criterion.name}): it can't run with --recovery none")
-        if own == "none" and method.recovery is not None:
+        if kind == "none" and method.recovery is not None:
             plan.method = replace(method, recovery=None)
             key += "+none"
-        elif own == "lora" and method.recovery is None:
-            plan.method = replace(method, recovery={})  # LoRAConfig's defaults: r 8, alpha 16, dropout 0.05
-            key += "+lora"
-        elif own == "distill":  # the method's own LoRA (or LoRAConfig's defaults), trained on the teacher's logits
-            plan.method = replace(method, recovery=dict(method.recovery or {}) | DISTILL)
-            key += "+distill"
-        elif own == "full":
+        elif kind == "lora" and (method.recovery is None or settings_of_recovery):
+            # LoRAConfig's defaults (r 8, alpha 16, dropout 0.05, lr 1e-4) where the method has no LoRA of its own
+            plan.method = replace(method, recovery=dict(method.recovery or {}) | settings_of_recovery)
+            key += "+lora" + written
+        elif kind == "distill":  # the method's own LoRA (or LoRAConfig's defaults), trained on the teacher's logits
+            plan.method = replace(method, recovery=dict(method.recovery or {}) | DISTILL | settings_of_recovery)
+            key += "+distill" + written
+        elif kind == "full":
             if plan.needs_lora:
                 raise ConfigError(f"{method.name} prunes with LoRA ({plan.schedule.name} schedule, criterion "
                                   f"{plan.criterion.name}): --recovery full is for methods that prune without LoRA")
             kept = {k: v for k, v in (method.recovery or {}).items() if k in ("weight_decay", "max_grad_norm")}
-            plan.method = replace(method, recovery=kept | FULL)
-            key += "+full"
+            plan.method = replace(method, recovery=kept | FULL | settings_of_recovery)
+            key += "+full" + written
         plan.lora()
         plan.key = key
         fixed = gran.fixed_ratio
