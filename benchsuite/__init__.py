@@ -46,6 +46,7 @@ _LAZY: dict[str, str] = {
     "Column": "benchsuite.api.columns",
     **dict.fromkeys(("Architecture", "architecture_of"), "benchsuite.api.architecture"),
     "Allocation": "benchsuite.api.allocation",
+    "Recovery": "benchsuite.api.recovery",
     "Corpus": "benchsuite.api.corpora",
     **dict.fromkeys(("FileCorpus", "HubCorpus"), "benchsuite.data.corpora"),
 }
@@ -57,7 +58,7 @@ __all__ = [
     "decoder_layers", "layer_paths", "hookimpl", "linear_modules", "module_key", "tensor_bytes", "unit_sums",
     "checked_scores",
     "Metric", "MetricResult", "MeasureContext", "Column", "Corpus", "FileCorpus", "HubCorpus", "Architecture",
-    "architecture_of", "Allocation",
+    "architecture_of", "Allocation", "Recovery",
 ]
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ if TYPE_CHECKING:
     from benchsuite.api.errors import ConfigError
     from benchsuite.api.metrics import MeasureContext, Metric, MetricResult
     from benchsuite.api.model import PROJECTIONS, base_linear, decoder_layers, layer_paths, linear_modules
+    from benchsuite.api.recovery import Recovery
     from benchsuite.data.corpora import FileCorpus, HubCorpus
     from benchsuite.evaluation.memory import tensor_bytes
     from benchsuite.pruning.calibration import LayerInputs, calibrate

@@ -93,9 +93,12 @@ def _run_filters(parser: argparse.ArgumentParser) -> None:
 
 def _recoveries(text: str) -> list[str]:
     kinds = split_names(text)
-    unknown = [k for k in kinds if k not in ("lora", "distill", "full", "none")]
+    known = {"lora", "distill", "full", "none"}
+    if set(kinds) - known:  # a plugin's recovery: its name
+        known |= set(get_registry().recoveries)
+    unknown = [k for k in kinds if k not in known]
     if unknown or not kinds:
-        raise argparse.ArgumentTypeError(f"{text!r}: give lora, distill, full or none (comma-separated)")
+        raise argparse.ArgumentTypeError(f"{text!r}: give {', '.join(sorted(known))} (comma-separated)")
     return kinds
 
 

@@ -44,6 +44,7 @@ from benchsuite.api.components import (
 from benchsuite.api.corpora import Corpus
 from benchsuite.api.errors import ConfigError
 from benchsuite.api.metrics import Metric
+from benchsuite.api.recovery import Recovery
 from benchsuite.util.names import did_you_mean
 
 ENTRY_POINT_GROUP = "benchsuite"
@@ -62,6 +63,7 @@ KINDS: dict[str, tuple[str, Any]] = {
     "benchsuite_register_corpora": ("corpora", Corpus),
     "benchsuite_register_architectures": ("architectures", Architecture),
     "benchsuite_register_allocations": ("allocations", Allocation),
+    "benchsuite_register_recoveries": ("recoveries", Recovery),
 }
 
 
@@ -121,6 +123,7 @@ class Registry:
     corpora: dict[str, Corpus] = field(default_factory=dict)
     architectures: dict[str, Architecture] = field(default_factory=dict)
     allocations: dict[str, type[Allocation]] = field(default_factory=dict)
+    recoveries: dict[str, type[Recovery]] = field(default_factory=dict)
     plugins: list[PluginInfo] = field(default_factory=list)
     #: BENCHSUITE_STRICT_PLUGINS: a failing plugin is an error, and so is an ambiguous bare name in ``--methods``
     strict: bool = False
@@ -201,7 +204,7 @@ def _item_name(item: Any) -> str:
 
 def _singular(kind: str) -> str:
     return {"criteria": "criterion", "granularities": "granularity", "corpora": "corpus",
-            "architectures": "architecture", "allocations": "allocation"}.get(kind, kind[:-1])
+            "architectures": "architecture", "allocations": "allocation", "recoveries": "recovery"}.get(kind, kind[:-1])
 
 
 def _check_component(item: Any) -> list[str]:

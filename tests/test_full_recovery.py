@@ -54,7 +54,8 @@ def test_a_run_with_full_recovery(tmp_path, tiny_model_dir, offline):
     assert nm["recovery_log"]["weights_with_kept_zeros"] > 0  # the 2:4 pattern survives (the merge check too)
     assert "full" in bench("report", "--results", str(results), "--recovery", "full").stdout
     refused = bench("run", "--methods", "loraprune", "--recovery", "full", *common)
-    assert refused.returncode != 0 and "--recovery full is for methods that prune without LoRA" in refused.stderr
+    assert refused.returncode != 0 and "can't run with --recovery full (for methods that prune without LoRA)" in \
+        refused.stderr
 
 
 def test_recovery_settings_are_parsed_recorded_and_refused_with_the_accepted_ones():
@@ -65,17 +66,65 @@ def test_recovery_settings_are_parsed_recorded_and_refused_with_the_accepted_one
     from benchsuite.running.plan import parse_recovery, plan_methods
 
     registry = get_registry()
-    assert parse_recovery("full:lr=2e-5") == ("full", {"lr": 2e-5}, ":lr=2e-5")
-    assert parse_recovery("distill:temperature=2,lm_weight=0.5")[1] == {"distill_temperature": 2,
-                                                                         "distill_alpha": 0.5}
+    full, written, qualified = parse_recovery("full:lr=2e-5", registry)
+    assert (full.name, full.lr, written, qualified) == ("full", 2e-5, "+full:lr=2e-5", "benchsuite:full")
+    distill = parse_recovery("distill:temperature=2,lm_weight=0.5", registry)[0]
+    assert distill.training(None) == {"distill_temperature": 2, "distill_alpha": 0.5}
     [full] = plan_methods(["magnitude-l2"], registry, [0.5], recovery="full:lr=2e-5")
     assert full.key == "magnitude-l2+full:lr=2e-5" and full.method.recovery == {"full": True, "lr": 2e-5}
     assert full.lora()[0].full and full.lora()[0].lr == 2e-5 and full.recovery_label() == "full"
+    assert full.components["recovery"] == "benchsuite:full"
     [suffixed] = plan_methods(["llm-pruner+lora:r=16"], registry, [0.5])
     assert suffixed.key == "llm-pruner+lora:r=16" and suffixed.lora()[0].r == 16
+    [own] = plan_methods(["llm-pruner"], registry, [0.5], recovery="lora")  # its own LoRA: its name and settings
+    assert own.key == "llm-pruner" and own.method.recovery == plan_methods(["llm-pruner"], registry, [0.5])[0] \
+        .method.recovery
     [distill] = plan_methods(["llm-pruner"], registry, [0.5], recovery="distill:temperature=2")
     assert distill.lora()[0].distill_temperature == 2 and distill.lora()[0].lr == 1e-4  # its own LoRA, distilled
-    with pytest.raises(ConfigError, match="'r=4' is not a setting of full recovery.*accepted: lr, weight_decay"):
+    with pytest.raises(ConfigError, match="recovery 'full' has no parameter 'r'; it accepts: lr, weight_decay"):
         plan_methods(["magnitude-l2"], registry, [0.5], recovery="full:r=4")
-    with pytest.raises(ConfigError, match="--recovery 'ful' unknown; did you mean full"):
+    with pytest.raises(ConfigError, match="ful.*did you mean.*full"):
         plan_methods(["magnitude-l2"], registry, [0.5], recovery="ful")
+    with pytest.raises(ConfigError, match="temperature must be positive"):
+        plan_methods(["magnitude-l2"], registry, [0.5], recovery="distill:temperature=0")
+
+
+THIRD_PARTY = """
+from benchsuite import Recovery, hookimpl
+
+BENCHSUITE_API = "2.4"
+
+
+class WideLoRA(Recovery):
+    \"\"\"LoRA of rank 32 at a lower learning rate, distilled from the dense model at temperature 2.\"\"\"
+
+    name = "wide-distill"
+    trains = "lora"
+    r: int = 32
+
+    def training(self, own):
+        return dict(own or {}) | {"r": self.r, "lr": 5e-5, "distill_temperature": 2.0, "distill_alpha": 0.0}
+
+
+@hookimpl
+def benchsuite_register_recoveries(register):
+    register(WideLoRA)
+"""
+
+
+def test_a_third_party_recovery_in_a_single_file_runs_and_is_recorded(tmp_path, tiny_model_dir, offline):
+    plugin = tmp_path / "wide_recovery.py"
+    plugin.write_text(THIRD_PARTY)
+    results = tmp_path / "results"
+    result = bench("run", "--plugin", str(plugin), "--model", str(tiny_model_dir), "--methods", "magnitude-l2",
+                   "--ratios", "0.5", "--recovery", "wide-distill:r=16", "--results", str(results), *smoke(offline),
+                   "--metrics", "perplexity")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = next(r for r in (json.loads(p.read_text()) for p in results.rglob("*.json")) if r.get("variant"))
+    assert record["variant"] == "magnitude-l2+wide-distill:r=16"
+    assert record["recovery"] == {"r": 16, "lr": 5e-5, "distill_temperature": 2.0, "distill_alpha": 0.0}
+    assert record["recovery_setup"]["label"] == "wide-distill"
+    assert record["recovery_setup"]["recovery"] == {"name": "wide_recovery:wide-distill", "params": {"r": 16}}
+    assert record["components"]["recovery"] == "wide_recovery:wide-distill"
+    assert "KL(dense || pruned)" in record["recovery_log"]["loss"]
+    assert list(record["config"]["plugin_files"]) == ["wide_recovery"]  # the file's digest defines the result

@@ -184,7 +184,7 @@ from typing import Literal
 import torch
 
 from benchsuite import (Allocation, Architecture, Corpus, Criterion, Method, Metric, MetricResult, ModelSpec,
-                        Schedule, checked_scores, hookimpl)
+                        Recovery, Schedule, checked_scores, hookimpl)
 from benchsuite_plugins.granularities import Structured
 
 BENCHSUITE_API = "2.4"
@@ -299,6 +299,18 @@ class FirstLight(Allocation):
 @hookimpl
 def benchsuite_register_allocations(register):
     register(FirstLight)
+
+
+class SlowLoRA(Recovery):
+    name = "slow-lora"
+
+    def training(self, own):
+        return dict(own or {}) | {"lr": 1e-5}
+
+
+@hookimpl
+def benchsuite_register_recoveries(register):
+    register(SlowLoRA)
 '''
 
 
@@ -337,7 +349,7 @@ def test_every_hook_registers_through_an_installed_distribution(tmp_path, monkey
     assert {KINDS[h][0]: sorted(v) for h in KINDS for v in [info.registers.get(KINDS[h][0], [])]} == {
         "criteria": ["shifted"], "granularities": ["mlp-only"], "schedules": ["twice"],
         "methods": ["shifted-twice"], "models": ["tiny-local"], "metrics": ["zeros"], "corpora": ["numbers"],
-        "architectures": ["helium-local"], "allocations": ["first-light"]}
+        "architectures": ["helium-local"], "allocations": ["first-light"], "recoveries": ["slow-lora"]}
     from benchsuite.api.architecture import architecture_of
 
     assert architecture_of({"model_type": "helium"}).name == "helium-local"

@@ -14,6 +14,7 @@ from benchsuite.api.architecture import Architecture
 from benchsuite.api.components import Criterion, Granularity, Method, ModelSpec, Schedule
 from benchsuite.api.corpora import Corpus
 from benchsuite.api.metrics import Metric
+from benchsuite.api.recovery import Recovery
 
 hookspec = pluggy.HookspecMarker("benchsuite")
 
@@ -63,3 +64,9 @@ def benchsuite_register_architectures(register: Callable[[Architecture], None]) 
 def benchsuite_register_allocations(register: Callable[[type[Allocation]], None]) -> None:
     """Register allocations (how a pruning ratio is spread over the layers): call ``register(AllocationSubclass)``
     for each. Since plugin API 2.3."""
+
+
+@hookspec
+def benchsuite_register_recoveries(register: Callable[[type[Recovery]], None]) -> None:
+    """Register recoveries (what trains after pruning, and on what loss, at the profile's budget): call
+    ``register(RecoverySubclass)`` for each. Since plugin API 2.4."""

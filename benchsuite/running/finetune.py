@@ -29,10 +29,6 @@ from benchsuite.util.progress import track
 #: LoRA settings that belong to the profile's budget, not to a method
 BUDGET_KEYS = ("grad_accum", "warmup_steps", "lr_schedule")
 
-#: the learning rate of ``--recovery full`` (all weights train: a tenth of LoRA's, as full fine-tuning recipes of
-#: small models use; a method's recovery may set its own ``lr``)
-FULL_LR = 1e-5
-
 #: LoRAPrune's reference targets: all seven projections
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -67,7 +63,7 @@ class LoRAConfig:
     #: with distillation, ``alpha`` times the LM loss is added (0: logits alone, Minitron's best)
     distill_alpha: float = 0.0
     #: full fine-tuning instead of LoRA: every remaining weight trains (no adapters), and weights that pruning set to
-    #: zero (N:M, unstructured) stay zero (``--recovery full``, lr :data:`FULL_LR` unless the method sets one)
+    #: zero (N:M, unstructured) stay zero (the ``full`` recovery: ``benchsuite_plugins.recoveries.Full``)
     full: bool = False
 
     @classmethod

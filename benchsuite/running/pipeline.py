@@ -446,15 +446,18 @@ def recovery_setup(plan: RunPlan, model_plan: ModelPlan, spec: RunSpec, pruned: 
                    recovered: RecoveryResult | None) -> dict[str, Any]:
     label = spec.method.recovery_label()
     lora = spec.lora
+    chosen = spec.method.recovery
+    which = {} if chosen is None else {"recovery": {"name": spec.method.components.get("recovery", chosen.name),
+                                                    "params": chosen.params()}}
     if lora is None:
-        return {"label": label}
+        return {"label": label} | which
     train_log = (recovered.log if recovered is not None else None) or pruned.log.get("train") or {}
     return {"label": label, "when": "while pruning" if spec.method.schedule.trains else "after pruning",
             "steps": train_log.get("steps"), "micro_batch": plan.profile.train_batch, "grad_accum": lora.grad_accum,
             "length": plan.profile.train_len, "tokens": train_log.get("tokens"), "lr": lora.lr,
             "trains": "every remaining weight (pruned zeros kept at zero)" if lora.full else "LoRA adapters",
             "lr_schedule": lora.lr_schedule, "warmup_steps": lora.warmup_steps, "data": model_plan.recovery_data} | (
-                {"bos": train_log["bos"]} if train_log.get("bos") else {})
+                {"bos": train_log["bos"]} if train_log.get("bos") else {}) | which
 
 
 def record(plan: RunPlan, model_plan: ModelPlan, spec: RunSpec, stages: RunStages, started_at: str,

@@ -36,6 +36,7 @@ from benchsuite.api.profiles import (
     with_recovery_data,
     with_train_steps,
 )
+from benchsuite.api.recovery import TRAINING_KEYS, Recovery
 from benchsuite.data.assets import weights_sha256
 from benchsuite.data.corpora import load_documents, resolve_corpus
 from benchsuite.data.tokens import training_windows
@@ -45,7 +46,7 @@ from benchsuite.models.checkpoint import DEVICE_MAPS, device_map_of, load_model_
 from benchsuite.models.hf import read_config
 from benchsuite.models.resolve import ResolvedModel, resolve_model
 from benchsuite.pruning.structure import parse_layers
-from benchsuite.running.finetune import FULL_LR, LoRAConfig
+from benchsuite.running.finetune import LoRAConfig
 from benchsuite.running.records import check_writable
 
 
@@ -107,11 +108,9 @@ class RunRequest:
 
 
 DEFAULT_RATIOS = [0.2, 0.5]
+#: the built-in recoveries ``--recovery`` names (plugins add theirs: ``benchsuite_register_recoveries``), and
+#: ``method``: each method's own
 RECOVERY_CHOICES = ("method", "lora", "distill", "full", "none")
-#: ``--recovery distill``: LoRA trained on the dense model's logits (Minitron's best: logits alone, T = 1)
-DISTILL = {"distill_temperature": 1.0, "distill_alpha": 0.0}
-#: ``--recovery full``: every remaining weight trains, pruned zeros kept (see ``LoRAConfig.full``)
-FULL = {"full": True, "lr": FULL_LR}
 RATIO_BASES = ("params", "units")
 
 
@@ -128,6 +127,8 @@ class MethodPlan:
     key: str = ""
     #: the qualified name (``DIST:NAME``) of the method and of each of its parts, recorded with every run
     components: dict[str, str] = field(default_factory=dict)
+    #: the recovery ``--recovery`` (or ``METHOD+NAME``) chose; None: the method's own
+    recovery: Recovery | None = None
 
     def build(self) -> tuple[Criterion, Granularity, Schedule]:
         m = self.method
@@ -153,6 +154,8 @@ class MethodPlan:
         distill`` where it learns from the dense model's logits; ``full`` where every remaining weight trains."""
         if self.method.recovery is None and not self.needs_lora:
             return "none"
+        if self.recovery is not None and self.recovery.name not in RECOVERY_CHOICES:  # a plugin's recovery
+            return f"{self.recovery.name}, during" if self.schedule.trains else self.recovery.name
         recovery = self.method.recovery or {}
         if recovery.get("full"):
             return "full"
@@ -232,42 +235,36 @@ def apply_overrides(method: Method, plan_parts: dict[str, Any], settings: list[t
     return replace(method, **params)
 
 
-#: the settings ``--recovery NAME:k=v,...`` accepts per recovery, and the training setting each one sets
-RECOVERY_PARAMS: dict[str, dict[str, str]] = {
-    "lora": {k: k for k in ("r", "alpha", "dropout", "lr", "weight_decay", "max_grad_norm")},
-    "distill": {k: k for k in ("r", "alpha", "dropout", "lr", "weight_decay", "max_grad_norm")} | {
-        "temperature": "distill_temperature", "lm_weight": "distill_alpha"},
-    "full": {k: k for k in ("lr", "weight_decay", "max_grad_norm")},
-    "none": {}, "method": {},
-}
-
-
-def parse_recovery(text: str) -> tuple[str, dict[str, Any], str]:
-    """``full:lr=2e-5`` -> (``full``, {``lr``: 2e-05} in the training's own names, ``:lr=2e-5`` for the results
-    folder's name); unknown recoveries and settings are refused naming what is accepted."""
-    from benchsuite.util.names import did_you_mean
-
-    kind, _, rest = text.strip().partition(":")
-    if kind not in RECOVERY_CHOICES:
-        raise ConfigError(f"--recovery '{kind}' unknown{did_you_mean(kind, RECOVERY_CHOICES)}; choose one of "
-                          f"{', '.join(RECOVERY_CHOICES)}, with settings as NAME:key=value,...")
+def parse_recovery(text: str, registry: Registry) -> tuple[Recovery | None, str, str]:
+    """``full:lr=2e-5`` -> (the registered ``full`` recovery built with ``lr=2e-05``, ``+full:lr=2e-5`` for the
+    results folder's name); ``method`` -> (None, ``""``): each method's own. Unknown recoveries and parameters are
+    refused naming what is accepted. Also returns the recovery's qualified name (``DIST:NAME``)."""
+    name, _, rest = text.strip().partition(":")
+    if name == "method" and not rest:
+        return None, "", ""
+    if name not in registry.recoveries and ":" in name:  # DIST:NAME[:k=v]
+        head, _, tail = rest.partition(":")
+        name, rest = f"{name}:{head}", tail
+    try:
+        qualified = registry.qualify("recoveries", name, ambiguous="error" if registry.strict else "warn")
+        cls = registry.lookup("recoveries", qualified, ambiguous="quiet")
+    except ConfigError as exc:
+        raise ConfigError(f"--recovery: {exc} (or method: each method's own)") from None
     params: dict[str, Any] = {}
     for item in (x.strip() for x in rest.split(",") if x.strip()):
         key, eq, value = item.partition("=")
-        accepted = RECOVERY_PARAMS[kind]
-        if not eq or key not in accepted:
-            names = ", ".join(accepted) or "none"
-            raise ConfigError(f"--recovery {text}: '{item}' is not a setting of {kind} recovery"
-                              f"{did_you_mean(key, list(accepted))} (accepted: {names}; write {kind}:key=value,...)")
-        params[accepted[key]] = _parse_value(value)
-    suffix = "".join(f":{item.strip()}" for item in rest.split(",") if item.strip())
-    return kind, params, suffix
+        if not eq:
+            raise ConfigError(f"--recovery {text}: '{item}' is not key=value (write {cls.name}:key=value,...)")
+        params[key] = _parse_value(value)
+    written = "+" + cls.name + "".join(f":{x.strip()}" for x in rest.split(",") if x.strip())
+    return cls.create(params), written, qualified
 
 
 def _check_folder_spelling(name: str, registry: Registry) -> None:
     """A method named as its results folder spells it (``random_lora`` for ``random+lora``): say so."""
     base, sep, suffix = name.rpartition("_")
-    if sep and suffix in RECOVERY_CHOICES and base in registry.methods and name not in registry.methods:
+    if sep and (suffix in registry.recoveries or suffix == "method") and base in registry.methods and \
+            name not in registry.methods:
         raise ConfigError(f"unknown method '{name}'; did you mean {base}+{suffix}? (results folders write "
                           f"{base}+{suffix} as {name})")
 
@@ -277,7 +274,7 @@ def plan_methods(names: list[str], registry: Registry, ratios: list[float] | Non
     plans = []
     override = parse_granularity(granularity) if granularity else None
     if recovery is not None:
-        parse_recovery(recovery)  # an unknown recovery or setting fails before anything else
+        parse_recovery(recovery, registry)  # an unknown recovery or setting fails before anything else
     for name in names:
         own = recovery
         if name in RENAMED:  # one name per method: the old spelling still runs, and says the new one
@@ -285,8 +282,8 @@ def plan_methods(names: list[str], registry: Registry, ratios: list[float] | Non
                   f"write {RENAMED[name]}", file=sys.stderr)
             name = RENAMED[name]
         base, plus, suffix = name.rpartition("+")
-        if plus and suffix.partition(":")[0] in RECOVERY_CHOICES:  # e.g. magnitude-l2+lora: with LoRA recovery
-            name, own = base, suffix
+        if plus and (suffix.partition(":")[0] in registry.recoveries or suffix.partition(":")[0] == "method"):
+            name, own = base, suffix  # e.g. magnitude-l2+lora: this method with LoRA recovery
         name, settings = split_overrides(name)  # e.g. loraprune:beta=0.99: a parameter of one of its parts
         _check_folder_spelling(name, registry)
         # strict (CI): a bare name two plugins register is an error listing the qualified names, not a guess
@@ -315,27 +312,26 @@ def plan_methods(names: list[str], registry: Registry, ratios: list[float] | Non
         if override is not None:
             key = f"{method.name}@{gran.label()}"
         key += "".join(f":{k}={v}" for k, v in settings)  # e.g. loraprune:beta=0.99, as the user wrote it
-        kind, settings_of_recovery, written = parse_recovery(own) if own is not None else ("method", {}, "")
-        if kind == "none" and plan.needs_lora:
-            raise ConfigError(f"{method.name} prunes with LoRA ({plan.schedule.name} schedule, criterion "
-                              f"{plan.criterion.name}): it can't run with --recovery none")
-        if kind == "none" and method.recovery is not None:
-            plan.method = replace(method, recovery=None)
-            key += "+none"
-        elif kind == "lora" and (method.recovery is None or settings_of_recovery):
-            # LoRAConfig's defaults (r 8, alpha 16, dropout 0.05, lr 1e-4) where the method has no LoRA of its own
-            plan.method = replace(method, recovery=dict(method.recovery or {}) | settings_of_recovery)
-            key += "+lora" + written
-        elif kind == "distill":  # the method's own LoRA (or LoRAConfig's defaults), trained on the teacher's logits
-            plan.method = replace(method, recovery=dict(method.recovery or {}) | DISTILL | settings_of_recovery)
-            key += "+distill" + written
-        elif kind == "full":
-            if plan.needs_lora:
+        chosen, written, qualified_recovery = parse_recovery(own, registry) if own is not None else (None, "", "")
+        if chosen is not None:
+            if chosen.trains != "lora" and plan.needs_lora:
                 raise ConfigError(f"{method.name} prunes with LoRA ({plan.schedule.name} schedule, criterion "
-                                  f"{plan.criterion.name}): --recovery full is for methods that prune without LoRA")
-            kept = {k: v for k, v in (method.recovery or {}).items() if k in ("weight_decay", "max_grad_norm")}
-            plan.method = replace(method, recovery=kept | FULL | settings_of_recovery)
-            key += "+full" + written
+                                  f"{plan.criterion.name}): it can't run with --recovery {chosen.name}"
+                                  + (" (for methods that prune without LoRA)" if chosen.trains == "weights" else ""))
+            training = chosen.training(method.recovery)
+            if training is not None:
+                unknown = sorted(set(training) - set(TRAINING_KEYS))
+                if unknown:
+                    raise ConfigError(f"recovery '{chosen.name}' gives unknown training settings {unknown}; "
+                                      f"accepted: {', '.join(TRAINING_KEYS)}")
+                if bool(training.get("full")) != (chosen.trains == "weights"):
+                    raise ConfigError(f"recovery '{chosen.name}': trains = {chosen.trains!r} but its training "
+                                      f"settings {'' if training.get('full') else 'do not '}say full=True")
+            if training != method.recovery:  # what the method does anyway keeps its name and settings
+                plan.method = replace(method, recovery=training)
+                key += written
+            plan.recovery = chosen
+            plan.components["recovery"] = qualified_recovery
         plan.lora()
         plan.key = key
         fixed = gran.fixed_ratio
