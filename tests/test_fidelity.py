@@ -65,6 +65,8 @@ def test_a_run_with_fidelity_records_and_shows_it(tmp_path, tiny_model_dir, offl
                    "--metrics", f"kl_{label},top1_{label}")
     assert paired.returncode == 0, paired.stderr
     assert paired.stdout.count("paired over") == 2 and f"kl_{label}" in paired.stdout
+    kl_row = next(line for line in paired.stdout.splitlines() if f"| kl_{label}" in line)
+    assert "| [" in kl_row  # the paired interval of the KL difference, in nats
     figs = figures(stored_records(results))
     try:  # drawn against the ratio beside perplexity
         labels = [ax.get_ylabel() for ax in figs[0].figure.axes if ax.get_ylabel()]

@@ -17,7 +17,7 @@ from tests.conftest import bench
 
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "smollm2-135m" / "quick"
 #: a few reference records: the dense model, two structured methods at two ratios (with zero-shot accuracy)
-SUBSET = ["dense.7b9a74c6.json", "llm-pruner", "random_lora"]
+SUBSET = ["dense.2bbfc574.json", "llm-pruner", "random_lora"]
 #: what those records draw: quality vs ratio, Pareto views, the zero-shot heatmaps (accuracy, flips), the pruning cost
 FIGURES = ["quality-vs-ratio", "pareto", "zero-shot-heatmap", "zero-shot-flips", "pruning-cost"]
 

@@ -260,25 +260,32 @@ def test_unknown_corpora_fail_before_the_model_loads(tmp_path):
 
 
 def test_existing_settings_hashes_are_unchanged(tmp_path):
-    """A committed reference record's settings are recomputed for the same request: finished runs of the
-    default metrics are still recognised (no metric selection in the settings)."""
+    """A committed reference record's settings are recomputed for the same request: records of the six metrics of
+    before metric plugins keep their settings (no metric selection in them), and records of today's default (which
+    adds fidelity) name their selection, so neither is taken for the other."""
+    from benchsuite.api.metrics import STANDARD_METRICS
+
     registry = load_registry()
     reference = ROOT / "results" / "reference" / "smollm2-135m" / "quick"
-    checked = 0
+    checked = {"standard": 0, "default": 0}
     for variant, method in (("llm-pruner", "llm-pruner"), ("llm-pruner_none", "llm-pruner+none"), ("random", "random")):
         for path in sorted((reference / variant).glob("ratio-0.2_seed-0.*.json")):
             stored = json.loads(path.read_text())
             if "allocation" in stored["config"]:  # another setting of the same run (issue 35's comparisons)
                 continue
-            plan = plan_request(RunRequest([method], ratios=[0.2], profile="quick", results=tmp_path), registry)
+            metrics = None if "metrics" in stored["config"] else list(STANDARD_METRICS)
+            plan = plan_request(RunRequest([method], ratios=[0.2], profile="quick", results=tmp_path, metrics=metrics),
+                                registry)
             spec = run_spec(plan, stored["weights_sha256"], stored["config"]["train_steps"], plan.methods[0], 0.2, 0,
                             30, {"unit_ratio": 0.2})
             assert json.loads(json.dumps(spec.config)) == stored["config"], path
             assert config_hash(spec.config) == stored["config_hash"]
-            checked += 1
-    assert checked == 3
+            checked["standard" if metrics else "default"] += 1
+    assert checked == {"standard": 2, "default": 1}
+    plan = plan_request(RunRequest(["random"], ratios=[0.2], profile="quick", results=tmp_path), registry)
     stored = json.loads(next(reference.glob("dense.*.json")).read_text())
     config = dense_config(plan, stored["weights_sha256"])
+    assert "fidelity" in config["metrics"]
     assert json.loads(json.dumps(config)) == stored["config"] and config_hash(config) == stored["config_hash"]
 
 

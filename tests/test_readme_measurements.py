@@ -1,7 +1,9 @@
 """The docs' measured tables outside ``benchsuite report`` are what their scripts render from the committed
 results: the budget sweep (``benchmarks/budget_sweep.py --render``, from ``results/reference``; in
 docs/loraprune.md), llama.cpp's speed (``benchmarks/llama_cpp_speed.py --render``, from its JSON; docs/export.md)
-and the default run's time (``benchmarks/default_run_time.py --render``, from its JSON; docs/results.md)."""
+the default run's time (``benchmarks/default_run_time.py --render``, from its JSON; docs/results.md) and the
+columns' minimal detectable differences (``benchmarks/detectable_differences.py``, from the records;
+docs/methodology.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from benchsuite.reporting.blocks import read_block
 ROOT = Path(__file__).parent.parent
 #: block -> the page it is on
 PAGES = {"budget-sweep": "docs/loraprune.md", "llama-cpp-speed": "docs/export.md",
-         "default-run-time": "docs/results.md"}
+         "default-run-time": "docs/results.md", "detectable-differences": "docs/methodology.md"}
 
 
 def _script(name: str):
@@ -69,3 +71,16 @@ def _view_label(record: dict) -> str:
         return "dense"
     variant, ratio = record["run"].split(" ratio=")
     return f"{variant} ratio={ratio} seed=0"
+
+
+def test_detectable_differences_are_rendered_from_the_records():
+    mdd = _script("detectable_differences")
+    data = mdd.analyse(ROOT / "results" / "reference", "quick", 0.5, mdd.METHODS)
+    saved = json.loads((ROOT / "benchmarks" / "results" / "detectable_differences.json").read_text())
+    assert json.loads(json.dumps(data)) == saved, "the committed JSON is not what the records give (rerun the script)"
+    assert _block(mdd.BLOCK) == mdd.markdown(data).strip(), \
+        "run: python benchmarks/detectable_differences.py --out benchmarks/results/detectable_differences.json " \
+        "--docs docs/methodology.md"
+    columns = data["columns"]  # what the docs say of it
+    assert columns["kl_wiki"]["pairs_apart"] == 5 and columns["acc_avg"]["pairs_apart"] == 0
+    assert columns["acc_avg"]["mdd_unpaired"] > 0.1 > columns["top1_wiki"]["mdd_unpaired"]

@@ -266,7 +266,7 @@ def format_difference(d: Difference) -> tuple[str, str]:
     elif d.metric.startswith(("acc_", "flips_", "top1_")):
         text = f"{100 * d.diff:+.1f} pt"
         ci = f"[{100 * d.lo:+.1f}, {100 * d.hi:+.1f}]" if d.lo is not None else "-"
-    else:
+    else:  # absolute differences (KL in nats, parameters, FLOPs): the interval in the same unit where there is one
         text = f"{d.diff:+,.0f}" if abs(d.diff) >= 100 else f"{d.diff:+.4g}"
-        ci = "-"
+        ci = f"[{d.lo:+.4g}, {d.hi:+.4g}]" if d.lo is not None and d.hi is not None else "-"
     return text, ci
