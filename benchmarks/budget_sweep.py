@@ -66,6 +66,8 @@ def collect(results: Path) -> dict[tuple[int, float, str], list[dict]]:
         granularity = (r.get("granularity") or {}).get("label")
         if steps is None or method not in METHODS or granularity != "structured" or r.get("ratio") not in RATIOS:
             continue
+        if (r.get("config") or {}).get("allocation"):  # another allocation than the sweep's uniform one (issue 35)
+            continue
         if r["seed"] not in BUDGETS[steps]:
             continue
         out.setdefault((steps, r["ratio"], method), []).append(r)

@@ -93,7 +93,8 @@ def test_equal_recovery_for_every_criterion(tiny_model_dir, offline, tmp_path):
 def test_recovery_none_and_unknown(tiny_model_dir, offline, tmp_path):
     with pytest.raises(ConfigError, match="can't run with --recovery none"):
         Runner(_request(tiny_model_dir, tmp_path, ["loraprune+none"], **offline))
-    with pytest.raises(ConfigError, match="--recovery 'sometimes' unknown"):
+    with pytest.raises(ConfigError, match="--recovery: unknown recovery 'sometimes' .*available: distill, full, lora, "
+                       "none"):
         Runner(_request(tiny_model_dir, tmp_path, ["random"], recovery="sometimes", **offline))
     runner = Runner(_request(tiny_model_dir, tmp_path, ["llm-pruner", "random"], recovery="none", **offline))
     assert [p.key for p in runner.plans] == ["llm-pruner+none", "random"]

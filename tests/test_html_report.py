@@ -81,7 +81,7 @@ def test_html_is_self_contained_and_deterministic(results, built):
     # the tables benchsuite report prints, sortable, and each run's provenance
     assert page.count('<table class="results"') == 3
     assert "llm-pruner" in page and "random" in page
-    assert page.count("<details") == 5 and "2a04413f0296" in page
+    assert page.count("<details") == 5 and "54f35119fa1b" in page  # the LLM-Pruner 20% record's settings
     # the heatmap's hover texts carry the intervals
     assert re.search(r"<title>llm-pruner · structured · LoRA recovery · 0.2, BoolQ: 85.0%, 95% interval", page)
 
@@ -117,11 +117,12 @@ def test_figures_follow_the_data(results):
     try:
         assert [f.name for f in figs] == FIGURES
         # quality vs ratio: a row per quality metric (wiki, c4, zero-shot average, its flips against the dense
-        # model's answers), one line per method
+        # model's answers, the KL divergence to its predictions and their top-1 agreement), one line per method
         quality = figs[0].figure
         assert [ax.get_ylabel() for ax in quality.axes if ax.get_ylabel()] == [
             "perplexity wiki (log)", "perplexity c4 (log)", "zero-shot accuracy, average (%)",
-            "zero-shot flips against dense, average (%)"]
+            "zero-shot flips against dense, average (%)", "KL to dense, wiki (log)",
+            "top-1 agreement with dense, wiki (%)"]
         lines = [line for line in quality.axes[0].get_lines() if line.get_label() not in ("dense",)
                  and not line.get_label().startswith("_")]
         assert sorted(line.get_label() for line in lines) == [

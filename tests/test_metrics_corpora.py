@@ -141,7 +141,7 @@ def test_plugin_metric_and_corpus_in_records_and_table(extras, tiny_model_dir, t
     for record in (dense, pruned):
         assert {"weight_norm", "ppl_garden", "params", "latency_ms"} <= set(record["metrics"])
         assert record["measurement"]["weight_norm"] == {"dense": record is dense, "seed": 0}
-        assert record["config"]["metrics"] == sorted([*STANDARD_METRICS, "weight-norm"])  # a selection of its own
+        assert record["config"]["metrics"] == sorted([*STANDARD_METRICS, "fidelity", "weight-norm"])  # its own
         declared = {c["key"]: c for c in record["metric_columns"]}
         assert {"key": "weight_norm", "header": "|W|", "views": ["ppl"]}.items() <= declared["weight_norm"].items()
     assert pruned["metrics"]["weight_norm"] < dense["metrics"]["weight_norm"]
@@ -166,10 +166,14 @@ def test_plugin_metric_and_corpus_in_records_and_table(extras, tiny_model_dir, t
 
 def test_metrics_run_only_when_selected(extras, tiny_model_dir, tmp_path):
     runner = Runner(_request(tiny_model_dir, tmp_path, methods=["random"]), extras, log=lambda _: None)
-    assert [m.name for m in runner.plan.metrics] == list(STANDARD_METRICS) and runner.plan.metric_selection is None
+    default = [*STANDARD_METRICS, "fidelity"]  # the built-in defaults, in registration order; recorded
+    assert [m.name for m in runner.plan.metrics] == default and runner.plan.metric_selection == sorted(default)
     dense, pruned = runner.run()
-    assert "weight_norm" not in pruned["metrics"] and "metrics" not in pruned["config"]
-    assert "metrics" not in dense["config"]
+    assert "weight_norm" not in pruned["metrics"] and pruned["config"]["metrics"] == sorted(default)
+    assert dense["config"]["metrics"] == sorted(default)
+    standard = Runner(_request(tiny_model_dir, tmp_path, methods=["random"], metrics=list(STANDARD_METRICS)), extras,
+                      log=lambda _: None)  # the six of before metric plugins: not in the settings (hashes kept)
+    assert standard.plan.metric_selection is None
     only = Runner(_request(tiny_model_dir, tmp_path, methods=["random"], metrics=["weight-norm", "params"]), extras,
                   log=lambda _: None)
     assert [m.name for m in only.plan.metrics] == ["weight-norm", "params"]  # registration order (by entry point)
@@ -185,7 +189,9 @@ def test_metric_selection_errors(extras):
     with pytest.raises(ConfigError, match="--metrics is empty"):
         select_metrics([], extras)
     metrics, recorded = select_metrics(["default"], extras)
-    assert [m.name for m in metrics] == list(STANDARD_METRICS) and recorded is None
+    assert [m.name for m in metrics] == [*STANDARD_METRICS, "fidelity"] and recorded == sorted(
+        [*STANDARD_METRICS, "fidelity"])
+    assert select_metrics(list(STANDARD_METRICS), extras)[1] is None
 
 
 class _Writes(Metric):

@@ -51,9 +51,11 @@ def test_each_stage_feeds_its_fields(tiny_model_dir, tmp_path, text_file, monkey
         PruneResult, RecoveryResult, MergedModel]
     assert all(type(m) is Measurement for m in seen["measure"]) and len(seen["measure"]) == 2  # dense, pruned
     assert list(pruned) == [*PRUNED_KEYS, "_path"]  # _path: where it was written, not stored
-    assert list(pruned["metrics"]) == METRIC_KEYS
-    assert list(pruned["measurement"]) == ["ppl_text", "peak_mem_eval_mb", "params", "flops_per_token", "latency_ms",
-                                           "weight_grad_mb", "peak_mem_prune_mb", "peak_mem_recover_mb", "peak_mem_mb"]
+    fidelity = ["kl_text", "kl_text_lo", "kl_text_hi", "top1_text", "top1_text_lo", "top1_text_hi"]
+    assert list(pruned["metrics"]) == METRIC_KEYS[:3] + fidelity + METRIC_KEYS[3:]  # evaluation metrics first
+    assert list(pruned["measurement"]) == ["ppl_text", "kl_text", "peak_mem_eval_mb", "params", "flops_per_token",
+                                           "latency_ms", "weight_grad_mb", "peak_mem_prune_mb", "peak_mem_recover_mb",
+                                           "peak_mem_mb"]
     assert list(dense["metrics"]) == METRIC_KEYS[:10] and "prune_log" not in dense
     m, log = pruned["metrics"], pruned["prune_log"]
     # one source for each number that appears twice

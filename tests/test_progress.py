@@ -249,7 +249,8 @@ def test_timings_file_and_records_agree(tmp_path, tiny_model_dir, offline):
     timings = record["timings"]
     # the record's own clock sits inside the view's stage; each metric's time inside the evaluation's
     assert summary["runs"]["magnitude-l2 ratio=0.5 seed=0"]["evaluate"] >= timings["eval_s"]
-    assert set(timings["eval_metric_s"]) == {"perplexity", "zeroshot", "params", "flops", "latency", "sparse-latency"}
+    assert set(timings["eval_metric_s"]) == {"perplexity", "zeroshot", "params", "flops", "latency", "sparse-latency",
+                                             "fidelity"}
     assert sum(timings["eval_metric_s"].values()) <= timings["eval_s"]
     # a second run keeps both records: nothing ran, nothing is in the timeline but the setup
     again = bench(*_run_args(tmp_path, tiny_model_dir, offline), "--timings", out)
