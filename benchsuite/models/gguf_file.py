@@ -162,16 +162,17 @@ def _gemma(writer: Any, config: Any, refuse: Callable[[str], None]) -> None:
         refuse(f"query_pre_attn_scalar {scalar}: llama.cpp scales queries by the head size for this model")
     if getattr(config, "hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
         refuse(f"hidden activation {config.hidden_activation}: llama.cpp's Gemma uses GELU (tanh)")
-    sliding = _sliding(config)
-    if any(sliding):
-        writer.add_sliding_window(int(config.sliding_window))
-        writer.add_sliding_window_pattern(sliding)
+    window, types = getattr(config, "sliding_window", None), getattr(config, "layer_types", None)
+    if window and types:  # the window and which layers slide, as the config has them (a window as long as the
+        # context changes nothing within it, in llama.cpp as in transformers)
+        writer.add_sliding_window(int(window))
+        writer.add_sliding_window_pattern([t == "sliding_attention" for t in types])
         local = _rope(config, "sliding_attention")
         if local.get("rope_type", "default") not in ("default", None):
             refuse(f"RoPE type {local.get('rope_type')!r} on its sliding-window layers")
         writer.add_rope_freq_base_swa(float(local.get("rope_theta", 10000.0)))
     elif config.model_type == "gemma2":
-        writer.add_sliding_window(0)
+        refuse("it has no sliding-window layers, which llama.cpp's Gemma 2 graph always has")
     for key, add in (("attn_logit_softcapping", writer.add_attn_logit_softcapping),
                      ("final_logit_softcapping", writer.add_final_logit_softcapping)):
         value = getattr(config, key, None)
