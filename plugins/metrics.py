@@ -271,10 +271,16 @@ class Fidelity(Metric):
         corpus, label = self._corpus(ctx), self._label(ctx)
         count = self._window_count(ctx)
         if ctx.dense:  # keep the dense model's log-probabilities; its distance to itself is not a measurement
-            if len(self._capture) == count:
-                self._reference = torch.stack([self._capture[i] for i in range(count)])
+            if len(self._capture) != count:
+                self._capture = {}
+                return MetricResult({})
+            self._reference = torch.stack([self._capture[i] for i in range(count)])
             self._capture = {}
-            return MetricResult({})
+            kept = self._reference.numel() * self._reference.element_size() / 2**20
+            return MetricResult({}, {f"kl_{label}": {
+                "kept_mb": round(kept, 1), "windows": count,
+                "memory": "the dense model's log-probabilities of these windows, kept on the CPU for the pruned runs' "
+                          "KL and top-1 agreement: counted in this record's peak_mem_eval_mb"}})
         pending, self._pending = self._pending, None
         bos = bos_token(model, ctx.tokenizer)
         if pending is not None and pending.complete:

@@ -92,6 +92,9 @@ def test_fidelity_shares_the_perplexity_pass_and_equals_its_own_computation(tmp_
     label = next(k for k in shared["magnitude-l2"]["metrics"] if k.startswith("kl_") and k.count("_") == 1)[3:]
     assert "fidelity" in shared["magnitude-l2"]["config"]["metrics"]
     assert shared["magnitude-l2"]["measurement"][f"kl_{label}"]["pass"] == "shared with perplexity"
+    kept = shared["dense"]["measurement"][f"kl_{label}"]  # what the dense run holds for them, and says so
+    assert kept["kept_mb"] > 0 and "peak_mem_eval_mb" in kept["memory"] and f"kl_{label}" not in shared["dense"][
+        "metrics"]
     alone = run(tmp_path / "b", "magnitude-l2", "fidelity")
     assert alone["magnitude-l2"]["measurement"][f"kl_{label}"]["pass"] == "its own"
     resumed = run(tmp_path / "a", "magnitude-l2,random", None)  # the dense record is kept: no dense pass to share

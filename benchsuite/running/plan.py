@@ -319,6 +319,9 @@ def plan_methods(names: list[str], registry: Registry, ratios: list[float] | Non
                                   f"{plan.criterion.name}): it can't run with --recovery {chosen.name}"
                                   + (" (for methods that prune without LoRA)" if chosen.trains == "weights" else ""))
             training = chosen.training(method.recovery)
+            if (training is None) != (chosen.trains == "nothing"):
+                raise ConfigError(f"recovery '{chosen.name}': trains = {chosen.trains!r} but training() returned "
+                                  f"{'nothing' if training is None else 'settings'}")
             if training is not None:
                 unknown = sorted(set(training) - set(TRAINING_KEYS))
                 if unknown:
@@ -327,11 +330,11 @@ def plan_methods(names: list[str], registry: Registry, ratios: list[float] | Non
                 if bool(training.get("full")) != (chosen.trains == "weights"):
                     raise ConfigError(f"recovery '{chosen.name}': trains = {chosen.trains!r} but its training "
                                       f"settings {'' if training.get('full') else 'do not '}say full=True")
-            if training != method.recovery:  # what the method does anyway keeps its name and settings
+            if training != method.recovery:  # what the method does anyway keeps its name, settings and label
                 plan.method = replace(method, recovery=training)
                 key += written
-            plan.recovery = chosen
-            plan.components["recovery"] = qualified_recovery
+                plan.recovery = chosen
+                plan.components["recovery"] = qualified_recovery
         plan.lora()
         plan.key = key
         fixed = gran.fixed_ratio
