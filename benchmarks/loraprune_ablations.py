@@ -22,12 +22,24 @@ for the three methods, then seed 1, then 20%.
     python benchmarks/loraprune_ablations.py                          # run (or resume) everything
     python benchmarks/loraprune_ablations.py --ablations accum --ratios 0.5
     python benchmarks/loraprune_ablations.py --ablations accum --ratios 0.5 --methods llm-pruner,random+lora
+    python benchmarks/loraprune_ablations.py --render --docs docs/loraprune.md   # tables from the records only
+
+``--render`` measures nothing: it reads the records that exist (the ablations' and the sweep's 2,000-step point)
+and rewrites the docs/loraprune.md block between ``<!-- loraprune-ablations -->`` markers: per ratio, each
+setting's wiki perplexity per method (mean ± sd over seeds; one seed: its 95% interval), LoRAPrune against
+LLM-Pruner paired per seed (``benchsuite compare``: the same 64 windows), each method against its own 2,000-step
+run paired per seed, and one sentence per ablation saying whether it closes, narrows, widens or reverses the gap.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from budget_sweep import _cell  # noqa: E402  (the sweep's cell: mean ± sd over seeds, or one seed's interval)
 
 METHODS = ["loraprune", "llm-pruner", "random+lora"]
 #: name -> (optimizer steps, micro-batches per step, learning-rate schedule, methods); every one 512,000 tokens
@@ -38,6 +50,12 @@ ABLATIONS = {
 }
 RATIOS = [0.5, 0.2]
 SEEDS = [0, 1]
+BLOCK = "loraprune-ablations"  # the docs block this script owns (docs/loraprune.md)
+BASELINE = "quick-steps2000"  # the budget sweep's point the ablations change one setting of
+#: ablation -> (its records' profile, what it changes, in words); the momentum runs are LoRAPrune's only
+PROFILES = {"accum": ("quick-steps250-accum8", "250 steps of 16 x 128 tokens (8 micro-batches accumulated)"),
+            "momentum": ("quick-steps250-accum8", "the same, LoRAPrune's moving average at beta 0.99"),
+            "lr": ("quick-steps2000-lr-linear", "2,000 steps of 2 x 128 tokens, lr decayed linearly to 0")}
 
 
 def order(ablations: list[str], ratios: list[float]) -> list[tuple[str, float, int]]:
@@ -59,11 +77,128 @@ def run(results: Path, ablations: list[str], ratios: list[float], only: list[str
         Runner(request).run()
 
 
+def collect(results: Path) -> dict[tuple[str, float, str], list[dict]]:
+    """(profile, ratio, variant) -> the finished records of the ablations' and the baseline's settings, one per
+    seed, sorted by seed (the default model, structured, uniform allocation)."""
+    from benchsuite.running.records import latest_attempts, scan
+
+    profiles = {BASELINE} | {profile for profile, _ in PROFILES.values()}
+    records, _ = scan(results)
+    out: dict[tuple[str, float, str], dict[int, dict]] = {}
+    for r in latest_attempts(records):
+        if (r.get("status") != "ok" or r.get("model") != "smollm2-135m" or r.get("profile") not in profiles
+                or (r.get("granularity") or {}).get("label") != "structured" or r.get("ratio") not in RATIOS
+                or r.get("seed") not in SEEDS or (r.get("config") or {}).get("allocation")):
+            continue
+        seeds = out.setdefault((r["profile"], r["ratio"], r.get("variant") or r["method"]), {})
+        if r["seed"] not in seeds or r.get("finished_at", "") > seeds[r["seed"]].get("finished_at", ""):
+            seeds[r["seed"]] = r
+    return {key: [seeds[s] for s in sorted(seeds)] for key, seeds in out.items()}
+
+
+def _setting(name: str) -> tuple[str, str, str]:
+    """(profile, LoRAPrune's variant, what it changes) of an ablation, or of the baseline (``base``)."""
+    if name == "base":
+        return BASELINE, "loraprune", "2,000 steps of 2 x 128 tokens, constant lr (the sweep's point)"
+    profile, words = PROFILES[name]
+    return profile, ("loraprune:beta=0.99" if name == "momentum" else "loraprune"), words
+
+
+def paired(a: list[dict], b: list[dict]) -> list[tuple[int, object]]:
+    """(seed, wiki Difference of b against a) at every seed both have (``benchsuite compare``)."""
+    from benchsuite.reporting.compare import compare_runs
+
+    by_seed = {r["seed"]: r for r in a}
+    return [(r["seed"], compare_runs(by_seed[r["seed"]], r, ["ppl_wiki"])[0]) for r in b if r["seed"] in by_seed]
+
+
+def _pairs(pairs: list[tuple[int, object]]) -> str:
+    from benchsuite.reporting.compare import format_difference
+
+    return "; ".join(f"{seed}: {' '.join(format_difference(d))}{' *' if d.significant else ''}"
+                     for seed, d in pairs) or "-"
+
+
+def _quotient(ours: list[dict], theirs: list[dict]) -> float | None:
+    if not ours or not theirs:
+        return None
+    return (statistics.mean(r["metrics"]["ppl_wiki"] for r in ours)
+            / statistics.mean(r["metrics"]["ppl_wiki"] for r in theirs))
+
+
+def answer(runs: dict, name: str, ratio: float) -> str | None:
+    """Whether one ablation closes, narrows, widens or reverses LoRAPrune's gap to LLM-Pruner, in one sentence."""
+    profile, variant, _ = _setting(name)
+    ours, theirs = runs.get((profile, ratio, variant), []), runs.get((profile, ratio, "llm-pruner"), [])
+    before = _quotient(runs.get((BASELINE, ratio, "loraprune"), []), runs.get((BASELINE, ratio, "llm-pruner"), []))
+    after = _quotient(ours, theirs)
+    if after is None:
+        return None
+    diffs = [d for _, d in paired(theirs, ours)]
+    n = f"{len(diffs)} seed{'s' if len(diffs) != 1 else ''}"
+    if diffs and all(d.hi is not None and d.hi < 0 for d in diffs):
+        verdict = f"reverses the gap: LoRAPrune lower than LLM-Pruner at {n}, every paired interval below 0"
+    elif diffs and all(d.lo is not None and d.lo <= 0 <= d.hi for d in diffs):
+        verdict = f"closes the gap: no paired interval excludes 0 ({n})"
+    elif before is None:
+        verdict = f"LoRAPrune / LLM-Pruner {after:.2f}x ({n}; no 2,000-step point to compare with)"
+    else:
+        moved = "narrows" if after < before else "widens" if after > before else "leaves"
+        every = diffs and all(d.lo is not None and d.lo > 0 for d in diffs)
+        verdict = (f"{moved} the gap: LoRAPrune / LLM-Pruner {before:.2f}x -> {after:.2f}x, LLM-Pruner lower at "
+                   + (f"every seed's paired interval ({n})" if every
+                      else f"{n}, not every paired interval excluding 0"))
+    return f"- **{name}** ({_setting(name)[2]}) {verdict}."
+
+
+def _has(runs: dict, name: str, ratio: float) -> bool:
+    """Whether an ablation has a record at this ratio (the momentum setting: LoRAPrune's own)."""
+    profile, variant, _ = _setting(name)
+    variants = [variant] if name == "momentum" else [variant, *METHODS[1:]]
+    return any(runs.get((profile, ratio, v)) for v in variants)
+
+
+def render(runs: dict) -> str:
+    lines = []
+    for ratio in RATIOS:
+        rows = [name for name in ABLATIONS if _has(runs, name, ratio)]
+        if not rows:
+            lines += [f"**{ratio:.0%} structured**: no ablation record yet.", ""]
+            continue
+        lines += [f"**{ratio:.0%} structured**, wiki perplexity (mean ± sd over seeds; one seed: its 95% interval); "
+                  "paired: `benchsuite compare` per seed (relative; 95% interval; \\* marked significant)", "",
+                  "| setting | loraprune | llm-pruner | random+lora | LoRAPrune / LLM-Pruner | LoRAPrune vs LLM-Pruner "
+                  "| LoRAPrune vs its 2,000-step run | LLM-Pruner vs its 2,000-step run |",
+                  "| --- |" + " --- |" * 7]
+        base_ours = runs.get((BASELINE, ratio, "loraprune"), [])
+        base_theirs = runs.get((BASELINE, ratio, "llm-pruner"), [])
+        for name in ["base", *rows]:
+            profile, variant, words = _setting(name)
+            ours, theirs = runs.get((profile, ratio, variant), []), runs.get((profile, ratio, "llm-pruner"), [])
+            if name == "momentum":  # LoRAPrune's setting: the one-shot methods are the accum row's
+                cells, against = [_cell(ours), "(as accum)", "(as accum)"], [_pairs(paired(base_ours, ours)), "-"]
+            else:
+                cells = [_cell(ours), _cell(theirs), _cell(runs.get((profile, ratio, "random+lora"), []))]
+                against = ["-", "-"] if name == "base" else [_pairs(paired(base_ours, ours)),
+                                                             _pairs(paired(base_theirs, theirs))]
+            q = _quotient(ours, theirs)
+            label = "2,000 x 256 tokens, constant lr (the sweep)" if name == "base" else f"{name}: {words}"
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {f'{q:.2f}x' if q else '-'} | "
+                         f"{_pairs(paired(theirs, ours))} | " + " | ".join(against) + " |")
+        lines.append("")
+        lines += [s for s in (answer(runs, name, ratio) for name in rows) if s]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=Path("results/reference"))
     parser.add_argument("--ablations", default=",".join(ABLATIONS), help="comma-separated: " + ", ".join(ABLATIONS))
     parser.add_argument("--ratios", default=",".join(str(r) for r in RATIOS))
+    parser.add_argument("--render", action="store_true", help="measure nothing: the docs tables from the records")
+    parser.add_argument("--docs", type=Path, help="with --render: rewrite this page's loraprune-ablations block "
+                        "(docs/loraprune.md)")
     parser.add_argument("--methods", default=None,
                         help="comma-separated subset of " + ", ".join(METHODS) + " (two processes side by side)")
     args = parser.parse_args(argv)
@@ -74,6 +209,14 @@ def main(argv: list[str] | None = None) -> None:
     only = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     if only and set(only) - set(METHODS):
         parser.error(f"unknown method(s) {sorted(set(only) - set(METHODS))}; choose from {', '.join(METHODS)}")
+    if args.render:
+        text = render(collect(args.results))
+        print(text)
+        if args.docs:
+            from benchsuite.reporting.blocks import update_block
+
+            update_block(args.docs, BLOCK, "\n" + text)
+        return
     run(args.results, names, [float(r) for r in args.ratios.split(",")], only)
 
 

@@ -94,6 +94,23 @@ class CliResult:
     stderr: str
 
 
+def benchmark_script(name: str):
+    """``benchmarks/NAME.py`` as a module (registered under its name: its dataclasses, and the scripts it imports
+    from its own folder, are looked up by name)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).parent.parent / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def bench(*args: str, cwd: str | os.PathLike | None = None) -> CliResult:
     """Run ``benchsuite ARGS`` in this process through :func:`benchsuite.cli.main`, capturing its output."""
     from benchsuite.cli import main

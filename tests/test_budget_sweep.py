@@ -3,21 +3,16 @@ read from the records' quotients, and an extrapolation that says it is one."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parent.parent
+from tests.conftest import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def sweep():
-    spec = importlib.util.spec_from_file_location("budget_sweep", ROOT / "benchmarks" / "budget_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("budget_sweep")
 
 
 def _runs(points: dict[int, tuple[list[float], list[float]]], ratio: float = 0.5) -> dict:

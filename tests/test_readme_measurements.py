@@ -3,27 +3,24 @@ results: the budget sweep (``benchmarks/budget_sweep.py --render``, from ``resul
 docs/loraprune.md), llama.cpp's speed (``benchmarks/llama_cpp_speed.py --render``, from its JSON; docs/export.md)
 the default run's time (``benchmarks/default_run_time.py --render``, from its JSON; docs/results.md) and the
 columns' minimal detectable differences (``benchmarks/detectable_differences.py``, from the records;
-docs/methodology.md)."""
+docs/methodology.md), LoRAPrune's ablations (``benchmarks/loraprune_ablations.py --render``; docs/loraprune.md) and
+the recipe axes' seeded comparisons (``benchmarks/recipe_axes.py``; docs/results.md)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 from benchsuite.reporting.blocks import read_block
+from tests.conftest import benchmark_script
 
 ROOT = Path(__file__).parent.parent
 #: block -> the page it is on
 PAGES = {"budget-sweep": "docs/loraprune.md", "llama-cpp-speed": "docs/export.md",
-         "default-run-time": "docs/results.md", "detectable-differences": "docs/methodology.md"}
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+         "default-run-time": "docs/results.md", "detectable-differences": "docs/methodology.md",
+         "loraprune-ablations": "docs/loraprune.md", "recipe-axes": "docs/results.md"}
 
 
 def _block(name: str) -> str:
@@ -32,16 +29,30 @@ def _block(name: str) -> str:
     return text.strip()
 
 
-def test_budget_sweep_section_is_rendered_from_the_records():
-    sweep = _script("budget_sweep")
-    runs = sweep.collect(ROOT / "results" / "reference")
-    assert runs, "no budget sweep records in results/reference"
-    assert _block(sweep.BLOCK) == sweep.render(runs).strip(), \
-        "run: python benchmarks/budget_sweep.py --render --readme docs/loraprune.md"
+@pytest.mark.parametrize("name, command", [
+    ("budget_sweep", "python benchmarks/budget_sweep.py --render --readme docs/loraprune.md"),
+    ("loraprune_ablations", "python benchmarks/loraprune_ablations.py --render --docs docs/loraprune.md")])
+def test_loraprune_sections_are_rendered_from_the_records(name, command):
+    script = benchmark_script(name)
+    runs = script.collect(ROOT / "results" / "reference")
+    assert runs, f"no records of {name} in results/reference"
+    assert _block(script.BLOCK) == script.render(runs).strip(), f"run: {command}"
+
+
+def test_recipe_axes_section_is_rendered_from_the_records():
+    axes = benchmark_script("recipe_axes")
+    records = axes.collect(ROOT / "results" / "reference")
+    text = axes.render(records)
+    assert _block(axes.BLOCK) == text.strip(), "run: python benchmarks/recipe_axes.py --docs docs/results.md"
+    for comparison in axes.COMPARISONS:  # every arm of every comparison has its records, at every seed
+        for row in comparison.rows:
+            for arm in (row.baseline, *row.others):
+                seeds = [r["seed"] for r in axes._runs(records, row, arm)]
+                assert seeds == axes.SEEDS, f"{arm.variant} ({arm.allocation}) at {row.ratio}: seeds {seeds}"
 
 
 def test_llama_cpp_table_is_rendered_from_its_json():
-    speed = _script("llama_cpp_speed")
+    speed = benchmark_script("llama_cpp_speed")
     result = json.loads((ROOT / "benchmarks" / "results" / "llama_cpp_speed.json").read_text())
     assert _block(speed.BLOCK) == speed.render(result).strip(), \
         ("run: python benchmarks/llama_cpp_speed.py --render benchmarks/results/llama_cpp_speed.json "
@@ -50,7 +61,7 @@ def test_llama_cpp_table_is_rendered_from_its_json():
 
 
 def test_default_run_time_section_is_rendered_from_its_json():
-    timing = _script("default_run_time")
+    timing = benchmark_script("default_run_time")
     data = json.loads((ROOT / "benchmarks" / "results" / "default_run_time.json").read_text())
     assert _block(timing.BLOCK) == timing.render(data).strip(), \
         ("run: python benchmarks/default_run_time.py --render benchmarks/results/default_run_time.json "
@@ -74,7 +85,7 @@ def _view_label(record: dict) -> str:
 
 
 def test_detectable_differences_are_rendered_from_the_records():
-    mdd = _script("detectable_differences")
+    mdd = benchmark_script("detectable_differences")
     data = mdd.analyse(ROOT / "results" / "reference", "quick", 0.5, mdd.METHODS)
     saved = json.loads((ROOT / "benchmarks" / "results" / "detectable_differences.json").read_text())
     assert json.loads(json.dumps(data)) == saved, "the committed JSON is not what the records give (rerun the script)"
