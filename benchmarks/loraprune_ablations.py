@@ -53,7 +53,7 @@ SEEDS = [0, 1]
 BLOCK = "loraprune-ablations"  # the docs block this script owns (docs/loraprune.md)
 BASELINE = "quick-steps2000"  # the budget sweep's point the ablations change one setting of
 #: ablation -> (its records' profile, what it changes, in words); the momentum runs are LoRAPrune's only
-PROFILES = {"accum": ("quick-steps250-accum8", "250 steps of 16 x 128 tokens (8 micro-batches accumulated)"),
+PROFILES = {"accum": ("quick-steps250-accum8", "250 steps of 16 x 128 tokens, 8 micro-batches accumulated"),
             "momentum": ("quick-steps250-accum8", "the same, LoRAPrune's moving average at beta 0.99"),
             "lr": ("quick-steps2000-lr-linear", "2,000 steps of 2 x 128 tokens, lr decayed linearly to 0")}
 
@@ -145,9 +145,8 @@ def answer(runs: dict, name: str, ratio: float) -> str | None:
     else:
         moved = "narrows" if after < before else "widens" if after > before else "leaves"
         every = diffs and all(d.lo is not None and d.lo > 0 for d in diffs)
-        verdict = (f"{moved} the gap: LoRAPrune / LLM-Pruner {before:.2f}x -> {after:.2f}x, LLM-Pruner lower at "
-                   + (f"every seed's paired interval ({n})" if every
-                      else f"{n}, not every paired interval excluding 0"))
+        verdict = (f"{moved} the gap: LoRAPrune / LLM-Pruner {before:.2f}x -> {after:.2f}x; LLM-Pruner lower at {n}"
+                   + (", every paired interval above 0" if every else ", not every paired interval excluding 0"))
     return f"- **{name}** ({_setting(name)[2]}) {verdict}."
 
 
@@ -186,8 +185,8 @@ def render(runs: dict) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {f'{q:.2f}x' if q else '-'} | "
                          f"{_pairs(paired(theirs, ours))} | " + " | ".join(against) + " |")
         lines.append("")
-        lines += [s for s in (answer(runs, name, ratio) for name in rows) if s]
-        lines.append("")
+        said = [s for s in (answer(runs, name, ratio) for name in rows) if s]
+        lines += said + ([""] if said else [])
     return "\n".join(lines).rstrip() + "\n"
 
 

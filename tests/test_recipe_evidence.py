@@ -130,7 +130,7 @@ def test_an_ablation_that_reverses_the_gap_says_so_against_the_sweeps_point(abla
                                       (ablations.BASELINE, "llm-pruner"): [98.0, 99.0],
                                       (accum, "loraprune"): [90.0, 92.0], (accum, "llm-pruner"): [100.0, 101.0]})
     assert ablations.answer(runs, "accum", 0.5).startswith(
-        "- **accum** (250 steps of 16 x 128 tokens (8 micro-batches accumulated)) reverses the gap: LoRAPrune lower "
+        "- **accum** (250 steps of 16 x 128 tokens, 8 micro-batches accumulated) reverses the gap: LoRAPrune lower "
         "than LLM-Pruner at 2 seeds")
     text = ablations.render(runs)
     row = next(line for line in text.splitlines() if line.startswith("| accum:"))
@@ -144,8 +144,8 @@ def test_an_ablation_that_narrows_but_keeps_llm_pruner_ahead_is_not_called_close
                                       (ablations.BASELINE, "llm-pruner"): [98.0],
                                       (lr, "loraprune"): [110.0], (lr, "llm-pruner"): [95.0]})
     assert ablations.answer(runs, "lr", 0.5).endswith(
-        "narrows the gap: LoRAPrune / LLM-Pruner 1.37x -> 1.16x, LLM-Pruner lower at every seed's paired interval "
-        "(1 seed).")
+        "narrows the gap: LoRAPrune / LLM-Pruner 1.37x -> 1.16x; LLM-Pruner lower at 1 seed, every paired interval "
+        "above 0.")
     runs[(lr, 0.5, "loraprune")] = [_record("loraprune", 0.5, 0, 95.1, profile=lr, noise=0.5)]
     assert "closes the gap: no paired interval excludes 0 (1 seed)" in ablations.answer(runs, "lr", 0.5)
 
