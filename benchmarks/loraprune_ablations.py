@@ -130,10 +130,12 @@ def answer(runs: dict, name: str, ratio: float) -> str | None:
     """Whether one ablation closes, narrows, widens or reverses LoRAPrune's gap to LLM-Pruner, in one sentence."""
     profile, variant, _ = _setting(name)
     ours, theirs = runs.get((profile, ratio, variant), []), runs.get((profile, ratio, "llm-pruner"), [])
-    before = _quotient(runs.get((BASELINE, ratio, "loraprune"), []), runs.get((BASELINE, ratio, "llm-pruner"), []))
     after = _quotient(ours, theirs)
     if after is None:
         return None
+    seeds = {r["seed"] for r in ours} & {r["seed"] for r in theirs}  # the quotient before: at the same seeds
+    before = _quotient(*([r for r in runs.get((BASELINE, ratio, m), []) if r["seed"] in seeds]
+                         for m in ("loraprune", "llm-pruner")))
     diffs = [d for _, d in paired(theirs, ours)]
     n = f"{len(diffs)} seed{'s' if len(diffs) != 1 else ''}"
     if diffs and all(d.hi is not None and d.hi < 0 for d in diffs):
