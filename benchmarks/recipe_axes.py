@@ -1,13 +1,13 @@
 """The recipe axes' evidence (issue 35), paired and seeded: OWL against uniform allocation, global against uniform
 ranking, and distillation and full fine-tuning against LoRA, on the default model's committed records.
 
-It measures nothing: the records are made by ``benchsuite run`` (the commands are in docs/results.md, each at
-seeds 0 and 1); this script reads them from ``results/reference`` and writes, between ``<!-- recipe-axes -->``
-markers in docs/results.md, one table per comparison: each arm's wiki perplexity (mean ± sd over seeds; one seed:
-its 95% interval), and ``benchsuite compare``'s paired difference per seed (the same windows, wiki and c4) with
-a verdict over the seeds. A direction "holds" only where every seed's paired interval excludes zero on the same
-side; a record that is missing leaves its cell "-" (the verdict says how many seeds it rests on); seeds that gave
-the same run (a method that draws no data) are shown as one run, "identical".
+It measures nothing: the records are made by ``benchsuite run`` (the commands are in results/reference/REFERENCE.md,
+each at seeds 0 and 1); this script reads them from ``results/reference`` and writes, into the ``recipe-axes`` block
+of docs/results.md, one table per comparison: each arm's wiki perplexity (mean ± sd over seeds; one seed: its 95%
+interval), and ``benchsuite compare``'s paired difference per seed (the same windows, wiki and c4) with a verdict
+over the seeds. A direction "holds" only where every seed's paired interval excludes zero on the same side; a record
+that is missing leaves its cell "-" (the verdict says how many seeds it rests on); seeds that gave the same run (a
+method that draws no data) are shown as one run, "identical".
 
     python benchmarks/recipe_axes.py                        # print the tables
     python benchmarks/recipe_axes.py --docs docs/results.md # rewrite the docs block
