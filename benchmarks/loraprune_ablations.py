@@ -22,6 +22,7 @@ for the three methods, then seed 1, then 20%.
     python benchmarks/loraprune_ablations.py                          # run (or resume) everything
     python benchmarks/loraprune_ablations.py --ablations accum --ratios 0.5
     python benchmarks/loraprune_ablations.py --ablations accum --ratios 0.5 --methods llm-pruner,random+lora
+    python benchmarks/loraprune_ablations.py --ablations lr --ratios 0.5 --methods loraprune --seeds 0
     python benchmarks/loraprune_ablations.py --render --docs docs/loraprune.md   # tables from the records only
 
 ``--render`` measures nothing: it reads the records that exist (the ablations' and the sweep's 2,000-step point)
@@ -58,15 +59,16 @@ PROFILES = {"accum": ("quick-steps250-accum8", "250 steps of 16 x 128 tokens, 8 
             "lr": ("quick-steps2000-lr-linear", "2,000 steps of 2 x 128 tokens, lr decayed linearly to 0")}
 
 
-def order(ablations: list[str], ratios: list[float]) -> list[tuple[str, float, int]]:
+def order(ablations: list[str], ratios: list[float], seeds: list[int] = SEEDS) -> list[tuple[str, float, int]]:
     """(ablation, ratio, seed) in the order they run: 50% before 20%, seed 0 of every ablation before seed 1."""
-    return [(name, ratio, seed) for ratio in ratios for seed in SEEDS for name in ablations]
+    return [(name, ratio, seed) for ratio in ratios for seed in seeds for name in ablations]
 
 
-def run(results: Path, ablations: list[str], ratios: list[float], only: list[str] | None = None) -> None:
+def run(results: Path, ablations: list[str], ratios: list[float], only: list[str] | None = None,
+        seeds: list[int] = SEEDS) -> None:
     from benchsuite.running.runner import Runner, RunRequest
 
-    for name, ratio, seed in order(ablations, ratios):
+    for name, ratio, seed in order(ablations, ratios, seeds):
         steps, accum, schedule, methods = ABLATIONS[name]
         methods = [m for m in methods if only is None or m.split(":")[0] in only]
         if not methods:
@@ -202,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
                         "(docs/loraprune.md)")
     parser.add_argument("--methods", default=None,
                         help="comma-separated subset of " + ", ".join(METHODS) + " (two processes side by side)")
+    parser.add_argument("--seeds", default=",".join(str(s) for s in SEEDS),
+                        help="comma-separated subset of " + ", ".join(str(s) for s in SEEDS)
+                        + " (e.g. one seed of every ablation in one process, the other in another)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.ablations.split(",") if n.strip()]
     unknown = [n for n in names if n not in ABLATIONS]
@@ -210,6 +215,10 @@ def main(argv: list[str] | None = None) -> None:
     only = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     if only and set(only) - set(METHODS):
         parser.error(f"unknown method(s) {sorted(set(only) - set(METHODS))}; choose from {', '.join(METHODS)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if set(seeds) - set(SEEDS):
+        parser.error(f"unknown seed(s) {sorted(set(seeds) - set(SEEDS))}: the tables pair seeds "
+                     f"{', '.join(str(s) for s in SEEDS)} with the sweep's")
     if args.render:
         text = render(collect(args.results))
         print(text)
@@ -218,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
 
             update_block(args.docs, BLOCK, "\n" + text)
         return
-    run(args.results, names, [float(r) for r in args.ratios.split(",")], only)
+    run(args.results, names, [float(r) for r in args.ratios.split(",")], only, seeds)
 
 
 if __name__ == "__main__":

@@ -173,3 +173,11 @@ def test_seeds_that_gave_the_same_run_are_shown_as_one_run(axes):
                                                                      granularity="unstructured", allocation="owl")
     row = next(line for line in axes.render(records).splitlines() if line.startswith("| magnitude | 70%"))
     assert "305 ± 7 (n 2)" in row and "same runs" not in row
+
+
+def test_ablation_runs_can_be_split_by_seed_and_unknown_seeds_are_refused(ablations, capsys):
+    assert ablations.order(["accum", "lr"], [0.5], [1]) == [("accum", 0.5, 1), ("lr", 0.5, 1)]
+    assert ablations.order(["accum"], [0.5]) == [("accum", 0.5, 0), ("accum", 0.5, 1)]
+    with pytest.raises(SystemExit):
+        ablations.main(["--seeds", "2", "--ablations", "accum"])
+    assert "unknown seed(s) [2]" in capsys.readouterr().err
