@@ -151,6 +151,10 @@ def answer(runs: dict, name: str, ratio: float) -> str | None:
         every = diffs and all(d.lo is not None and d.lo > 0 for d in diffs)
         verdict = (f"{moved} the gap: LoRAPrune / LLM-Pruner {before:.2f}x -> {after:.2f}x; LLM-Pruner lower at {n}"
                    + (", every paired interval above 0" if every else ", not every paired interval excluding 0"))
+    if name == "momentum":  # what the momentum alone does: against beta 0.9 at the same batches and tokens
+        beta09 = paired(runs.get((profile, ratio, "loraprune"), []), ours)
+        if beta09:
+            verdict += f"; against LoRAPrune at beta 0.9 (the accum row), paired: {_pairs(beta09)}"
     return f"- **{name}** ({_setting(name)[2]}) {verdict}."
 
 

@@ -160,6 +160,11 @@ def test_the_momentum_setting_is_loraprunes_alone_against_the_accumulated_one_sh
     row = next(line for line in text.splitlines() if line.startswith("| momentum:"))
     assert "(as accum)" in row and "| 1.20x |" in row
     assert "- **momentum**" in text and "widens" not in text.split("- **momentum**")[1]
+    assert "against LoRAPrune at beta 0.9" not in text  # no accum LoRAPrune run to pair with
+    runs[(accum, 0.5, "loraprune")] = _ablation_runs(ablations, {(accum, "loraprune"): [150.0]})[
+        (accum, 0.5, "loraprune")]
+    said = ablations.answer(runs, "momentum", 0.5)
+    assert "against LoRAPrune at beta 0.9 (the accum row), paired: 0: -20.0%" in said
 
 
 def test_seeds_that_gave_the_same_run_are_shown_as_one_run(axes):
