@@ -46,8 +46,8 @@ METHODS = ["loraprune", "llm-pruner", "random+lora"]
 #: name -> (optimizer steps, micro-batches per step, learning-rate schedule, methods); every one 512,000 tokens
 ABLATIONS = {
     "accum": (250, 8, None, METHODS),
+    "momentum": (250, 8, None, ["loraprune:beta=0.99"]),  # after accum: the table shows it as accum's variant
     "lr": (2000, None, "linear", METHODS),
-    "momentum": (250, 8, None, ["loraprune:beta=0.99"]),
 }
 RATIOS = [0.5, 0.2]
 SEEDS = [0, 1]
