@@ -219,7 +219,10 @@ def main(argv: list[str] | None = None) -> None:
     only = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     if only and set(only) - set(METHODS):
         parser.error(f"unknown method(s) {sorted(set(only) - set(METHODS))}; choose from {', '.join(METHODS)}")
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    seeds = [s.strip() for s in args.seeds.split(",") if s.strip()]
+    if not all(s.isdigit() for s in seeds):
+        parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
+    seeds = [int(s) for s in seeds]
     if set(seeds) - set(SEEDS):
         parser.error(f"unknown seed(s) {sorted(set(seeds) - set(SEEDS))}: the tables pair seeds "
                      f"{', '.join(str(s) for s in SEEDS)} with the sweep's")

@@ -186,3 +186,6 @@ def test_ablation_runs_can_be_split_by_seed_and_unknown_seeds_are_refused(ablati
     with pytest.raises(SystemExit):
         ablations.main(["--seeds", "2", "--ablations", "accum"])
     assert "unknown seed(s) [2]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ablations.main(["--seeds", "one", "--ablations", "accum"])
+    assert "comma-separated integers, got 'one'" in capsys.readouterr().err
